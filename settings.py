@@ -1,0 +1,76 @@
+"""Every knob of an experiment, as a plain global.
+
+An experiment is a copy of this folder whose settings.py differs by a few
+assignments; append them at the end (a later assignment wins) and `diff` two
+folders to see what differed. Other modules read `settings.X` when they build
+an object or run a function, so a value changed before that takes effect.
+Paths are relative to the folder the scripts run in.
+"""
+import logging
+import os
+
+# data
+DATA_ROOT = './data/VOC2012'    # JPEGImages/, SegmentationClassAug/, ImageSets/SegmentationAug/
+MEAN = (0.485, 0.456, 0.406)    # ImageNet RGB mean, images scaled to [0, 1]
+STD = (0.229, 0.224, 0.225)     # ImageNet RGB std
+SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)  # random rescaling factors for training
+CROP_SIZE = 513                 # square training crop
+IGNORE_LABEL = 255              # label value that no loss or metric counts
+TRAIN_SPLIT = 'trainaug'        # list under ImageSets/SegmentationAug/ to train on
+VAL_SPLIT = 'val'               # list to evaluate on
+
+# model
+N_CLASSES = 21                  # VOC: background + 20 objects
+N_LAYERS = 101                  # ResNet depth: 50, 101 or 152
+STRIDE = 8                      # output stride of the backbone: 8 or 16
+BN_MOM = 3e-4                   # BatchNorm momentum (tiny: fine-tuning keeps ImageNet statistics)
+EMA_CHANNELS = 512              # width of the EM attention unit: 512 or 256 in the paper
+N_BASES = 64                    # K, number of bases
+STAGE_NUM = 3                   # EM iterations in training
+EVAL_STAGE_NUM = None           # EM iterations in evaluation; None = STAGE_NUM
+EM_MOM = 0.9                    # moving-average momentum of the bases; 1.0 never updates them
+EM_NORM = 'l2'                  # 'l2' normalises bases after each iteration (published); 'none' for the ablation
+EM_GRAD = False                 # True back-propagates through the last EM iteration (reported slightly worse)
+PRETRAINED = './models/resnet101s.pth'  # deep-stem ImageNet backbone for N_LAYERS; None trains from scratch
+
+# training
+BATCH_SIZE = 16                 # global batch, split evenly across processes
+ITER_MAX = 30000                # training steps
+ITER_SAVE = 2000                # step_<N>.pth every ITER_SAVE steps; latest.pth every ITER_SAVE // 10
+LR = 9e-3                       # base learning rate (biases get 2x)
+LR_DECAY = 10                   # steps between poly learning-rate updates
+LR_MOM = 0.9                    # SGD momentum
+POLY_POWER = 0.9                # exponent of the poly schedule
+WEIGHT_DECAY = 1e-4             # on conv weights only
+SEED = 66                       # seeds weights, data order and augmentation
+NUM_WORKERS = 4                 # data-loading processes per training process
+LOG_EVERY = 20                  # steps between log lines
+IMAGE_EVERY = 500               # steps between TensorBoard image panels
+LOG_DIR = './logdir'            # TensorBoard events, settings copy, eval results
+MODEL_DIR = './models'          # checkpoints (and pretrained backbones)
+
+# evaluation
+EVAL_SCALES = (1.0,)            # (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) with EVAL_FLIP for the paper's MS+flip
+EVAL_FLIP = False               # also average the horizontally flipped prediction
+
+# runtime
+DEVICE = None                   # None: 'cuda' when available, else 'cpu'
+AMP = True                      # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
+CHANNELS_LAST = True            # channels-last memory format on CUDA
+COMPILE = False                 # torch.compile the network
+CUDNN_BENCHMARK = True          # let cuDNN pick the fastest convolution algorithms
+
+
+def get_logger(name='emanet'):
+    """The shared logger: time-stamped lines on stderr (level from $LOG_LEVEL)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S'))
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get('LOG_LEVEL', 'INFO'))
+        logger.propagate = False
+    return logger
+
+
+logger = get_logger()
