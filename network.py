@@ -106,6 +106,11 @@ class ConvBNReLU(nn.Module):
         return F.relu(self.bn(self.conv(x)), inplace=True)
 
 
+def upcast(x):
+    """At least float32: autocast's half-precision activations become float32, float64 stays."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def l2_normalise(bases):
     """Unit length over channels; 1e-6 keeps an all-zero basis finite.  # b × c × k"""
     return bases / (1e-6 + bases.norm(dim=1, keepdim=True))
@@ -134,6 +139,7 @@ class EMAU(nn.Module):
         bases = torch.empty(1, channels, n_bases).normal_(0, math.sqrt(2.0 / n_bases))
         self.register_buffer('mu', l2_normalise(bases))  # 1 × c × k
         self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.conv1.requires_grad_(grad)  # no gradient reaches it otherwise; frozen, DDP need not look for one
         self.conv2 = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), batch_norm(channels))
 
     def em_step(self, x, bases):
@@ -145,28 +151,33 @@ class EMAU(nn.Module):
             bases = l2_normalise(bases)
         return bases, responsibilities
 
-    def forward(self, x):
-        identity = x
-        b, c, h, w = x.shape
+    def em(self, x):
+        """The EM iterations from the running bases. x: the unit's input, b × c × h × w →
+        bases b × c × k, responsibilities b × n × k (float32; no gradient unless EM_GRAD)."""
+        x = self.conv1(upcast(x)).flatten(2)  # b × c × n
+        bases = self.mu.expand(x.shape[0], -1, -1)  # b × c × k
         stages = self.stage_num if self.training else self.eval_stage_num
+        with torch.no_grad():
+            for _ in range(stages - 1 if self.grad else stages):
+                bases, responsibilities = self.em_step(x, bases)
+        if self.grad:
+            bases, responsibilities = self.em_step(x, bases)
+        return bases, responsibilities
+
+    def forward(self, x):
+        b, c, h, w = x.shape
         # the EM iterations and the reconstruction stay in float32 under autocast
         with torch.autocast('cuda' if x.is_cuda else 'cpu', enabled=False):
-            x = self.conv1(x.float()).flatten(2)  # b × c × n
-            bases = self.mu.expand(b, -1, -1)  # b × c × k
-            with torch.no_grad():
-                for _ in range(stages - 1 if self.grad else stages):
-                    bases, responsibilities = self.em_step(x, bases)
-            if self.grad:
-                bases, responsibilities = self.em_step(x, bases)
-            x = torch.bmm(bases, responsibilities.transpose(1, 2)).view(b, c, h, w)  # b × c × h × w
-        x = self.conv2(F.relu(x, inplace=True))
-        return F.relu(x + identity, inplace=True), bases
+            bases, responsibilities = self.em(x)
+            reconstruction = torch.bmm(bases, responsibilities.transpose(1, 2)).view(b, c, h, w)
+        out = self.conv2(F.relu(reconstruction, inplace=True))
+        return F.relu(out + x, inplace=True), bases
 
 
 def per_image_loss(logits, label):
     """Pixel-wise NLL averaged over H and W; ignored pixels count as zeros, as in the
     authors' loss. logits: b × classes × h × w, label: b × h × w → b."""
-    nll = F.nll_loss(F.log_softmax(logits.float(), dim=1), label,
+    nll = F.nll_loss(F.log_softmax(upcast(logits), dim=1), label,
                      ignore_index=settings.IGNORE_LABEL, reduction='none')  # b × h × w
     return nll.mean(dim=(1, 2))
 
@@ -190,7 +201,7 @@ class EMANet(nn.Module):
         x = self.fc0(self.extractor(img))
         x, mu = self.emau(x)
         logits = self.fc2(self.fc1(x))
-        logits = F.interpolate(logits.float(), size=size or img.shape[-2:], mode='bilinear', align_corners=True)
+        logits = F.interpolate(upcast(logits), size=size or img.shape[-2:], mode='bilinear', align_corners=True)
         if self.training and lbl is not None:
             return per_image_loss(logits, lbl), mu
         return logits
@@ -211,7 +222,7 @@ def init_weights(net):
 def update_bases(emau, mu):
     """Moving average of the bases over the whole global batch: mu is b × c × k from this
     process's images; the mean is all-reduced so every process keeps identical bases."""
-    batch_mean = mu.float().mean(dim=0, keepdim=True)  # 1 × c × k
+    batch_mean = mu.mean(dim=0, keepdim=True)  # 1 × c × k
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(batch_mean)
         batch_mean /= dist.get_world_size()
@@ -222,6 +233,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint or weight file that cannot be used; the message says which and why."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A file that is truncated or damaged, as opposed to one for other settings."""
+
+
 def read_weights(path, what='checkpoint'):
     """torch.load with weights_only=True, turning every failure into a CheckpointError that names the file."""
     path = os.fspath(path)
@@ -230,10 +245,12 @@ def read_weights(path, what='checkpoint'):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f'{what} {path} is not a plain weights file: it needs arbitrary unpickling, '
-                              f'which is refused so that nothing in it runs ({str(e).splitlines()[0]})') from None
+        if 'Unsupported global' in str(e):  # a class or function to call: code, not weights
+            raise CheckpointError(f'{what} {path} is not a plain weights file: it needs arbitrary unpickling, '
+                                  f'which is refused so that nothing in it runs') from None
+        raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt (it does not unpickle)') from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f'{what} {path} is truncated or corrupt ({str(e).splitlines()[0]})') from None
+        raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt ({str(e).splitlines()[0]})') from None
 
 
 def load_matching(module, state, path):
