@@ -1,0 +1,228 @@
+"""eval.py: metrics, confusion, multi-scale + flip prediction, and the command line run like a user runs it."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+import dataset
+import eval as evaluation
+import network
+import settings
+from conftest import make_experiment
+
+VAL_IDS = ['000300', '000301', '000302']  # the first ids of the demo's val list
+
+
+# ---------------------------------------------------------------- metrics
+
+# rows: ground truth, columns: prediction. Class 2 is only predicted (IoU 0), class 3 appears nowhere (no IoU).
+HAND_CONFUSION = [[5, 1, 0, 0],
+                  [2, 3, 1, 0],
+                  [0, 0, 0, 0],
+                  [0, 0, 0, 0]]
+
+
+def test_metrics_hand_computed():
+    result = evaluation.metrics(HAND_CONFUSION)
+    assert result['pAcc'] == pytest.approx(8 / 12)
+    assert result['mAcc'] == pytest.approx((5 / 6 + 3 / 6) / 2)  # classes 0 and 1 are in the ground truth
+    iou = result['IoU']
+    assert iou[:3] == pytest.approx([5 / 8, 3 / 7, 0]) and math.isnan(iou[3])
+    assert result['mIoU'] == pytest.approx((5 / 8 + 3 / 7 + 0) / 3)
+    assert result['fIoU'] == pytest.approx(6 / 12 * 5 / 8 + 6 / 12 * 3 / 7)
+
+
+def test_report_json_and_table(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(settings, 'N_CLASSES', 4)  # not VOC's 21: classes are named by index
+    monkeypatch.setattr(settings, 'LOG_DIR', str(tmp_path / 'logs'))
+    evaluation.report(np.array(HAND_CONFUSION), 'models/step_10.pth', 10, 2)
+    with open(tmp_path / 'logs' / 'eval_step_10.json') as f:
+        result = json.load(f)
+    assert result['mIoU'] == pytest.approx(59 / 168) and result['fIoU'] == pytest.approx(59 / 112)
+    assert result['per_class'] == {'0': pytest.approx(5 / 8), '1': pytest.approx(3 / 7), '2': 0.0, '3': None}
+    assert result['step'] == 10 and result['n_images'] == 2 and result['scales'] == [1.0] and not result['flip']
+    out = capsys.readouterr().out
+    assert 'pAcc 66.67  mAcc 66.67  fIoU 52.68  mIoU 35.12' in out and '62.50' in out
+
+
+def test_confusion_ignores_ignore_label(monkeypatch):
+    monkeypatch.setattr(settings, 'N_CLASSES', 3)
+    label = torch.tensor([[0, 1, 255], [2, 2, 255]])
+    pred = torch.tensor([[0, 2, 1], [2, 1, 0]])
+    confusion = evaluation.confusion_matrix(pred, label)
+    assert confusion.dtype == torch.int64
+    assert confusion.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+
+
+def test_checkpoint_path(monkeypatch, tmp_path):
+    monkeypatch.setattr(settings, 'MODEL_DIR', 'runs/a')
+    monkeypatch.chdir(tmp_path)
+    assert evaluation.checkpoint_path('final.pth') == os.path.join('runs/a', 'final.pth')
+    assert evaluation.checkpoint_path(os.path.join('b', 'x.pth')) == os.path.join('b', 'x.pth')
+    (tmp_path / 'here.pth').touch()
+    assert evaluation.checkpoint_path('here.pth') == 'here.pth'
+
+
+# ---------------------------------------------------------------- predict
+
+class PositionNet(nn.Module):
+    """EMANet's call signature with outputs we know: class 0's logit is the input's first channel, class 1's is
+    the input height / 10, so each scale scores differently; the logits are resized to `size` as EMANet does."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, img, size=None):
+        self.inputs.append(img.clone())
+        logits = torch.cat([img[:, :1], torch.full_like(img[:, :1], img.shape[2] / 10)], dim=1)  # b × 2 × h × w
+        return F.interpolate(logits, size=size or img.shape[-2:], mode='bilinear', align_corners=True)
+
+
+def scores(first_channel, height):
+    """Softmax of PositionNet's logits at one input height: b × 2 × H × W."""
+    return F.softmax(torch.stack([first_channel, torch.full_like(first_channel, height / 10)], dim=1), dim=1)
+
+
+def test_predict_single_scale_is_softmax_of_logits(monkeypatch):
+    monkeypatch.setattr(settings, 'EVAL_SCALES', (1.0,))
+    monkeypatch.setattr(settings, 'EVAL_FLIP', False)
+    net, img = PositionNet(), torch.randn(1, 3, 17, 25)
+    assert torch.allclose(evaluation.predict(net, img), scores(img[:, 0], 17))
+    assert len(net.inputs) == 1 and torch.equal(net.inputs[0], img)
+
+
+def test_predict_flip_mirrors_input_and_scores_back(monkeypatch):
+    monkeypatch.setattr(settings, 'EVAL_SCALES', (1.0,))
+    monkeypatch.setattr(settings, 'EVAL_FLIP', True)
+    net, img = PositionNet(), torch.randn(2, 3, 17, 25)
+    # the mirrored pass sees the mirrored image; its scores flipped back land where the plain pass's are,
+    # so the average is the plain softmax (forgetting either flip averages two different maps)
+    assert torch.allclose(evaluation.predict(net, img), scores(img[:, 0], 17), atol=1e-6)
+    assert torch.equal(net.inputs[1], img.flip(-1))
+
+
+def test_predict_averages_softmax_of_scales_at_full_resolution(monkeypatch):
+    monkeypatch.setattr(settings, 'STRIDE', 8)
+    monkeypatch.setattr(settings, 'EVAL_SCALES', (0.5, 1.0, 2.0))
+    monkeypatch.setattr(settings, 'EVAL_FLIP', True)
+    # a horizontal ramp survives align_corners resizing down and up exactly; a hand rescaling of the input to
+    # round(s·(H − 1) / STRIDE)·STRIDE + 1 gives heights 9, 17, 33 and widths 17, 33, 65
+    ramp = torch.linspace(-2, 2, 33).expand(1, 17, 33)
+    img = torch.stack([ramp[0], torch.zeros(17, 33), torch.zeros(17, 33)])[None]  # 1 × 3 × 17 × 33
+    net = PositionNet()
+    prediction = evaluation.predict(net, img)
+    assert [tuple(x.shape[-2:]) for x in net.inputs] == [(9, 17), (9, 17), (17, 33), (17, 33), (33, 65), (33, 65)]
+    expected = sum(scores(ramp, height) for height in (9, 17, 33)) / 3
+    assert prediction.shape == (1, 2, 17, 33) and prediction.dtype == torch.float32
+    assert torch.allclose(prediction, expected, atol=1e-5)
+    assert torch.allclose(prediction.sum(dim=1), torch.ones(1, 17, 33))
+
+
+def test_attention_maps_of_emanet(monkeypatch):
+    monkeypatch.setattr(settings, 'N_BASES', 6)
+    net = network.EMANet(n_classes=21, n_layers=50).eval()
+    maps = evaluation.attention_maps(net, torch.randn(1, 3, 33, 41))
+    assert maps.shape == (6, 33, 41)  # fewer bases than ATTENTION_BASES: all of them
+    assert maps.amin() >= 0 and maps.amax() <= 1 and torch.allclose(maps.flatten(1).amax(1), torch.ones(6))
+
+
+# ---------------------------------------------------------------- the command line
+
+def run(args, cwd, timeout=180):
+    """Runs a command like a user; one thread per process, so single-process and torchrun runs compute the same
+    numbers bit for bit. Kills the whole process group (torchrun and its workers) on a timeout."""
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    with subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+@pytest.fixture(scope='module')
+def experiment(tmp_path_factory, demo_data):
+    """An experiment folder (conftest's tiny ResNet-50 settings) evaluating the demo data's first 3 val images,
+    with a checkpoint models/ckpt.pth of that model."""
+    with open(dataset.list_path('val_small', str(demo_data)), 'w') as f:
+        f.write(''.join(image_id + '\n' for image_id in VAL_IDS))
+    folder = tmp_path_factory.mktemp('eval') / 'exp'
+    make_experiment(folder, demo_data, VAL_SPLIT='val_small', MODEL_DIR='models', LOG_DIR='logdir')
+    (folder / 'models').mkdir()
+    torch.save({'net': network.EMANet(n_classes=21, n_layers=50).state_dict(), 'step': 7}, folder / 'models' / 'ckpt.pth')
+    return folder
+
+
+def read_mask(path):
+    image = Image.open(path)
+    assert image.mode == 'P' and image.getpalette()[:768] == dataset.voc_palette()
+    return image
+
+
+def test_eval_single_process_and_torchrun_agree(experiment, demo_data):
+    single = run([sys.executable, 'eval.py', 'ckpt.pth', '--save-pred', 'preds',
+                  '--attention', 'attn', '--attention-images', '2'], experiment)
+    assert single.returncode == 0, single.stderr
+    assert 'mIoU' in single.stdout and 'tvmonitor' in single.stdout and 'ETA' in single.stderr
+    with open(experiment / 'logdir' / 'eval_ckpt.json') as f:
+        result = json.load(f)
+    assert {'mIoU', 'pAcc', 'mAcc', 'fIoU'} <= set(result) and list(result['per_class']) == list(dataset.VOC_CLASSES)
+    assert result['n_images'] == 3 and result['step'] == 7 and sum(map(sum, result['confusion'])) > 0
+    for image_id in VAL_IDS:
+        with Image.open(dataset.image_path(image_id, demo_data)) as image:
+            assert read_mask(experiment / 'preds' / f'{image_id}.png').size == image.size
+    width, height = Image.open(dataset.image_path(VAL_IDS[0], demo_data)).size
+    assert sorted(os.listdir(experiment / 'attn')) == [f'{image_id}_attention.png' for image_id in VAL_IDS[:2]]
+    assert Image.open(experiment / 'attn' / f'{VAL_IDS[0]}_attention.png').size == (3 * width, 3 * height)
+
+    distributed = run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                       'eval.py', str(experiment / 'models' / 'ckpt.pth'), '--save-pred', 'ddp_preds'], experiment)
+    assert distributed.returncode == 0, distributed.stderr
+    with open(experiment / 'logdir' / 'eval_ckpt.json') as f:
+        shards = json.load(f)
+    assert shards['confusion'] == result['confusion']
+    assert {k: shards[k] for k in ('mIoU', 'pAcc', 'mAcc', 'fIoU', 'per_class', 'n_images')} == \
+        {k: result[k] for k in ('mIoU', 'pAcc', 'mAcc', 'fIoU', 'per_class', 'n_images')}
+    for image_id in VAL_IDS:
+        assert np.array_equal(np.array(read_mask(experiment / 'ddp_preds' / f'{image_id}.png')),
+                              np.array(read_mask(experiment / 'preds' / f'{image_id}.png')))
+
+
+def test_segment_own_images(experiment, demo_data, tmp_path):
+    source = dataset.image_path(VAL_IDS[0], demo_data)
+    own = tmp_path / 'holiday.png'
+    Image.open(source).convert('RGBA').save(own)  # any format PIL reads
+    done = run([sys.executable, 'eval.py', 'ckpt.pth', '--image', source, '--image', str(own)], experiment)
+    assert done.returncode == 0, done.stderr
+    size = Image.open(source).size
+    for stem in (VAL_IDS[0], 'holiday'):
+        assert read_mask(experiment / 'logdir' / 'predictions' / f'{stem}.png').size == size
+    missing = run([sys.executable, 'eval.py', 'ckpt.pth', '--image', source, '--image', 'nowhere.jpg',
+                   '--save-pred', str(tmp_path / 'out')], experiment)
+    assert missing.returncode != 0 and 'nowhere.jpg' in missing.stderr and 'Traceback' not in missing.stderr
+    assert read_mask(tmp_path / 'out' / f'{VAL_IDS[0]}.png').size == size
+
+
+def test_missing_or_mismatched_checkpoint_is_an_error(experiment):
+    missing = run([sys.executable, 'eval.py'], experiment)  # MODEL_DIR/final.pth does not exist
+    assert missing.returncode != 0 and 'Traceback' not in missing.stderr
+    assert os.path.join('models', 'final.pth') in missing.stderr and 'does not exist' in missing.stderr
+    assert not (experiment / 'logdir' / 'eval_final.json').exists()
+    torch.save({'net': network.EMANet(n_classes=5, n_layers=50).state_dict(), 'step': 1},
+               experiment / 'models' / 'five.pth')
+    other = run([sys.executable, 'eval.py', 'five.pth'], experiment)
+    assert other.returncode != 0 and 'Traceback' not in other.stderr
+    assert 'fc2.weight has shape (5, 256, 1, 1)' in other.stderr and '(21, 256, 1, 1)' in other.stderr
