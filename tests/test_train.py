@@ -1,0 +1,376 @@
+"""train.py: the recipe, checkpoints, exact resume, interruptions, DDP, and every early error.
+
+Also a script: under torchrun (or plain python) `python tests/test_train.py ddp-step OUT` runs two
+training steps on a fixed global batch and saves the weights, for the DDP equivalence test.
+"""
+import glob
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+if __name__ == '__main__':
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+else:
+    from conftest import ROOT, make_experiment, run_script
+
+import network
+import settings
+import train
+
+
+# ---------------------------------------------------------------- the recipe, in process
+
+def test_param_groups_cover_every_trainable_parameter_once(monkeypatch):
+    monkeypatch.setattr(settings, 'N_LAYERS', 50)
+    net = network.EMANet()
+    groups = train.param_groups(net)
+    grouped = [id(p) for g in groups for p in g['params']]
+    assert len(grouped) == len(set(grouped))
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    assert trainable <= set(grouped)
+    assert set(grouped) - trainable == {id(net.emau.conv1.weight), id(net.emau.conv1.bias)}  # frozen, no grad
+    assert [g['weight_decay'] for g in groups] == [settings.WEIGHT_DECAY, 0.0, 0.0]
+    assert id(net.fc2.bias) in {id(p) for p in groups[2]['params']}
+    assert id(net.fc0.bn.weight) in {id(p) for p in groups[1]['params']}
+
+
+def test_poly_lr_every_lr_decay_steps_with_double_bias_lr(monkeypatch):
+    monkeypatch.setattr(settings, 'ITER_MAX', 100)
+    monkeypatch.setattr(settings, 'LR_DECAY', 10)
+    assert train.poly_lr(1) == train.poly_lr(9) == settings.LR
+    assert train.poly_lr(10) == pytest.approx(settings.LR * 0.9 ** settings.POLY_POWER)
+    assert train.poly_lr(19) == train.poly_lr(10)
+    assert train.poly_lr(100) == 0
+    optimizer = torch.optim.SGD(train.param_groups(network.EMANet(21, 50)), lr=1)
+    lr = train.set_lr(optimizer, 55)
+    assert [g['lr'] for g in optimizer.param_groups] == [lr, lr, 2 * lr]
+    assert lr == pytest.approx(settings.LR * 0.5 ** settings.POLY_POWER)
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_batches_resume_exactly_and_differ_between_processes():
+    full = take(iter(train.TrainBatches(20, 3, 0, 2, first_step=1)), 8)
+    assert take(iter(train.TrainBatches(20, 3, 0, 2, first_step=5)), 4) == full[4:]
+    other_rank = take(iter(train.TrainBatches(20, 3, 1, 2, first_step=1)), 3)
+    epoch0 = [i for batch in full[:3] + other_rank for i, _ in batch]
+    assert len(set(epoch0)) == 18  # one epoch, split across the processes without overlap
+    assert {seed for _, seed in full[0]}.isdisjoint({seed for _, seed in other_rank[0]})
+    assert sorted(i for b in full[:3] for i, _ in b) != sorted(i for b in full[3:6] for i, _ in b)
+
+
+# ---------------------------------------------------------------- early errors, in process
+
+@pytest.mark.parametrize('name, value, world, message', [
+    ('BATCH_SIZE', 16, 3, 'BATCH_SIZE=16 is not divisible by the 3 processes'),
+    ('CROP_SIZE', 7, 1, 'CROP_SIZE=7 is smaller than the output stride STRIDE=8'),
+])
+def test_bad_numbers_are_named(monkeypatch, name, value, world, message):
+    monkeypatch.setattr(settings, name, value)
+    with pytest.raises(SystemExit, match=message):
+        train.check_settings(world)
+
+
+@pytest.mark.parametrize('name, value', [('N_LAYERS', 34), ('STRIDE', 4), ('EM_NORM', 'l1')])
+def test_bad_architecture_settings_are_named(monkeypatch, name, value):
+    monkeypatch.setattr(settings, 'PRETRAINED', None)
+    monkeypatch.setattr(settings, name, value)
+    with pytest.raises(SystemExit, match=f'{name}={value!r}'):
+        train.build(torch.device('cpu'), 1)
+
+
+def tiny_settings(monkeypatch, demo_data, tmp_path, **overrides):
+    for name, value in {'N_LAYERS': 50, 'PRETRAINED': None, 'DATA_ROOT': str(demo_data),
+                        'MODEL_DIR': str(tmp_path / 'models'), 'LOG_DIR': str(tmp_path / 'logdir'),
+                        **overrides}.items():
+        monkeypatch.setattr(settings, name, value)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(DATA_ROOT='/nonexistent/voc'), 'DATA_ROOT.*/nonexistent/voc'),
+    (dict(TRAIN_SPLIT='trainbig'), "TRAIN_SPLIT.*'trainbig'"),
+    (dict(N_CLASSES=3), 'N_CLASSES=3'),
+    (dict(PRETRAINED='/nonexistent/resnet50s.pth'), 'PRETRAINED=.*/nonexistent/resnet50s.pth.*does not exist'),
+])
+def test_main_stops_before_training(monkeypatch, demo_data, tmp_path, capsys, overrides, message):
+    tiny_settings(monkeypatch, demo_data, tmp_path, **overrides)
+    with pytest.raises(SystemExit, match=message):
+        train.main()
+    assert not os.path.exists(tmp_path / 'models' / 'latest.pth')
+
+
+def test_unwritable_model_dir_is_named(monkeypatch, tmp_path):
+    (tmp_path / 'afile').write_text('')
+    monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path / 'afile' / 'models'))
+    with pytest.raises(SystemExit, match="MODEL_DIR=.*afile/models.* cannot be created"):
+        train.make_dirs()
+
+
+# ---------------------------------------------------------------- checkpoints, in process
+
+def small_run_state(monkeypatch, tmp_path):
+    monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path))
+    net = network.EMANet(21, 50)
+    optimizer = train.make_optimizer(net)
+    return net, optimizer, torch.amp.GradScaler('cuda', enabled=False)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(monkeypatch, tmp_path):
+    net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
+    train.save_checkpoint('latest.pth', net, optimizer, scaler, 3)
+    before = (tmp_path / 'latest.pth').read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b'partial')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    with pytest.raises(SystemExit, match=r'could not write .*latest.pth: No space left on device.*intact'):
+        train.save_checkpoint('latest.pth', net, optimizer, scaler, 4)
+    assert (tmp_path / 'latest.pth').read_bytes() == before
+    assert os.listdir(tmp_path) == ['latest.pth']
+
+
+def test_non_finite_weights_are_never_written(monkeypatch, tmp_path):
+    net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
+    with torch.no_grad():
+        net.fc2.weight[0, 0] = float('nan')
+    with pytest.raises(SystemExit, match='step 7: fc2.weight is not finite; latest.pth was not written'):
+        train.save_checkpoint('latest.pth', net, optimizer, scaler, 7)
+    assert os.listdir(tmp_path) == []
+
+
+def test_corrupt_latest_falls_back_to_newest_intact_step(monkeypatch, tmp_path, caplog):
+    net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
+    for step in (2, 4):
+        train.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
+    (tmp_path / 'latest.pth').write_bytes((tmp_path / 'step_4.pth').read_bytes()[:10000])
+    assert train.resume(net, optimizer, scaler) == 4
+    (tmp_path / 'step_4.pth').write_bytes(b'garbage')
+    assert train.resume(net, optimizer, scaler) == 2
+    for path in glob.glob(str(tmp_path / 'step_*.pth')):
+        os.remove(path)
+    with pytest.raises(SystemExit, match=r'latest.pth is truncated or corrupt.*No intact step_<N>.pth.*remove it'):
+        train.resume(net, optimizer, scaler)
+
+
+def test_untrusted_latest_is_refused_and_not_run(monkeypatch, tmp_path):
+    net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
+    torch.save({'net': {}, 'payload': Payload()}, tmp_path / 'latest.pth')
+    with pytest.raises(SystemExit, match='latest.pth is not a plain weights file'):
+        train.resume(net, optimizer, scaler)
+    assert not Payload.ran
+
+
+class Payload:
+    ran = False
+
+    def __reduce__(self):
+        return (Payload.run, ())
+
+    @staticmethod
+    def run():
+        Payload.ran = True
+
+
+# ---------------------------------------------------------------- whole runs, as a user runs them
+
+def read_scalars(logdir):
+    from tensorboardX.proto import event_pb2
+    tags = {}
+    for path in glob.glob(os.path.join(logdir, 'events.out.tfevents*')):
+        data = open(path, 'rb').read()
+        position = 0
+        while position < len(data):  # TFRecord: length, crc, payload, crc
+            length = int.from_bytes(data[position:position + 8], 'little')
+            event = event_pb2.Event.FromString(data[position + 12:position + 12 + length])
+            position += 16 + length
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
+
+
+def test_smoke_run_writes_checkpoints_settings_and_tensorboard(tmp_path, demo_data):
+    experiment = make_experiment(tmp_path / 'exp', demo_data)
+    result = run_script(experiment, 'train.py')
+    assert result.returncode == 0, result.stderr
+    assert 'step 4/4 loss' in result.stderr and 'img/s ETA' in result.stderr
+    assert sorted(os.listdir(experiment / 'models')) == ['final.pth', 'latest.pth', 'step_2.pth', 'step_4.pth']
+    ckpt = torch.load(experiment / 'models' / 'final.pth', weights_only=True)
+    assert ckpt['step'] == 4 and {'net', 'optimizer', 'scaler', 'settings'} <= set(ckpt)
+    assert ckpt['settings']['CROP_SIZE'] == 33
+    assert 'CROP_SIZE = 33\n' in (experiment / 'logdir' / 'settings.txt').read_text()
+    tags = read_scalars(experiment / 'logdir')
+    assert tags['train/loss'] == [1, 2, 3, 4] and tags['train/lr'] == [1, 2, 3, 4]
+    assert tags['train/input_truth_prediction'] == [2, 4]
+    again = run_script(experiment, 'train.py')  # a finished run resumes at its end and stops
+    assert again.returncode == 0 and 'resumed from ./models/latest.pth at step 4' in again.stderr
+
+
+def test_non_finite_loss_stops_with_the_step_and_causes(tmp_path, demo_data):
+    experiment = make_experiment(tmp_path / 'exp', demo_data, STD=(0.0, 0.0, 0.0))
+    result = run_script(experiment, 'train.py')
+    assert result.returncode == 1
+    assert 'step 1: the loss is nan' in result.stderr and 'LR=' in result.stderr and 'AMP=' in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not glob.glob(str(experiment / 'models' / '*.pth'))
+
+
+def start_training(experiment, log_path, *launcher):
+    log = open(log_path, 'a')
+    command = list(launcher or [sys.executable]) + ['train.py']
+    return subprocess.Popen(command, cwd=experiment, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'} if launcher else None)
+
+
+def wait_for(log_path, text, process, since=0, timeout=120):
+    """Waits until text appears in the log after its first `since` characters."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text in open(log_path).read()[since:]:
+            return
+        assert process.poll() is None, open(log_path).read()
+        time.sleep(0.05)
+    raise AssertionError(f'{text!r} not in {log_path}')
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig):
+    experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
+    log = tmp_path / 'log'
+    process = start_training(experiment, log)
+    wait_for(log, 'step 2/1000', process)
+    process.send_signal(sig)
+    assert process.wait(timeout=60) == 128 + sig
+    step = torch.load(experiment / 'models' / 'latest.pth', weights_only=True)['step']
+    assert step >= 2 and f'latest.pth holds step {step}' in log.read_text()
+
+
+def test_sigterm_under_torchrun_saves_and_every_rank_exits(tmp_path, demo_data):
+    experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
+    log = tmp_path / 'log'
+    process = start_training(experiment, log, sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                             '--nproc_per_node=2')
+    wait_for(log, 'step 2/1000', process, timeout=180)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    text = log.read_text()
+    step = torch.load(experiment / 'models' / 'latest.pth', weights_only=True)['step']
+    assert step >= 2 and f'latest.pth holds step {step}' in text
+    assert processes_in(experiment) == []
+
+
+def processes_in(folder):
+    """Pids of the processes whose working directory is folder."""
+    pids = []
+    for cwd in glob.glob('/proc/[0-9]*/cwd'):
+        try:
+            if os.readlink(cwd) == str(folder):
+                pids.append(cwd.split('/')[2])
+        except OSError:
+            pass
+    return pids
+
+
+def load_final(experiment):
+    return torch.load(experiment / 'models' / 'final.pth', weights_only=True)
+
+
+LONG = dict(ITER_MAX=150, ITER_SAVE=50, CROP_SIZE=17, EMA_CHANNELS=256, LOG_EVERY=1, IMAGE_EVERY=1000)
+
+
+def test_interrupted_run_ends_with_the_uninterrupted_weights(tmp_path, demo_data):
+    """A few hundred tiny steps, killed at random moments (SIGKILL, even mid-save, and SIGTERM),
+    resumed each time, end bit for bit where one uninterrupted run ends."""
+    reference = make_experiment(tmp_path / 'reference', demo_data, **LONG)
+    assert run_script(reference, 'train.py').returncode == 0
+    experiment = make_experiment(tmp_path / 'interrupted', demo_data, **LONG)
+    log = tmp_path / 'log'
+    rng = random.Random(5)
+    for attempt in range(4):
+        since = len(log.read_text()) if log.exists() else 0
+        process = start_training(experiment, log)
+        wait_for(log, ' loss ', process, since)
+        time.sleep(rng.uniform(0.5, 3.0))
+        process.send_signal(signal.SIGKILL if attempt % 2 == 0 else signal.SIGTERM)
+        process.wait(timeout=60)
+        for path in glob.glob(str(experiment / 'models' / '*.pth')):
+            network.read_weights(path)  # every checkpoint file is complete
+    process = start_training(experiment, log)
+    assert process.wait(timeout=300) == 0, log.read_text()
+    assert log.read_text().count('resumed from') >= 2
+    expected, got = load_final(reference), load_final(experiment)
+    for name, tensor in expected['net'].items():
+        assert torch.equal(tensor, got['net'][name]), name
+    momentum = [s['momentum_buffer'] for s in expected['optimizer']['state'].values()]
+    assert all(torch.equal(a, s['momentum_buffer']) for a, s in zip(momentum, got['optimizer']['state'].values()))
+    assert not glob.glob(str(experiment / 'models' / '*.tmp*'))
+
+
+# ---------------------------------------------------------------- DDP equals one process
+
+def fixed_global_batch():
+    generator = torch.Generator().manual_seed(1)
+    img = torch.randn(2, 3, 33, 33, generator=generator, dtype=torch.float64)
+    return img, torch.randint(0, 21, (2, 33, 33), generator=generator)
+
+
+def freeze_batch_norm(net, img):
+    """CPU BN is not synchronised: set its statistics from the whole global batch (the same in
+    every process), then freeze them, and dropout."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 1.0
+        net(img)
+    for m in net.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout2d)):
+            m.eval()
+
+
+def ddp_step(out):
+    """Two steps on a fixed global batch of 2 images, split across however many processes run this."""
+    settings.N_LAYERS, settings.PRETRAINED, settings.BATCH_SIZE, settings.LR = 50, None, 2, 1e-5
+    rank, world, device = train.init_distributed()
+    net = train.build(device, world).double()  # float64: a random net's gradients amplify rounding
+    img, label = fixed_global_batch()
+    freeze_batch_norm(net, img)
+    optimizer = train.make_optimizer(net)
+    model = train.wrap(net, device, world)
+    mine = slice(rank * 2 // world, (rank + 1) * 2 // world)
+    for step in (1, 2):
+        train.set_lr(optimizer, step)
+        train.train_step(model, net, optimizer, torch.amp.GradScaler('cuda', enabled=False),
+                         img[mine], label[mine], None, rank, step)
+    if rank == 0:
+        torch.save(net.state_dict(), out)
+
+
+def test_one_ddp_step_equals_one_single_process_step(tmp_path):
+    script = os.path.join(ROOT, 'tests', 'test_train.py')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    single = subprocess.run([sys.executable, script, 'ddp-step', str(tmp_path / 'single.pth')],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                          script, 'ddp-step', str(tmp_path / 'ddp.pth')],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr
+    single, ddp = torch.load(tmp_path / 'single.pth'), torch.load(tmp_path / 'ddp.pth')
+    torch.manual_seed(settings.SEED)
+    initial = network.EMANet(21, 50).state_dict()
+    assert not torch.equal(single['fc2.weight'], initial['fc2.weight'])  # the steps moved the weights
+    assert not torch.equal(single['emau.mu'], initial['emau.mu'])  # and the bases
+    for name, tensor in single.items():
+        assert torch.allclose(tensor, ddp[name], rtol=1e-9, atol=1e-12), name
+
+
+if __name__ == '__main__' and sys.argv[1] == 'ddp-step':
+    ddp_step(sys.argv[2])
