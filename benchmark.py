@@ -1,0 +1,473 @@
+"""Sizes, speed and memory of EMANet with the current settings on the current device.
+
+    python benchmark.py                           # every section; defaults sized to the device
+    python benchmark.py --json bench.json         # the same numbers, also written as JSON
+    python benchmark.py --only train infer        # some sections (or --skip data ...)
+    python benchmark.py --only train --compile    # adds the torch.compile'd AMP training step
+    python benchmark.py --only infer --layers 50  # EMANet-50 inference (513x513 and 512x1024 on CUDA)
+    python benchmark.py --device cpu --layers 50 --crop 33 --batch 1 --iters 1 --warmup 0 --repeats 1 \\
+        --infer-sizes 33x33 --sizes 17,33 --data-images 2    # the smallest run (what the tests do)
+
+Sections:
+  table1     paper Table 1: parameters and multiply-adds at 513x513 of the ResNet-101 OS8 backbone and of the
+             head (fc0 + EMA unit) for EMA_CHANNELS 512 and 256, counted on the meta device (no compute)
+  train      training images/s and peak memory of train.train_step: float32 against AMP + channels-last
+  infer      inference images/s (eval, no_grad; AMP + channels-last on CUDA as the settings say)
+  attention  the EM unit against a non-local block of the same width as the feature map grows
+  data       training samples/s of one data worker: dataset.TrainDataset against the authors' whole-image
+             pipeline, on generated 500x375 JPEGs at CROP_SIZE
+
+On CUDA the defaults are the paper's sizes (settings' N_LAYERS, CROP_SIZE, batch 8); on CPU they shrink
+(ResNet-50, crop 129, batch 2, one iteration) so that a default run takes a few minutes on two cores.
+Timings are the median over --repeats of the mean over --iters calls, after --warmup calls. Peak memory is
+torch.cuda.max_memory_allocated on CUDA (weights, optimizer state, activations); on CPU it is how far the
+process's peak RSS rose above its RSS at the start of the measurement (Linux; n/a elsewhere), which misses
+memory the allocator kept from an earlier measurement.
+"""
+import argparse
+import contextlib
+import ctypes
+import gc
+import itertools
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+import dataset
+import network
+import settings
+import train
+
+SECTIONS = ('table1', 'train', 'infer', 'attention', 'data')
+# paper Table 1 (ResNet-101 OS8 at 513x513): (parameters in millions, multiply-adds in G)
+PAPER_TABLE1 = {'backbone': (42.6, 190.6), 'head_512': (10.0, 43.1), 'head_256': (4.87, 21.1)}
+DEFAULTS = {  # per device type; None: from settings
+    'cuda': dict(layers=None, crop=None, batch=8, eval_batch=4, iters=10, warmup=5, repeats=5,
+                 infer_sizes=[(513, 513), (512, 1024)], sizes=[33, 65, 97, 129], data_images=30),
+    'cpu': dict(layers=50, crop=129, batch=2, eval_batch=1, iters=1, warmup=1, repeats=3,
+                infer_sizes=[(129, 129), (129, 257)], sizes=[33, 65, 97], data_images=20),
+}
+
+
+@contextlib.contextmanager
+def overridden(**values):
+    """settings.NAME = value for each NAME inside the block; the old values come back afterwards."""
+    old = {name: getattr(settings, name) for name in values}
+    for name, value in values.items():
+        setattr(settings, name, value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(settings, name, value)
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(call, device, args):
+    """Median over args.repeats of the mean seconds per call() over args.iters calls, after args.warmup calls."""
+    for _ in range(args.warmup):
+        call()
+    synchronize(device)
+    times = []
+    for _ in range(args.repeats):
+        tic = time.perf_counter()
+        for _ in range(args.iters):
+            call()
+        synchronize(device)
+        times.append((time.perf_counter() - tic) / args.iters)
+    return statistics.median(times)
+
+
+def proc_status_kib(field):
+    """A 'VmRSS' / 'VmHWM' line of /proc/self/status in KiB."""
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
+
+
+def start_peak_memory(device):
+    """Opens a peak-memory window; returns the baseline that peak_mib subtracts (None: cannot measure)."""
+    gc.collect()  # frees what the previous measurement left in reference cycles
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        return 0
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: hands freed heap back, so the RSS starts from what is live
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # Linux: resets the process's peak RSS (VmHWM) to its current RSS
+        return proc_status_kib('VmRSS') * 1024
+    except (OSError, AttributeError):  # not Linux with glibc
+        return None
+
+
+def peak_mib(device, baseline):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return None if baseline is None else (proc_status_kib('VmHWM') * 1024 - baseline) / 2 ** 20
+
+
+def count_macs(call, *inputs):
+    counter = FlopCounterMode(display=False)
+    with counter:
+        call(*inputs)
+    return counter.get_total_flops() / 2  # FlopCounterMode counts a multiply-add as two FLOPs
+
+
+def table1_sizes(channels, size=513):
+    """(backbone parameters, backbone MACs, head parameters, head MACs) of EMANet-101 OS8 with EMA_CHANNELS =
+    channels on a size × size image; the head is fc0 + the EM unit, as in the paper. Built on the meta device."""
+    with overridden(EMA_CHANNELS=channels, STRIDE=8), torch.device('meta'):
+        net = network.EMANet(21, 101).eval()
+        img = torch.empty(1, 3, size, size)
+    features = net.extractor(img)  # 1 × 2048 × 65 × 65
+    head_macs = count_macs(lambda x: net.emau(net.fc0(x)), features)
+    head_params = network.count_parameters(net.fc0) + network.count_parameters(net.emau)
+    return network.count_parameters(net.extractor), count_macs(net.extractor, img), head_params, head_macs
+
+
+def run_table1(device, args):
+    sizes = {}  # PAPER_TABLE1's names → (parameters, MACs)
+    for channels in (512, 256):
+        backbone_params, backbone_macs, head_params, head_macs = table1_sizes(channels)
+        sizes['backbone'] = backbone_params, backbone_macs  # the same for both widths
+        sizes[f'head_{channels}'] = head_params, head_macs
+    results, rows = {}, []
+    for name, (params, macs) in sizes.items():
+        paper_params, paper_gmacs = PAPER_TABLE1[name]
+        results[name] = {'params_m': params / 1e6, 'gmacs': macs / 1e9,
+                         'paper_params_m': paper_params, 'paper_gmacs': paper_gmacs}
+        label = 'ResNet-101 OS8 backbone' if name == 'backbone' else f'+ fc0 + EMAU, EMA_CHANNELS={name[5:]}'
+        rows.append([label, f'{params / 1e6:.2f}', f'{paper_params}', f'{macs / 1e9:.1f}', f'{paper_gmacs}'])
+    print_table('Paper Table 1 at 513x513 (meta device)',
+                ['part', 'params M', 'paper', 'MACs G', 'paper'], rows)
+    return results
+
+
+def build_net(device, channels_last):
+    """The settings' EMANet on device, same initial weights every time."""
+    torch.manual_seed(settings.SEED)
+    net = network.EMANet().to(device)
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def random_images(batch, height, width, device, channels_last):
+    img = torch.randn(batch, 3, height, width, device=device)
+    return img.contiguous(memory_format=torch.channels_last) if channels_last else img
+
+
+def measure_training(device, args, amp, channels_last, compiled):
+    """images/s and peak MiB of train.train_step on random images and labels at CROP_SIZE."""
+    baseline = start_peak_memory(device)
+    net = build_net(device, channels_last).train()
+    optimizer = train.make_optimizer(net)
+    with overridden(AMP=amp):
+        dtype = train.autocast_dtype(device)  # None on CPU: autocast stays off there
+    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
+    model = torch.compile(net) if compiled else net
+    crop = settings.CROP_SIZE
+    img = random_images(args.batch, crop, crop, device, channels_last)
+    label = torch.randint(settings.N_CLASSES, (args.batch, crop, crop), device=device)
+    steps = itertools.count(1)
+    seconds = median_seconds(
+        lambda: train.train_step(model, net, optimizer, scaler, img, label, dtype, 0, next(steps)), device, args)
+    memory = peak_mib(device, baseline)
+    if compiled:
+        torch.compiler.reset()  # the compiled graphs hold the weights: free them for the next measurement
+    return {'dtype': dtype_name(dtype), 'channels_last': channels_last, 'compiled': compiled,
+            'images_per_s': args.batch / seconds, 'peak_mib': memory}
+
+
+def run_train(device, args):
+    amp_label = 'AMP + channels-last' if device.type == 'cuda' else 'channels-last (AMP n/a on CPU: float32)'
+    variants = {'float32': ('float32', dict(amp=False, channels_last=False, compiled=False)),
+                'amp_channels_last': (amp_label, dict(amp=True, channels_last=True, compiled=False)),
+                'amp_channels_last_compiled': (amp_label + ' + torch.compile',
+                                               dict(amp=True, channels_last=True, compiled=True))}
+    results, rows = {}, []
+    for name, (label, options) in variants.items():
+        if options['compiled'] and not args.compile:
+            results[name] = None
+            rows.append([label, 'not run (--compile)', '', ''])
+            continue
+        results[name] = measure_training(device, args, **options)
+        speedup = results[name]['images_per_s'] / results['float32']['images_per_s']
+        rows.append([label, results[name]['dtype'], f"{results[name]['images_per_s']:.2f}",
+                     format_mib(results[name]['peak_mib']), f'{speedup:.2f}x'])
+    results['speedup'] = results['amp_channels_last']['images_per_s'] / results['float32']['images_per_s']
+    results['config'] = model_config(args.batch, settings.CROP_SIZE)
+    print_table(f'Training, {describe_model()}, batch {args.batch}, crop {settings.CROP_SIZE}',
+                ['variant', 'dtype', 'images/s', 'peak MiB', 'vs float32'], rows)
+    return results
+
+
+def measure_inference(device, args, height, width):
+    """images/s and peak MiB of the eval-mode forward; AMP and channels-last as the settings say (CUDA only)."""
+    channels_last = device.type == 'cuda' and settings.CHANNELS_LAST
+    dtype = train.autocast_dtype(device)
+    baseline = start_peak_memory(device)
+    net = build_net(device, channels_last).eval()
+    img = random_images(args.eval_batch, height, width, device, channels_last)
+
+    def forward():
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            net(img)
+
+    seconds = median_seconds(forward, device, args)
+    return {'dtype': dtype_name(dtype), 'channels_last': channels_last,
+            'images_per_s': args.eval_batch / seconds, 'peak_mib': peak_mib(device, baseline)}
+
+
+def run_infer(device, args):
+    results, rows = {'config': model_config(args.eval_batch)}, []
+    for height, width in args.infer_sizes:
+        result = results[f'{height}x{width}'] = measure_inference(device, args, height, width)
+        layout = ' + channels-last' if result['channels_last'] else ''
+        rows.append([f'{height}x{width}', result['dtype'] + layout, f"{result['images_per_s']:.2f}",
+                     format_mib(result['peak_mib'])])
+    print_table(f'Inference, {describe_model()}, batch {args.eval_batch}',
+                ['input', 'precision', 'images/s', 'peak MiB'], rows)
+    return results
+
+
+class NonLocal(nn.Module):
+    """A minimal dot-product non-local block (Wang et al., CVPR 2018) of width c: every pixel attends to all n
+    pixels through an explicit n × n softmax(QᵀK) map, so time and memory grow with n², where the EM unit's
+    n × K responsibilities grow with n. (No fused attention kernel: it would hide the n × n map.)"""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.query = nn.Conv2d(channels, channels, 1)
+        self.key = nn.Conv2d(channels, channels, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        query, key, value = (conv(x).flatten(2) for conv in (self.query, self.key, self.value))  # b × c × n each
+        attention = F.softmax(torch.bmm(query.transpose(1, 2), key), dim=2)  # b × n × n, rows sum to 1
+        return x + self.out(torch.bmm(value, attention.transpose(1, 2)).view(b, c, h, w))
+
+
+def attention_blocks():
+    """name → a function building the block at the settings' width c = EMA_CHANNELS."""
+    return {'emau': lambda: network.EMAU(settings.EMA_CHANNELS, settings.N_BASES, settings.STAGE_NUM,
+                                         settings.EVAL_STAGE_NUM),
+            'nonlocal': lambda: NonLocal(settings.EMA_CHANNELS)}
+
+
+def attention_macs(make_block, size, batch=1):
+    """Multiply-adds of one forward on a batch × c × size × size feature map, counted on the meta device."""
+    with torch.device('meta'):
+        block = make_block().eval()
+        features = torch.empty(batch, settings.EMA_CHANNELS, size, size)
+    return count_macs(block, features)
+
+
+def measure_attention(device, args, make_block, size):
+    """(ms per forward, peak MiB) of an eval-mode block in float32 on a random eval_batch × c × size² map."""
+    baseline = start_peak_memory(device)
+    block = make_block().to(device).eval()
+    features = torch.randn(args.eval_batch, settings.EMA_CHANNELS, size, size, device=device)
+
+    def forward():
+        with torch.no_grad():
+            block(features)
+
+    return median_seconds(forward, device, args) * 1e3, peak_mib(device, baseline)
+
+
+def run_attention(device, args):
+    results, rows = {'channels': settings.EMA_CHANNELS, 'bases': settings.N_BASES, 'batch': args.eval_batch,
+                     'sizes': []}, []
+    for size in args.sizes:
+        result = {'size': size, 'pixels': size * size}
+        for name, make_block in attention_blocks().items():
+            result[f'{name}_gmacs'] = attention_macs(make_block, size, args.eval_batch) / 1e9
+            result[f'{name}_ms'], result[f'{name}_peak_mib'] = measure_attention(device, args, make_block, size)
+        result['time_ratio'] = result['nonlocal_ms'] / result['emau_ms']
+        results['sizes'].append(result)
+        rows.append([f'{size}x{size}', f'{result["emau_gmacs"]:.2f}', f'{result["nonlocal_gmacs"]:.2f}',
+                     f'{result["emau_ms"]:.2f}', f'{result["nonlocal_ms"]:.2f}', f'{result["time_ratio"]:.1f}x',
+                     format_mib(result['emau_peak_mib']), format_mib(result['nonlocal_peak_mib'])])
+    print_table(f'EM unit (K={settings.N_BASES}, {settings.STAGE_NUM} stages) against a non-local block, '
+                f'c={settings.EMA_CHANNELS}, batch {args.eval_batch}, eval, float32',
+                ['features', 'EMAU GMACs', 'NL GMACs', 'EMAU ms', 'NL ms', 'NL/EMAU', 'EMAU MiB', 'NL MiB'], rows)
+    return results
+
+
+def write_jpeg_dataset(root, n_images, split='train', height=375, width=500):
+    """n_images generated samples at VOC's typical 500x375 in the DATA_ROOT layout: the demo dataset's shapes
+    and backgrounds, enlarged (image bicubic, label nearest), as JPEG and palette PNG."""
+    rng = np.random.default_rng(0)
+    ids = [f'{index:06d}' for index in range(n_images)]
+    for path in (dataset.image_path(ids[0], root), dataset.label_path(ids[0], root), dataset.list_path(split, root)):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    for image_id in ids:
+        image, label = dataset.demo_sample(rng)
+        Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC).save(
+            dataset.image_path(image_id, root), quality=90)
+        dataset.save_label_png(np.asarray(Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST)),
+                               dataset.label_path(image_id, root))
+    with open(dataset.list_path(split, root), 'w') as f:
+        f.write(''.join(image_id + '\n' for image_id in ids))
+    return ids
+
+
+def reference_sample(image_id, data_root, rng):
+    """One training sample the authors' way, for comparison: the whole image to float32 / 255, the whole image
+    rescaled (bilinear; label nearest), padded bottom/right to CROP_SIZE, cropped, flipped, normalised.
+    → (3 × CROP × CROP float32, CROP × CROP int64), the same distribution as dataset.TrainDataset's."""
+    crop = settings.CROP_SIZE
+    mean = torch.tensor(settings.MEAN).view(3, 1, 1)
+    std = torch.tensor(settings.STD).view(3, 1, 1)
+    image = dataset.read_image(dataset.image_path(image_id, data_root))
+    image = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)  # 3 × H × W
+    label = torch.from_numpy(dataset.read_label(dataset.label_path(image_id, data_root)))  # H × W uint8
+    scale = settings.SCALES[rng.integers(len(settings.SCALES))]
+    size = int(label.shape[0] * scale), int(label.shape[1] * scale)
+    image = F.interpolate(image[None], size, mode='bilinear', align_corners=False)[0]  # 3 × h × w
+    label = F.interpolate(label[None, None], size, mode='nearest')[0, 0].long()  # h × w
+    pad = (0, max(crop - size[1], 0), 0, max(crop - size[0], 0))  # left, right, top, bottom
+    if any(pad):
+        image = F.pad(image - mean, pad) + mean  # the mean colour: 0 once normalised
+        label = F.pad(label, pad, value=settings.IGNORE_LABEL)
+    top = int(rng.integers(image.shape[1] - crop + 1))
+    left = int(rng.integers(image.shape[2] - crop + 1))
+    image, label = image[:, top:top + crop, left:left + crop], label[top:top + crop, left:left + crop]
+    if rng.random() < 0.5:
+        image, label = image.flip(2), label.flip(1)
+    return ((image - mean) / std).contiguous(), label.contiguous()
+
+
+def run_data(device, args):
+    """Samples per second of one worker: one process, one thread, as a DataLoader worker runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            ids = write_jpeg_dataset(root, args.data_images)
+            train_set = dataset.TrainDataset(data_root=root, split='train')
+            pipelines = {'train_dataset': lambda index, seed: train_set[(index, seed)],
+                         'reference': lambda index, seed: reference_sample(ids[index], root,
+                                                                           np.random.default_rng(seed))}
+            # each timed call is one pass over every image, with fresh augmentation seeds
+            seeds = itertools.count()
+            per_s = {name: len(ids) / median_seconds(
+                lambda: [pipeline(index, next(seeds)) for index in range(len(ids))], torch.device('cpu'), args)
+                for name, pipeline in pipelines.items()}
+    finally:
+        torch.set_num_threads(threads)
+    results = {'images': len(ids), 'crop': settings.CROP_SIZE, 'train_dataset_per_s': per_s['train_dataset'],
+               'reference_per_s': per_s['reference'], 'speedup': per_s['train_dataset'] / per_s['reference']}
+    print_table(f'Data loading, one worker (1 thread), {len(ids)} generated 500x375 JPEGs, '
+                f'crop {settings.CROP_SIZE}',
+                ['pipeline', 'samples/s', 'vs reference'],
+                [['dataset.TrainDataset (crop window only)', f'{per_s["train_dataset"]:.1f}',
+                  f'{results["speedup"]:.2f}x'],
+                 ['reference: whole image float, resize, pad, crop', f'{per_s["reference"]:.1f}', '1.00x']])
+    return results
+
+
+def describe_model():
+    return f'EMANet-{settings.N_LAYERS} OS{settings.STRIDE}, EMA_CHANNELS {settings.EMA_CHANNELS}'
+
+
+def model_config(batch, crop=None):
+    config = {'n_layers': settings.N_LAYERS, 'stride': settings.STRIDE, 'ema_channels': settings.EMA_CHANNELS,
+              'n_bases': settings.N_BASES, 'stage_num': settings.STAGE_NUM, 'batch': batch}
+    return config if crop is None else {**config, 'crop': crop}
+
+
+def dtype_name(autocast_dtype):
+    return str(autocast_dtype or torch.float32).replace('torch.', '')
+
+
+def format_mib(value):
+    return 'n/a' if value is None else f'{value:.0f}'
+
+
+def print_table(title, header, rows):
+    widths = [max(len(str(row[i])) if i < len(row) else 0 for row in [header] + rows) for i in range(len(header))]
+    print(f'\n{title}')
+    for row in [header] + rows:
+        print('  '.join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument('--device', help="'cuda', 'cuda:1' or 'cpu' (default: settings.DEVICE, else cuda if there)")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument('--only', nargs='+', choices=SECTIONS, metavar='SECTION',
+                        help=f'run only these sections, of {", ".join(SECTIONS)}')
+    chosen.add_argument('--skip', nargs='+', choices=SECTIONS, metavar='SECTION', default=[],
+                        help='run all but these sections')
+    parser.add_argument('--layers', type=int, choices=sorted(network.LAYERS),
+                        help='N_LAYERS for train and infer (default: settings on CUDA, 50 on CPU)')
+    parser.add_argument('--crop', type=int, help='training crop (default: CROP_SIZE on CUDA, 129 on CPU)')
+    parser.add_argument('--batch', type=int, help='training batch (default: 8 on CUDA, 2 on CPU)')
+    parser.add_argument('--eval-batch', type=int, help='inference and attention batch (default: 4 on CUDA, 1 on CPU)')
+    parser.add_argument('--iters', type=int, help='calls per timed repeat (default: 10 on CUDA, 1 on CPU)')
+    parser.add_argument('--warmup', type=int, help='untimed calls first (default: 5 on CUDA, 1 on CPU)')
+    parser.add_argument('--repeats', type=int, help='timed repeats, the median is reported (default: 5 / 3)')
+    parser.add_argument('--infer-sizes', type=lambda s: [tuple(int(v) for v in hw.split('x')) for hw in s.split(',')],
+                        help='HxW,... inference inputs (default: 513x513,512x1024 on CUDA, 129x129,129x257 on CPU)')
+    parser.add_argument('--sizes', type=lambda s: [int(v) for v in s.split(',')],
+                        help='feature sizes for the attention section (default: 33,65,97,129 on CUDA, 33,65,97 on CPU)')
+    parser.add_argument('--data-images', type=int, help='generated JPEGs for the data section (default: 30 / 20)')
+    parser.add_argument('--compile', action='store_true', default=None,
+                        help='also time the torch.compile\'d AMP training step (default: settings.COMPILE)')
+    parser.add_argument('--json', help='also write the numbers to this file')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device or settings.DEVICE or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    for name, value in DEFAULTS['cuda' if device.type == 'cuda' else 'cpu'].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.compile = settings.COMPILE if args.compile is None else args.compile
+    sections = [s for s in SECTIONS if s in (args.only or SECTIONS) and s not in args.skip]
+    if device.type == 'cuda':
+        device = torch.device('cuda', torch.cuda.current_device() if device.index is None else device.index)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = settings.CUDNN_BENCHMARK
+    results = {'device': device_name(device), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
+               'peak_memory': 'max_memory_allocated' if device.type == 'cuda' else 'peak RSS growth'}
+    if device.type == 'cuda':  # float32 convolutions may run in TF32 on Ampere and later: say which
+        results['cudnn_allow_tf32'] = torch.backends.cudnn.allow_tf32
+    print(f"{results['device']}, torch {results['torch']}, {results['threads']} threads; peak memory: "
+          f"{results['peak_memory']}; median of {args.repeats} x {args.iters} calls after {args.warmup} warm-up")
+    runners = {'table1': run_table1, 'train': run_train, 'infer': run_infer, 'attention': run_attention,
+               'data': run_data}
+    model_settings = {'N_LAYERS': args.layers or settings.N_LAYERS, 'CROP_SIZE': args.crop or settings.CROP_SIZE}
+    for section in sections:
+        tic = time.perf_counter()
+        # the data section keeps the settings' CROP_SIZE: it measures the real pipeline, not a shrunken model
+        with overridden(**(model_settings if section in ('train', 'infer') else {})):
+            results[section] = runners[section](device, args)
+        print(f'({section}: {time.perf_counter() - tic:.0f} s)')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
