@@ -2,9 +2,6 @@
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ import dataset
 import eval as evaluation
 import network
 import settings
-from conftest import make_experiment
+from conftest import make_experiment, run_script
 
 VAL_IDS = ['000300', '000301', '000302']  # the first ids of the demo's val list
 
@@ -138,19 +135,8 @@ def test_attention_maps_of_emanet(monkeypatch):
 
 # ---------------------------------------------------------------- the command line
 
-def run(args, cwd, timeout=180):
-    """Runs a command like a user; one thread per process, so single-process and torchrun runs compute the same
-    numbers bit for bit. Kills the whole process group (torchrun and its workers) on a timeout."""
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    with subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as process:
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise
-    return subprocess.CompletedProcess(args, process.returncode, out, err)
+# one thread per process, so single-process and torchrun runs compute the same numbers bit for bit
+ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 
 
 @pytest.fixture(scope='module')
@@ -173,8 +159,8 @@ def read_mask(path):
 
 
 def test_eval_single_process_and_torchrun_agree(experiment, demo_data):
-    single = run([sys.executable, 'eval.py', 'ckpt.pth', '--save-pred', 'preds',
-                  '--attention', 'attn', '--attention-images', '2'], experiment)
+    single = run_script(experiment, 'eval.py', 'ckpt.pth', '--save-pred', 'preds',
+                        '--attention', 'attn', '--attention-images', '2', env=ONE_THREAD)
     assert single.returncode == 0, single.stderr
     assert 'mIoU' in single.stdout and 'tvmonitor' in single.stdout and 'ETA' in single.stderr
     with open(experiment / 'logdir' / 'eval_ckpt.json') as f:
@@ -188,8 +174,9 @@ def test_eval_single_process_and_torchrun_agree(experiment, demo_data):
     assert sorted(os.listdir(experiment / 'attn')) == [f'{image_id}_attention.png' for image_id in VAL_IDS[:2]]
     assert Image.open(experiment / 'attn' / f'{VAL_IDS[0]}_attention.png').size == (3 * width, 3 * height)
 
-    distributed = run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                       'eval.py', str(experiment / 'models' / 'ckpt.pth'), '--save-pred', 'ddp_preds'], experiment)
+    distributed = run_script(experiment, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                             'eval.py', str(experiment / 'models' / 'ckpt.pth'), '--save-pred', 'ddp_preds',
+                             env=ONE_THREAD)
     assert distributed.returncode == 0, distributed.stderr
     with open(experiment / 'logdir' / 'eval_ckpt.json') as f:
         shards = json.load(f)
@@ -205,24 +192,24 @@ def test_segment_own_images(experiment, demo_data, tmp_path):
     source = dataset.image_path(VAL_IDS[0], demo_data)
     own = tmp_path / 'holiday.png'
     Image.open(source).convert('RGBA').save(own)  # any format PIL reads
-    done = run([sys.executable, 'eval.py', 'ckpt.pth', '--image', source, '--image', str(own)], experiment)
+    done = run_script(experiment, 'eval.py', 'ckpt.pth', '--image', source, '--image', str(own), env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
     size = Image.open(source).size
     for stem in (VAL_IDS[0], 'holiday'):
         assert read_mask(experiment / 'logdir' / 'predictions' / f'{stem}.png').size == size
-    missing = run([sys.executable, 'eval.py', 'ckpt.pth', '--image', source, '--image', 'nowhere.jpg',
-                   '--save-pred', str(tmp_path / 'out')], experiment)
+    missing = run_script(experiment, 'eval.py', 'ckpt.pth', '--image', source, '--image', 'nowhere.jpg',
+                         '--save-pred', str(tmp_path / 'out'), env=ONE_THREAD)
     assert missing.returncode != 0 and 'nowhere.jpg' in missing.stderr and 'Traceback' not in missing.stderr
     assert read_mask(tmp_path / 'out' / f'{VAL_IDS[0]}.png').size == size
 
 
 def test_missing_or_mismatched_checkpoint_is_an_error(experiment):
-    missing = run([sys.executable, 'eval.py'], experiment)  # MODEL_DIR/final.pth does not exist
+    missing = run_script(experiment, 'eval.py', env=ONE_THREAD)  # MODEL_DIR/final.pth does not exist
     assert missing.returncode != 0 and 'Traceback' not in missing.stderr
     assert os.path.join('models', 'final.pth') in missing.stderr and 'does not exist' in missing.stderr
     assert not (experiment / 'logdir' / 'eval_final.json').exists()
     torch.save({'net': network.EMANet(n_classes=5, n_layers=50).state_dict(), 'step': 1},
                experiment / 'models' / 'five.pth')
-    other = run([sys.executable, 'eval.py', 'five.pth'], experiment)
+    other = run_script(experiment, 'eval.py', 'five.pth', env=ONE_THREAD)
     assert other.returncode != 0 and 'Traceback' not in other.stderr
     assert 'fc2.weight has shape (5, 256, 1, 1)' in other.stderr and '(21, 256, 1, 1)' in other.stderr

@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import network
 import settings
+from conftest import Payload
 from network import EMANet, EMAU, CheckpointError
 
 
@@ -215,8 +216,8 @@ def save(tmp_path, obj, name='file.pth'):
 def test_untrusted_and_broken_checkpoints_are_refused(monkeypatch, tmp_path):
     net = small_net(monkeypatch)
     with pytest.raises(CheckpointError, match='arbitrary unpickling'):
-        network.load_checkpoint(net, save(tmp_path, {'net': {}, 'obj': UnsafeObject()}))
-    assert not UnsafeObject.ran
+        network.load_checkpoint(net, save(tmp_path, {'net': {}, 'obj': Payload()}))
+    assert not Payload.ran
     with pytest.raises(CheckpointError, match='not an EMANet checkpoint'):
         network.load_checkpoint(net, save(tmp_path, {'step': 1}))
     good = save(tmp_path, {'net': net.state_dict(), 'step': 1})
@@ -226,17 +227,6 @@ def test_untrusted_and_broken_checkpoints_are_refused(monkeypatch, tmp_path):
         network.load_checkpoint(net, truncated)
     with pytest.raises(CheckpointError, match='nothere.pth does not exist'):
         network.load_checkpoint(net, tmp_path / 'nothere.pth')
-
-
-class UnsafeObject:
-    ran = False
-
-    def __reduce__(self):
-        return (UnsafeObject.mark, ())
-
-    @staticmethod
-    def mark():
-        UnsafeObject.ran = True
 
 
 def imagenet_file(extractor, tmp_path, drop=None, reshape=None, extra=None, counters=True):
@@ -368,3 +358,16 @@ def test_bad_depth_and_stride_are_named():
         network.backbone(34, 8)
     with pytest.raises(ValueError, match='STRIDE=32'):
         network.backbone(50, 32)
+
+
+def test_em_and_loss_stay_float32_under_autocast(monkeypatch):
+    net = small_net(monkeypatch).train()
+    img, label = torch.randn(2, 3, 33, 33), torch.randint(0, 21, (2, 33, 33))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        features = net.fc0(net.extractor(img))
+        loss, mu = net(img, label)
+    assert features.dtype == torch.bfloat16  # the backbone did run in bfloat16
+    assert loss.dtype == torch.float32 and mu.dtype == torch.float32
+    assert torch.allclose(mu.norm(dim=1), torch.ones(2, 64), atol=1e-5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert net.eval()(img).dtype == torch.float32

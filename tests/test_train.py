@@ -4,6 +4,7 @@ Also a script: under torchrun (or plain python) `python tests/test_train.py ddp-
 training steps on a fixed global batch and saves the weights, for the DDP equivalence test.
 """
 import glob
+import json
 import os
 import random
 import signal
@@ -17,7 +18,7 @@ import torch
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 else:
-    from conftest import ROOT, make_experiment, run_script
+    from conftest import ROOT, Payload, make_experiment, run_script
 
 import network
 import settings
@@ -65,6 +66,15 @@ def test_batches_resume_exactly_and_differ_between_processes():
     assert len(set(epoch0)) == 18  # one epoch, split across the processes without overlap
     assert {seed for _, seed in full[0]}.isdisjoint({seed for _, seed in other_rank[0]})
     assert sorted(i for b in full[:3] for i, _ in b) != sorted(i for b in full[3:6] for i, _ in b)
+
+
+@pytest.mark.parametrize('device, amp, bf16, expected', [
+    ('cpu', True, True, None), ('cuda', False, True, None),
+    ('cuda', True, True, torch.bfloat16), ('cuda', True, False, torch.float16)])
+def test_autocast_dtype(monkeypatch, device, amp, bf16, expected):
+    monkeypatch.setattr(settings, 'AMP', amp)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: bf16)
+    assert train.autocast_dtype(torch.device(device)) == expected
 
 
 # ---------------------------------------------------------------- early errors, in process
@@ -169,17 +179,6 @@ def test_untrusted_latest_is_refused_and_not_run(monkeypatch, tmp_path):
     assert not Payload.ran
 
 
-class Payload:
-    ran = False
-
-    def __reduce__(self):
-        return (Payload.run, ())
-
-    @staticmethod
-    def run():
-        Payload.ran = True
-
-
 # ---------------------------------------------------------------- whole runs, as a user runs them
 
 def read_scalars(logdir):
@@ -197,7 +196,7 @@ def read_scalars(logdir):
     return tags
 
 
-def test_smoke_run_writes_checkpoints_settings_and_tensorboard(tmp_path, demo_data):
+def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics(tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data)
     result = run_script(experiment, 'train.py')
     assert result.returncode == 0, result.stderr
@@ -212,6 +211,11 @@ def test_smoke_run_writes_checkpoints_settings_and_tensorboard(tmp_path, demo_da
     assert tags['train/input_truth_prediction'] == [2, 4]
     again = run_script(experiment, 'train.py')  # a finished run resumes at its end and stops
     assert again.returncode == 0 and 'resumed from ./models/latest.pth at step 4' in again.stderr
+    evaluated = run_script(experiment, 'eval.py')
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert 'mIoU' in evaluated.stdout and 'tvmonitor' in evaluated.stdout
+    result = json.load(open(experiment / 'logdir' / 'eval_final.json'))
+    assert {'mIoU', 'pAcc', 'mAcc', 'fIoU', 'per_class'} <= set(result) and result['step'] == 4
 
 
 def test_non_finite_loss_stops_with_the_step_and_causes(tmp_path, demo_data):
@@ -253,18 +257,24 @@ def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig):
     assert step >= 2 and f'latest.pth holds step {step}' in log.read_text()
 
 
-def test_sigterm_under_torchrun_saves_and_every_rank_exits(tmp_path, demo_data):
+def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes(tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
     log = tmp_path / 'log'
-    process = start_training(experiment, log, sys.executable, '-m', 'torch.distributed.run', '--standalone',
-                             '--nproc_per_node=2')
+    torchrun = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2')
+    process = start_training(experiment, log, *torchrun)
     wait_for(log, 'step 2/1000', process, timeout=180)
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
-    text = log.read_text()
     step = torch.load(experiment / 'models' / 'latest.pth', weights_only=True)['step']
-    assert step >= 2 and f'latest.pth holds step {step}' in text
+    assert step >= 2 and f'latest.pth holds step {step}' in log.read_text()
     assert processes_in(experiment) == []
+    with open(experiment / 'settings.py', 'a') as f:
+        f.write(f'ITER_MAX = {step + 2}\n')
+    since = len(log.read_text())
+    process = start_training(experiment, log, *torchrun)
+    assert process.wait(timeout=180) == 0, log.read_text()[since:]
+    assert f'resumed from ./models/latest.pth at step {step}' in log.read_text()[since:]
+    assert load_final(experiment)['step'] == step + 2
 
 
 def processes_in(folder):
@@ -283,7 +293,7 @@ def load_final(experiment):
     return torch.load(experiment / 'models' / 'final.pth', weights_only=True)
 
 
-LONG = dict(ITER_MAX=150, ITER_SAVE=50, CROP_SIZE=17, EMA_CHANNELS=256, LOG_EVERY=1, IMAGE_EVERY=1000)
+LONG = dict(ITER_MAX=150, ITER_SAVE=100, CROP_SIZE=17, EMA_CHANNELS=256, LOG_EVERY=1, IMAGE_EVERY=1000)
 
 
 def test_interrupted_run_ends_with_the_uninterrupted_weights(tmp_path, demo_data):

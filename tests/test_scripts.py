@@ -1,0 +1,66 @@
+"""demo.sh, clean.sh and tensorboard.sh, run from a copy of the repository as a user would."""
+import json
+import os
+import subprocess
+
+from conftest import copy_code, make_experiment
+
+
+def bash(folder, script, env=None, timeout=600):
+    return subprocess.run(['bash', script], cwd=folder, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_demo_runs_the_whole_loop_at_a_tiny_budget(tmp_path):
+    repo = copy_code(tmp_path / 'repo')
+    result = bash(repo, 'demo.sh', env={'DEMO_ITER_MAX': '2'})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "> DATA_ROOT = '" in result.stdout and '> ITER_MAX = 2' in result.stdout  # the diff is shown
+    assert '== demo mIoU' in result.stdout and 'predicting background everywhere scores' in result.stdout
+    experiment = repo / 'demo_exp'
+    assert json.load(open(experiment / 'logdir' / 'eval_final.json'))['mIoU'] >= 0
+    assert len(os.listdir(experiment / 'logdir' / 'predictions')) == len(
+        open(repo / 'demo_data' / 'ImageSets' / 'SegmentationAug' / 'val.txt').read().split())
+    assert os.listdir(experiment / 'logdir' / 'attention')
+    assert (experiment / 'models' / 'final.pth').exists()
+
+
+def test_clean_removes_checkpoints_logs_and_caches_only(tmp_path, demo_data):
+    outside = tmp_path / 'shared_logs'
+    outside.mkdir()
+    (outside / 'keep').write_text('')
+    experiment = make_experiment(tmp_path / 'exp', demo_data)
+    models, logdir = experiment / 'models', experiment / 'logdir'
+    for folder in (models, logdir, experiment / '__pycache__'):
+        folder.mkdir()
+    for name in ('latest.pth', 'final.pth', 'step_2.pth', 'latest.pth.tmp77', 'resnet50s.pth', 'README.md'):
+        (models / name).write_text('x')
+    (logdir / 'events.out.tfevents.1').write_text('x')
+    result = bash(experiment, 'clean.sh')
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(models)) == ['README.md', 'resnet50s.pth']
+    assert not logdir.exists() and not (experiment / '__pycache__').exists()
+    assert (experiment / 'settings.py').exists()
+
+    with open(experiment / 'settings.py', 'a') as f:
+        f.write(f"LOG_DIR = {str(outside)!r}\nMODEL_DIR = '..'\n")
+    result = bash(experiment, 'clean.sh')
+    assert result.returncode == 0, result.stderr
+    assert 'left alone' in result.stdout and (outside / 'keep').exists()
+
+
+def test_tensorboard_serves_log_dir_on_a_free_port(tmp_path, demo_data):
+    experiment = copy_code(tmp_path / 'exp')
+    with open(experiment / 'settings.py', 'a') as f:
+        f.write("LOG_DIR = './runs'\n")
+    fake_bin = tmp_path / 'bin'
+    fake_bin.mkdir()
+    (fake_bin / 'tensorboard').write_text('#!/bin/sh\necho "tensorboard $@"\n')
+    (fake_bin / 'tensorboard').chmod(0o755)
+    result = bash(experiment, 'tensorboard.sh', env={'PATH': f"{fake_bin}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    address, call = result.stdout.splitlines()
+    port = address.split('localhost:')[1].split('/')[0]
+    assert call == f'tensorboard --logdir ./runs --port {port} --bind_all' and int(port) > 0
+    missing = bash(experiment, 'tensorboard.sh', env={'PATH': '/usr/bin:/bin'})
+    assert missing.returncode == 1 and 'pip install tensorboard' in missing.stderr
