@@ -389,6 +389,8 @@ def main():
         save_checkpoint('final.pth', net, optimizer, scaler, settings.ITER_MAX)
         writer.close()
         logger.info('done: %s', checkpoint_path('final.pth'))
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def write_settings_copy():
