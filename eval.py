@@ -50,22 +50,11 @@ def load_net(path, device):
     """(EMANet in eval mode on device with the checkpoint's weights, the checkpoint's step)."""
     net = network.EMANet()
     step = network.load_checkpoint(net, path).get('step')
-    net = net.eval().to(device)
-    if device.type == 'cuda' and settings.CHANNELS_LAST:
-        net = net.to(memory_format=torch.channels_last)
-    return net, step
-
-
-def to_device(img, device):
-    img = img.to(device, non_blocking=True)
-    if device.type == 'cuda' and settings.CHANNELS_LAST:
-        img = img.contiguous(memory_format=torch.channels_last)
-    return img
+    return train.to_device(net.eval(), device), step
 
 
 def mixed_precision(device):
-    dtype = train.autocast_dtype(device)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return train.mixed_precision(device, train.autocast_dtype(device))
 
 
 def scaled_size(size, scale):
@@ -178,7 +167,7 @@ def evaluate(net, device, rank, world, args):
     for done, index in enumerate(shard, 1):
         image_id = val_set.ids[index]
         img, label = val_set[index]  # 3 × H' × W', H' × W'
-        img = to_device(img[None], device)
+        img = train.to_device(img[None], device)
         pred = predict(net, img).argmax(dim=1)[0]  # H' × W'
         confusion += confusion_matrix(pred, label.to(device))
         if args.save_pred:
@@ -210,7 +199,7 @@ def segment_images(net, device, rank, world, args):
     for index in range(rank, len(args.image), world):
         path = args.image[index]
         image = dataset.read_image(path)
-        img = to_device(image_tensor(image), device)
+        img = train.to_device(image_tensor(image), device)
         pred = predict(net, img).argmax(dim=1)[0]  # H' × W'
         stem = os.path.splitext(os.path.basename(path))[0]
         out = os.path.join(out_dir, stem + '.png')

@@ -54,6 +54,17 @@ def autocast_dtype(device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def mixed_precision(device, dtype):
+    """autocast to dtype on device; dtype None leaves it off."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def to_device(x, device):
+    """A module or a b × 3 × h × w batch on device, channels-last on CUDA when CHANNELS_LAST."""
+    x = x.to(device, non_blocking=True)
+    return x.to(memory_format=torch.channels_last) if device.type == 'cuda' and settings.CHANNELS_LAST else x
+
+
 def effective_settings():
     """Every UPPER_CASE setting, in file order: what an experiment ran with."""
     return {k: v for k, v in vars(settings).items() if k.isupper()}
@@ -213,10 +224,7 @@ def build(device, world):
         raise SystemExit(str(e)) from None
     if device.type == 'cuda' and world > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    net = net.to(device)
-    if device.type == 'cuda' and settings.CHANNELS_LAST:
-        net = net.to(memory_format=torch.channels_last)
-    return net
+    return to_device(net, device)
 
 
 class StopFlag:
@@ -242,7 +250,7 @@ def colour_panel(img, label, pred):
 
 def log_images(writer, net, img, label, step, dtype):
     net.eval()
-    with torch.no_grad(), torch.autocast(img.device.type, dtype=dtype, enabled=dtype is not None):
+    with torch.no_grad(), mixed_precision(img.device, dtype):
         pred = net(img[:1]).argmax(dim=1)[0]
     net.train()
     writer.add_image('train/input_truth_prediction', colour_panel(img[0], label[0], pred), step)
@@ -255,7 +263,7 @@ def format_eta(seconds):
 def train_step(model, net, optimizer, scaler, img, label, dtype, rank, step):
     """One SGD step and the bases' moving average; returns this process's mean loss."""
     torch.manual_seed(hash(step_seed(step, rank)) % 2 ** 63)  # dropout masks follow the step
-    with torch.autocast(img.device.type, dtype=dtype, enabled=dtype is not None):
+    with mixed_precision(img.device, dtype):
         loss, mu = model(img, label)
     loss = loss.mean()
     optimizer.zero_grad(set_to_none=True)
@@ -358,10 +366,7 @@ def main():
     net.train()
     for step in range(start + 1, settings.ITER_MAX + 1):
         img, label = next(loader)
-        img = img.to(device, non_blocking=True)
-        label = label.to(device, non_blocking=True)
-        if device.type == 'cuda' and settings.CHANNELS_LAST:
-            img = img.contiguous(memory_format=torch.channels_last)
+        img, label = to_device(img, device), label.to(device, non_blocking=True)
         lr = set_lr(optimizer, step)
         loss = train_step(model, net, optimizer, scaler, img, label, dtype, rank, step)
         # every process sees the global loss and any process's signal, so all stop at the same step;
