@@ -134,11 +134,17 @@ class TrainBatches(Sampler):
                 step += 1
 
 
+def ignore_interrupts(worker_id):
+    """Ctrl-C signals the data workers too; only the main process decides when to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(train_set, rank, world, first_step, device):
     batches = TrainBatches(len(train_set), settings.BATCH_SIZE // world, rank, world, first_step)
     workers = settings.NUM_WORKERS
     return DataLoader(train_set, batch_sampler=batches, num_workers=workers, pin_memory=device.type == 'cuda',
-                      prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
+                      prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
+                      worker_init_fn=ignore_interrupts)
 
 
 def checkpoint_path(name):

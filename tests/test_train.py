@@ -230,7 +230,7 @@ def test_non_finite_loss_stops_with_the_step_and_causes(tmp_path, demo_data):
 def start_training(experiment, log_path, *launcher):
     log = open(log_path, 'a')
     command = list(launcher or [sys.executable]) + ['train.py']
-    return subprocess.Popen(command, cwd=experiment, stdout=log, stderr=subprocess.STDOUT,
+    return subprocess.Popen(command, cwd=experiment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, 'OMP_NUM_THREADS': '1'} if launcher else None)
 
 
@@ -245,16 +245,19 @@ def wait_for(log_path, text, process, since=0, timeout=120):
     raise AssertionError(f'{text!r} not in {log_path}')
 
 
-@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig):
-    experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
+@pytest.mark.parametrize('sig, workers', [(signal.SIGTERM, 0), (signal.SIGINT, 2)])
+def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig, workers):
+    """SIGTERM as a cluster sends it to the process; SIGINT as Ctrl-C in a terminal sends it, to the
+    whole process group, data workers included."""
+    experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000, NUM_WORKERS=workers)
     log = tmp_path / 'log'
     process = start_training(experiment, log)
     wait_for(log, 'step 2/1000', process)
-    process.send_signal(sig)
-    assert process.wait(timeout=60) == 128 + sig
+    os.killpg(process.pid, sig) if sig == signal.SIGINT else process.send_signal(sig)
+    assert process.wait(timeout=60) == 128 + sig, log.read_text()
     step = torch.load(experiment / 'models' / 'latest.pth', weights_only=True)['step']
     assert step >= 2 and f'latest.pth holds step {step}' in log.read_text()
+    assert 'Traceback' not in log.read_text()
 
 
 def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes(tmp_path, demo_data):
