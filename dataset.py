@@ -17,6 +17,7 @@ import collections
 import functools
 import multiprocessing
 import os
+import time
 
 import numpy as np
 import scipy.io
@@ -317,9 +318,12 @@ def prepare(voc_dir, sbd_dir):
     sources = label_sources(sorted(set(lists['trainaug']) | set(lists['val'])), voc_dir, sbd_dir)
     os.makedirs(os.path.join(voc_dir, 'SegmentationClassAug'), exist_ok=True)
     jobs = [(source, label_path(image_id, voc_dir)) for image_id, source in sources.items()]
+    outcomes, tic = collections.Counter(), time.time()
     try:
         with multiprocessing.Pool() as pool:
-            outcomes = collections.Counter(pool.imap_unordered(convert_label, jobs, chunksize=32))
+            for done, outcome in enumerate(pool.imap_unordered(convert_label, jobs, chunksize=32), 1):
+                outcomes[outcome] += 1
+                settings.log_progress('prepare: labels', done, len(jobs), tic)
     except ValueError as error:
         raise SystemExit(f'prepare: {error}') from None
     write_lists(lists, voc_dir)
@@ -437,9 +441,11 @@ def check():
         settings.logger.info('check: %s = %r: %d ids', setting, getattr(settings, setting), len(split_ids))
         ids.update(split_ids)
     check_one = functools.partial(check_sample, data_root=settings.DATA_ROOT)
+    tic = time.time()
     with multiprocessing.Pool() as pool:
-        for found in pool.imap(check_one, sorted(ids), chunksize=16):  # in id order, on every core
+        for done, found in enumerate(pool.imap(check_one, sorted(ids), chunksize=16), 1):  # in id order
             problems += found
+            settings.log_progress('check: images', done, len(ids), tic)
     for problem in problems:
         settings.logger.error('check: %s', problem)
     settings.logger.info('check: %d images, %d problems in %s', len(ids), len(problems), settings.DATA_ROOT)

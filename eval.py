@@ -149,14 +149,6 @@ def save_attention(net, img, image, path):
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
-def log_progress(done, total, tic):
-    """A line every 50 images or every 10 %, whichever comes first, and at the end."""
-    if done % max(1, min(50, total // 10)) == 0 or done == total:
-        seconds = (time.time() - tic) / done
-        logger.info('%d/%d images, %.2f s/image, ETA %s', done, total, seconds,
-                    train.format_eta(seconds * (total - done)))
-
-
 def evaluate(net, device, rank, world, args):
     """(confusion matrix of VAL_SPLIT summed over all processes, number of images). This process takes the
     images rank, rank + world, ...; it writes masks and attention grids of its own images."""
@@ -178,7 +170,7 @@ def evaluate(net, device, rank, world, args):
             image = dataset.read_image(dataset.image_path(image_id, val_set.data_root))
             save_attention(net, img, image, os.path.join(args.attention, image_id + '_attention.png'))
         if rank == 0:
-            log_progress(done, len(shard), tic)
+            settings.log_progress('images', done, len(shard), tic)
     if dist.is_initialized():
         dist.all_reduce(confusion)
     return confusion.cpu().numpy(), len(val_set)

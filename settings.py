@@ -8,6 +8,7 @@ Paths are relative to the folder the scripts run in.
 """
 import logging
 import os
+import time
 
 # data
 DATA_ROOT = './data/VOC2012'    # JPEGImages/, SegmentationClassAug/, ImageSets/SegmentationAug/
@@ -74,3 +75,16 @@ def get_logger(name='emanet'):
 
 
 logger = get_logger()
+
+
+def format_eta(seconds):
+    return time.strftime('%H:%M:%S', time.gmtime(seconds)) if seconds < 86400 else f'{seconds / 86400:.1f} days'
+
+
+def log_progress(what, done, total, tic):
+    """A line at every tenth of the work and at its end (count, seconds per item, ETA), once the work
+    started at time tic has taken 5 seconds: quick work stays quiet."""
+    elapsed = time.time() - tic
+    if elapsed >= 5 and (done % max(1, total // 10) == 0 or done == total):
+        seconds = elapsed / done
+        logger.info('%s %d/%d, %.3f s each, ETA %s', what, done, total, seconds, format_eta(seconds * (total - done)))

@@ -262,10 +262,6 @@ def log_images(writer, net, img, label, step, dtype):
     writer.add_image('train/input_truth_prediction', colour_panel(img[0], label[0], pred), step)
 
 
-def format_eta(seconds):
-    return time.strftime('%H:%M:%S', time.gmtime(seconds)) if seconds < 86400 else f'{seconds / 86400:.1f} days'
-
-
 def train_step(model, net, optimizer, scaler, img, label, dtype, rank, step):
     """One SGD step and the bases' moving average; returns this process's mean loss."""
     torch.manual_seed(hash(step_seed(step, rank)) % 2 ** 63)  # dropout masks follow the step
@@ -330,7 +326,7 @@ def log_step(writer, step, loss, lr, seconds_per_step):
     writer.add_scalar('train/lr', lr, step)
     if step % settings.LOG_EVERY == 0 or step == settings.ITER_MAX:
         logger.info('step %d/%d loss %.4f lr %.3e %.1f img/s ETA %s', step, settings.ITER_MAX, loss, lr,
-                    settings.BATCH_SIZE / seconds_per_step, format_eta(seconds_per_step * (settings.ITER_MAX - step)))
+                    settings.BATCH_SIZE / seconds_per_step, settings.format_eta(seconds_per_step * (settings.ITER_MAX - step)))
 
 
 def save_due(step, stopping, net, optimizer, scaler):
