@@ -44,6 +44,8 @@ def init_distributed():
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    if rank:
+        logger.setLevel('ERROR')  # rank 0 alone logs
     return rank, world, device
 
 
