@@ -362,8 +362,7 @@ def ddp_step(out):
         train.set_lr(optimizer, step)
         train.train_step(model, net, optimizer, torch.amp.GradScaler('cuda', enabled=False),
                          img[mine], label[mine], None, rank, step)
-    if rank == 0:
-        torch.save(net.state_dict(), out)
+    torch.save(net.state_dict(), f'{out}.rank{rank}')
 
 
 def test_one_ddp_step_equals_one_single_process_step(tmp_path):
@@ -376,13 +375,16 @@ def test_one_ddp_step_equals_one_single_process_step(tmp_path):
                           script, 'ddp-step', str(tmp_path / 'ddp.pth')],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr
-    single, ddp = torch.load(tmp_path / 'single.pth'), torch.load(tmp_path / 'ddp.pth')
+    single = torch.load(tmp_path / 'single.pth.rank0')
     torch.manual_seed(settings.SEED)
-    initial = network.EMANet(21, 50).state_dict()
+    initial = network.EMANet(21, 50).double().state_dict()
+    assert torch.equal(single['emau.conv1.weight'], initial['emau.conv1.weight'])  # same start; frozen
     assert not torch.equal(single['fc2.weight'], initial['fc2.weight'])  # the steps moved the weights
     assert not torch.equal(single['emau.mu'], initial['emau.mu'])  # and the bases
-    for name, tensor in single.items():
-        assert torch.allclose(tensor, ddp[name], rtol=1e-9, atol=1e-12), name
+    for rank in (0, 1):  # every process holds the single process's weights and bases
+        ddp = torch.load(tmp_path / f'ddp.pth.rank{rank}')
+        for name, tensor in single.items():
+            assert torch.allclose(tensor, ddp[name], rtol=1e-9, atol=1e-12), (rank, name)
 
 
 if __name__ == '__main__' and sys.argv[1] == 'ddp-step':
