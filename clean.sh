@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 here=$(pwd -P)
 
-read -r model_dir log_dir < <(python -c "import settings; print(settings.MODEL_DIR, settings.LOG_DIR)")
+mapfile -t dirs < <(python -c "import settings; print(settings.MODEL_DIR); print(settings.LOG_DIR)")
+model_dir=${dirs[0]} log_dir=${dirs[1]}
 
 inside() {  # is $1 this folder or below it?
     local path

@@ -26,7 +26,7 @@ def test_demo_runs_the_whole_loop_at_a_tiny_budget(tmp_path):
 
 
 def test_clean_removes_checkpoints_logs_and_caches_only(tmp_path, demo_data):
-    outside = tmp_path / 'shared_logs'
+    outside = tmp_path / 'shared logs'
     outside.mkdir()
     (outside / 'keep').write_text('')
     experiment = make_experiment(tmp_path / 'exp', demo_data)
