@@ -221,7 +221,7 @@ def measure_inference(device, args, height, width):
     img = random_images(args.eval_batch, height, width, device, channels_last)
 
     def forward():
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.no_grad(), train.mixed_precision(device, dtype):
             net(img)
 
     seconds = median_seconds(forward, device, args)
