@@ -42,6 +42,7 @@ DEMO_CLASSES = {1: ('triangle', (40, 90, 220)),    # aeroplane, blue
 
 # ---------------------------------------------------------------- files
 
+@functools.cache  # every label PNG and colour panel uses it; callers copy, never modify it
 def voc_palette():
     """The VOC colour map as 768 ints: the bits of a class index spread over R, G, B, high bits first."""
     palette = []
