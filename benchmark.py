@@ -174,7 +174,7 @@ def measure_training(device, args, amp, channels_last, compiled):
     optimizer = train.make_optimizer(net)
     with overridden(AMP=amp):
         dtype = train.autocast_dtype(device)  # None on CPU: autocast stays off there
-    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model = torch.compile(net) if compiled else net
     crop = settings.CROP_SIZE
     img = random_images(args.batch, crop, crop, device, channels_last)

@@ -353,7 +353,7 @@ def main():
     net = build(device, world)
     optimizer = make_optimizer(net)
     dtype = autocast_dtype(device)
-    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if rank == 0:
         make_dirs()
     start = resume(net, optimizer, scaler)

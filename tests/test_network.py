@@ -1,6 +1,7 @@
 """network.py: shapes, the EM unit's invariants, gradients, the authors' layout, loading.
 (Paper Table 1 is checked through benchmark.table1_sizes in test_benchmark.py.)"""
 import math
+from copy import deepcopy
 
 import pytest
 import torch
@@ -332,6 +333,23 @@ def test_bad_depth_and_stride_are_named():
         network.backbone(34, 8)
     with pytest.raises(ValueError, match='STRIDE=32'):
         network.backbone(50, 32)
+
+
+def test_channels_last_gives_the_same_results(monkeypatch):
+    """CHANNELS_LAST: the EM unit flattens pixels correctly whatever the memory layout. A layout
+    bug gives differences of order one; other conv kernels give rounding that the random net
+    with batch statistics amplifies to about 1e-4."""
+    net = small_net(monkeypatch)
+    img, label = torch.randn(2, 3, 65, 65), torch.randint(0, 21, (2, 65, 65))
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        laid_out = deepcopy(net).to(memory_format=layout)
+        x = img.contiguous(memory_format=layout)
+        torch.manual_seed(0)  # the same dropout masks
+        loss, mu = laid_out.train()(x, label)
+        results.append((loss, mu, laid_out.eval()(x)))
+    for expected, got in zip(*results):
+        assert torch.allclose(got, expected, rtol=0, atol=1e-3 * expected.abs().max().item())
 
 
 def test_em_and_loss_stay_float32_under_autocast(monkeypatch):

@@ -77,6 +77,28 @@ def test_autocast_dtype(monkeypatch, device, amp, bf16, expected):
     assert train.autocast_dtype(torch.device(device)) == expected
 
 
+def test_float16_step_with_gradient_scaler():
+    """AMP on a GPU without bfloat16, run on CPU: a step whose scaled float16 gradients overflow
+    is skipped and halves the scale, the next one trains; the loss and the bases stay float32."""
+    net = network.EMANet(21, 50).train()
+    for frozen in (net.extractor, net.fc0):
+        frozen.requires_grad_(False)  # CPU float16 backward through them takes seconds
+    optimizer = train.make_optimizer(net)
+    train.set_lr(optimizer, 1)
+    img, label = torch.randn(2, 3, 33, 33), torch.randint(0, 21, (2, 33, 33))
+    weights, bases = net.fc2.weight.clone(), net.emau.mu.clone()
+    overflowing = torch.amp.GradScaler('cpu', init_scale=2.0 ** 100)
+    loss = train.train_step(net, net, optimizer, overflowing, img, label, torch.float16, 0, 1)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert torch.equal(net.fc2.weight, weights) and not optimizer.state  # skipped
+    assert overflowing.get_scale() == 2.0 ** 99
+    assert net.emau.mu.dtype == torch.float32 and not torch.equal(net.emau.mu, bases)
+    scaler = torch.amp.GradScaler('cpu', init_scale=1.0)
+    train.train_step(net, net, optimizer, scaler, img, label, torch.float16, 0, 2)
+    assert not torch.equal(net.fc2.weight, weights) and torch.isfinite(net.fc2.weight).all()
+    assert scaler.get_scale() == 1.0
+
+
 # ---------------------------------------------------------------- early errors, in process
 
 @pytest.mark.parametrize('name, value, world, message', [
