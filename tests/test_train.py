@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -238,6 +239,24 @@ def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics
     assert 'mIoU' in evaluated.stdout and 'tvmonitor' in evaluated.stdout
     result = json.load(open(experiment / 'logdir' / 'eval_final.json'))
     assert {'mIoU', 'pAcc', 'mAcc', 'fIoU', 'per_class'} <= set(result) and result['step'] == 4
+
+
+def test_compiled_step_matches_eager_and_saves_plain_names(tmp_path, demo_data):
+    """COMPILE=True (torch.compile; about a minute of compiling on 2 cores): the first step's loss,
+    gradients and bases are eager's to rounding, and final.pth loads into a plain EMANet."""
+    weights, losses = {}, {}
+    for name, extra in (('eager', {}), ('compiled', {'COMPILE': True})):
+        experiment = make_experiment(tmp_path / name, demo_data, ITER_MAX=1, **extra)
+        result = run_script(experiment, 'train.py', timeout=600)
+        assert result.returncode == 0, result.stderr
+        weights[name] = network.load_checkpoint(network.EMANet(21, 50), experiment / 'models' / 'final.pth')['net']
+        losses[name] = float(re.search(r'step 1/1 loss (\S+)', result.stderr).group(1))
+    assert losses['compiled'] == pytest.approx(losses['eager'], rel=1e-3)
+    torch.manual_seed(settings.SEED)
+    initial = network.EMANet(21, 50).state_dict()
+    for key in ('fc2.weight', 'emau.mu'):
+        change = (weights['eager'][key] - initial[key]).abs().max()
+        assert (weights['compiled'][key] - weights['eager'][key]).abs().max() < 1e-2 * change, key
 
 
 def test_non_finite_loss_stops_with_the_step_and_causes(tmp_path, demo_data):
