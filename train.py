@@ -10,7 +10,8 @@ every ITER_SAVE // 10 steps, step_<N>.pth every ITER_SAVE, final.pth at the end.
 A run resumes from latest.pth when it exists and then ends with exactly the
 weights of an uninterrupted run: the data order, each sample's augmentation and
 the dropout masks derive from (SEED, step, rank), so no RNG state is carried.
-SIGTERM or SIGINT saves latest.pth and exits. TensorBoard: `bash tensorboard.sh`.
+SIGTERM or SIGINT saves latest.pth and exits. On several nodes MODEL_DIR must be a shared
+folder. TensorBoard: `bash tensorboard.sh`.
 """
 import glob
 import math
@@ -214,6 +215,19 @@ def resume(net, optimizer, scaler):
     return ckpt['step']
 
 
+def check_same_start(start):
+    """Every process must resume from the same step: on several nodes MODEL_DIR has to be one
+    folder that all of them see, or nodes without rank 0's checkpoints would start over."""
+    if not dist.is_initialized():
+        return
+    extremes = torch.tensor([start, -start], device=dist_device())
+    dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+    latest, first = extremes[0].item(), -extremes[1].item()
+    if latest != first:
+        raise SystemExit(f'the processes resume from different steps ({first} to {latest}): '
+                         f'MODEL_DIR={settings.MODEL_DIR!r} must be one folder that every node sees')
+
+
 def check_settings(world):
     if settings.BATCH_SIZE % world:
         raise SystemExit(f'BATCH_SIZE={settings.BATCH_SIZE} is not divisible by the {world} processes')
@@ -357,6 +371,7 @@ def main():
     if rank == 0:
         make_dirs()
     start = resume(net, optimizer, scaler)
+    check_same_start(start)
     model = wrap(net, device, world)
     loader = iter(make_loader(train_set, rank, world, start + 1, device))
     if rank == 0:

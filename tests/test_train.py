@@ -301,7 +301,7 @@ def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig, worke
     assert 'Traceback' not in log.read_text()
 
 
-def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes(tmp_path, demo_data):
+def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_shared_model_dir(tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
     log = tmp_path / 'log'
     torchrun = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2')
@@ -319,6 +319,12 @@ def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes(tmp_path, dem
     assert process.wait(timeout=180) == 0, log.read_text()[since:]
     assert log.read_text()[since:].count(f'resumed from ./models/latest.pth at step {step}') == 1  # rank 0 only
     assert load_final(experiment)['step'] == step + 2
+    with open(experiment / 'settings.py', 'a') as f:  # a second node that does not see rank 0's MODEL_DIR
+        f.write(f"ITER_MAX = {step + 4}\nMODEL_DIR = './models' if os.environ['RANK'] == '0' else './elsewhere'\n")
+    since = len(log.read_text())
+    process = start_training(experiment, log, *torchrun)
+    assert process.wait(timeout=180) != 0
+    assert f"resume from different steps (0 to {step + 2}): MODEL_DIR='./elsewhere'" in log.read_text()[since:]
 
 
 def processes_in(folder):
