@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -301,7 +302,7 @@ def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig, worke
     assert 'Traceback' not in log.read_text()
 
 
-def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_shared_model_dir(tmp_path, demo_data):
+def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_model_dir_all_nodes_see(tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
     log = tmp_path / 'log'
     torchrun = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2')
@@ -322,9 +323,18 @@ def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_shared
     with open(experiment / 'settings.py', 'a') as f:  # a second node that does not see rank 0's MODEL_DIR
         f.write(f"ITER_MAX = {step + 4}\nMODEL_DIR = './models' if os.environ['RANK'] == '0' else './elsewhere'\n")
     since = len(log.read_text())
-    process = start_training(experiment, log, *torchrun)
-    assert process.wait(timeout=180) != 0
+    port = free_port()  # two nodes on this machine, with torchrun's multi-node flags
+    nodes = [start_training(experiment, log, sys.executable, '-m', 'torch.distributed.run', '--nnodes=2',
+                            f'--node_rank={node}', '--nproc_per_node=1', '--master_addr=127.0.0.1',
+                            f'--master_port={port}') for node in (0, 1)]
+    assert [node.wait(timeout=180) != 0 for node in nodes] == [True, True]
     assert f"resume from different steps (0 to {step + 2}): MODEL_DIR='./elsewhere'" in log.read_text()[since:]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def processes_in(folder):
