@@ -14,6 +14,8 @@ sys.path.insert(0, ROOT)
 # an experiment small enough for a 2-core CPU: ResNet-50 from scratch on tiny crops
 TINY = dict(N_LAYERS=50, PRETRAINED=None, CROP_SIZE=33, BATCH_SIZE=2, ITER_MAX=4, ITER_SAVE=2, LOG_EVERY=1,
             IMAGE_EVERY=2, NUM_WORKERS=0, BN_MOM=0.1, LR=1e-3)
+TORCHRUN = ('-m', 'torch.distributed.run')  # python's arguments that launch a script under torchrun
+TWO_PROCESSES = (*TORCHRUN, '--standalone', '--nproc_per_node=2')  # DDP with 2 processes on this machine
 
 
 @pytest.fixture(autouse=True)

@@ -282,30 +282,29 @@ def test_stride_size():
 # ---------------------------------------------------------------- bad input
 
 def break_sample(root, image_id, how):
-    image, label = dataset.image_path(image_id, root), dataset.label_path(image_id, root)
-    if how == 'missing image':
-        os.remove(image)
+    """Breaks the image or the label of image_id as `how` says; returns the broken file's path."""
+    path = (dataset.image_path if how.endswith('image') else dataset.label_path)(image_id, root)
+    if how.startswith('missing'):
+        os.remove(path)
     elif how == 'corrupt image':
-        with open(image, 'wb') as f:
+        with open(path, 'wb') as f:
             f.write(b'not a jpeg')
     elif how == 'truncated image':
-        data = open(image, 'rb').read()
-        with open(image, 'wb') as f:
+        data = open(path, 'rb').read()
+        with open(path, 'wb') as f:
             f.write(data[:len(data) // 2])
-    elif how == 'missing label':
-        os.remove(label)
     elif how == 'corrupt label':
-        with open(label, 'wb') as f:
+        with open(path, 'wb') as f:
             f.write(b'\x89PNG\r\n\x1a\n broken')
     elif how == 'RGB label':
-        Image.new('RGB', (50, 37)).save(label)
+        Image.new('RGB', (50, 37)).save(path)
     elif how == 'size mismatch':
-        dataset.save_label_png(np.zeros((36, 50), np.uint8), label)
+        dataset.save_label_png(np.zeros((36, 50), np.uint8), path)
     else:  # out-of-range value: N_CLASSES itself is one too many
-        values = dataset.read_label(label)
+        values = dataset.read_label(path)
         values[5, 5] = settings.N_CLASSES
-        dataset.save_label_png(values, label)
-    return label if 'label' in how or how in ('size mismatch', 'out of range') else image
+        dataset.save_label_png(values, path)
+    return path
 
 
 BREAKAGES = ['missing image', 'corrupt image', 'truncated image', 'missing label', 'corrupt label', 'RGB label',

@@ -15,7 +15,7 @@ import dataset
 import eval as evaluation
 import network
 import settings
-from conftest import make_experiment, run_script
+from conftest import TWO_PROCESSES, make_experiment, run_script
 
 VAL_IDS = ['000300', '000301', '000302']  # the first ids of the demo's val list
 
@@ -175,8 +175,7 @@ def test_eval_single_process_and_torchrun_agree(experiment, demo_data):
     assert sorted(os.listdir(experiment / 'attn')) == [f'{image_id}_attention.png' for image_id in VAL_IDS[:2]]
     assert Image.open(experiment / 'attn' / f'{VAL_IDS[0]}_attention.png').size == (3 * width, 3 * height)
 
-    distributed = run_script(experiment, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                             'eval.py', str(experiment / 'models' / 'ckpt.pth'), '--save-pred', 'ddp_preds',
+    distributed = run_script(experiment, *TWO_PROCESSES, 'eval.py', str(experiment / 'models' / 'ckpt.pth'), '--save-pred', 'ddp_preds',
                              env=ONE_THREAD)
     assert distributed.returncode == 0, distributed.stderr
     with open(experiment / 'logdir' / 'eval_ckpt.json') as f:

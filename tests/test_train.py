@@ -20,7 +20,7 @@ import torch
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 else:
-    from conftest import ROOT, Payload, make_experiment, run_script
+    from conftest import ROOT, TORCHRUN, TWO_PROCESSES, Payload, make_experiment, run_script
 
 import network
 import settings
@@ -242,6 +242,12 @@ def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics
     assert {'mIoU', 'pAcc', 'mAcc', 'fIoU', 'per_class'} <= set(result) and result['step'] == 4
 
 
+def initial_net():
+    """The EMANet-50 that train.build starts every process from: initialised after seeding with SEED."""
+    torch.manual_seed(settings.SEED)
+    return network.EMANet(21, 50)
+
+
 def test_compiled_step_matches_eager_and_saves_plain_names(tmp_path, demo_data):
     """COMPILE=True (torch.compile; about a minute of compiling on 2 cores): the first step's loss,
     gradients and bases are eager's to rounding, and final.pth loads into a plain EMANet."""
@@ -253,8 +259,7 @@ def test_compiled_step_matches_eager_and_saves_plain_names(tmp_path, demo_data):
         weights[name] = network.load_checkpoint(network.EMANet(21, 50), experiment / 'models' / 'final.pth')['net']
         losses[name] = float(re.search(r'step 1/1 loss (\S+)', result.stderr).group(1))
     assert losses['compiled'] == pytest.approx(losses['eager'], rel=1e-3)
-    torch.manual_seed(settings.SEED)
-    initial = network.EMANet(21, 50).state_dict()
+    initial = initial_net().state_dict()
     for key in ('fc2.weight', 'emau.mu'):
         change = (weights['eager'][key] - initial[key]).abs().max()
         assert (weights['compiled'][key] - weights['eager'][key]).abs().max() < 1e-2 * change, key
@@ -305,7 +310,7 @@ def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig, worke
 def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_model_dir_all_nodes_see(tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
     log = tmp_path / 'log'
-    torchrun = (sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2')
+    torchrun = (sys.executable, *TWO_PROCESSES)
     process = start_training(experiment, log, *torchrun)
     wait_for(log, 'step 2/1000', process, timeout=180)
     process.send_signal(signal.SIGTERM)
@@ -324,9 +329,9 @@ def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_model_
         f.write(f"ITER_MAX = {step + 4}\nMODEL_DIR = './models' if os.environ['RANK'] == '0' else './elsewhere'\n")
     since = len(log.read_text())
     port = free_port()  # two nodes on this machine, with torchrun's multi-node flags
-    nodes = [start_training(experiment, log, sys.executable, '-m', 'torch.distributed.run', '--nnodes=2',
-                            f'--node_rank={node}', '--nproc_per_node=1', '--master_addr=127.0.0.1',
-                            f'--master_port={port}') for node in (0, 1)]
+    nodes = [start_training(experiment, log, sys.executable, *TORCHRUN, '--nnodes=2', f'--node_rank={node}',
+                            '--nproc_per_node=1', '--master_addr=127.0.0.1', f'--master_port={port}')
+             for node in (0, 1)]
     assert [node.wait(timeout=180) != 0 for node in nodes] == [True, True]
     assert f"resume from different steps (0 to {step + 2}): MODEL_DIR='./elsewhere'" in log.read_text()[since:]
 
@@ -428,13 +433,11 @@ def test_one_ddp_step_equals_one_single_process_step(tmp_path):
     single = subprocess.run([sys.executable, script, 'ddp-step', str(tmp_path / 'single.pth')],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                          script, 'ddp-step', str(tmp_path / 'ddp.pth')],
+    ddp = subprocess.run([sys.executable, *TWO_PROCESSES, script, 'ddp-step', str(tmp_path / 'ddp.pth')],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr
     single = torch.load(tmp_path / 'single.pth.rank0')
-    torch.manual_seed(settings.SEED)
-    initial = network.EMANet(21, 50).double().state_dict()
+    initial = initial_net().double().state_dict()
     assert torch.equal(single['emau.conv1.weight'], initial['emau.conv1.weight'])  # same start; frozen
     assert not torch.equal(single['fc2.weight'], initial['fc2.weight'])  # the steps moved the weights
     assert not torch.equal(single['emau.mu'], initial['emau.mu'])  # and the bases
