@@ -4,14 +4,16 @@
     python benchmark.py --json bench.json         # the same numbers, also written as JSON
     python benchmark.py --only train infer        # some sections (or --skip data ...)
     python benchmark.py --only train --compile    # adds the torch.compile'd AMP training step
-    python benchmark.py --only infer --layers 50  # EMANet-50 inference (513x513 and 512x1024 on CUDA)
+    python benchmark.py --only infer --layers 50  # EMANet-50 inference (513x513, 512x1024, 1024x2048 on CUDA)
+    python benchmark.py --only infer --device cpu --layers 101 --infer-sizes 1024x2048 --repeats 1 --warmup 0
+                                                  # a Cityscapes image, whole, on CPU: time and peak RSS
     python benchmark.py --device cpu --layers 50 --crop 33 --batch 1 --iters 1 --warmup 0 --repeats 1 \\
         --infer-sizes 33x33 --sizes 17,33 --data-images 2    # the smallest run (what the tests do)
 
 Sections:
   table1     paper Table 1: parameters and multiply-adds at 513x513 of the ResNet-101 OS8 backbone and of the
              head (fc0 + EMA unit) for EMA_CHANNELS 512 and 256, counted on the meta device (no compute)
-  train      training images/s and peak memory of train.train_step: float32 against AMP + channels-last
+  train      training images/s and peak memory of network.train_step: float32 against AMP + channels-last
   infer      inference images/s (eval, no_grad; AMP + channels-last on CUDA as the settings say)
   attention  the EM unit against a non-local block of the same width as the feature map grows
   data       training samples/s of one data worker: dataset.TrainDataset against the authors' whole-image
@@ -45,14 +47,13 @@ from torch.utils.flop_counter import FlopCounterMode
 import dataset
 import network
 import settings
-import train
 
 SECTIONS = ('table1', 'train', 'infer', 'attention', 'data')
 # paper Table 1 (ResNet-101 OS8 at 513x513): (parameters in millions, multiply-adds in G)
 PAPER_TABLE1 = {'backbone': (42.6, 190.6), 'head_512': (10.0, 43.1), 'head_256': (4.87, 21.1)}
 DEFAULTS = {  # per device type; None: from settings
     'cuda': dict(layers=None, crop=None, batch=8, eval_batch=4, iters=10, warmup=5, repeats=5,
-                 infer_sizes=[(513, 513), (512, 1024)], sizes=[33, 65, 97, 129], data_images=30),
+                 infer_sizes=[(513, 513), (512, 1024), (1024, 2048)], sizes=[33, 65, 97, 129], data_images=30),
     'cpu': dict(layers=50, crop=129, batch=2, eval_batch=1, iters=1, warmup=1, repeats=3,
                 infer_sizes=[(129, 129), (129, 257)], sizes=[33, 65, 97], data_images=20),
 }
@@ -168,12 +169,13 @@ def random_images(batch, height, width, device, channels_last):
 
 
 def measure_training(device, args, amp, channels_last, compiled):
-    """images/s and peak MiB of train.train_step on random images and labels at CROP_SIZE."""
+    """images/s and peak MiB of network.train_step (SGD with momentum, as train.py) on random images and
+    labels at CROP_SIZE."""
     baseline = start_peak_memory(device)
     net = build_net(device, channels_last).train()
-    optimizer = train.make_optimizer(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=settings.LR, momentum=settings.LR_MOM)
     with overridden(AMP=amp):
-        dtype = train.autocast_dtype(device)  # None on CPU: autocast stays off there
+        dtype = network.autocast_dtype(device)  # None on CPU: autocast stays off there
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model = torch.compile(net) if compiled else net
     crop = settings.CROP_SIZE
@@ -181,7 +183,7 @@ def measure_training(device, args, amp, channels_last, compiled):
     label = torch.randint(settings.N_CLASSES, (args.batch, crop, crop), device=device)
     steps = itertools.count(1)
     seconds = median_seconds(
-        lambda: train.train_step(model, net, optimizer, scaler, img, label, dtype, 0, next(steps)), device, args)
+        lambda: network.train_step(model, net, optimizer, scaler, img, label, dtype, next(steps), 0), device, args)
     memory = peak_mib(device, baseline)
     if compiled:
         torch.compiler.reset()  # the compiled graphs hold the weights: free them for the next measurement
@@ -215,13 +217,13 @@ def run_train(device, args):
 def measure_inference(device, args, height, width):
     """images/s and peak MiB of the eval-mode forward; AMP and channels-last as the settings say (CUDA only)."""
     channels_last = device.type == 'cuda' and settings.CHANNELS_LAST
-    dtype = train.autocast_dtype(device)
+    dtype = network.autocast_dtype(device)
     baseline = start_peak_memory(device)
     net = build_net(device, channels_last).eval()
     img = random_images(args.eval_batch, height, width, device, channels_last)
 
     def forward():
-        with torch.no_grad(), train.mixed_precision(device, dtype):
+        with torch.no_grad(), network.autocast(device, dtype):
             net(img)
 
     seconds = median_seconds(forward, device, args)
@@ -427,7 +429,8 @@ def parse_args():
     parser.add_argument('--warmup', type=int, help='untimed calls first (default: 5 on CUDA, 1 on CPU)')
     parser.add_argument('--repeats', type=int, help='timed repeats, the median is reported (default: 5 / 3)')
     parser.add_argument('--infer-sizes', type=lambda s: [tuple(int(v) for v in hw.split('x')) for hw in s.split(',')],
-                        help='HxW,... inference inputs (default: 513x513,512x1024 on CUDA, 129x129,129x257 on CPU)')
+                        help='HxW,... inference inputs, whole images (default: 513x513,512x1024,1024x2048 on CUDA, '
+                             '129x129,129x257 on CPU; 1024x2048 is a Cityscapes image, as mmseg times it)')
     parser.add_argument('--sizes', type=lambda s: [int(v) for v in s.split(',')],
                         help='feature sizes for the attention section (default: 33,65,97,129 on CUDA, 33,65,97 on CPU)')
     parser.add_argument('--data-images', type=int, help='generated JPEGs for the data section (default: 30 / 20)')

@@ -1,43 +1,44 @@
-"""PASCAL VOC 2012 + SBD: the training and validation datasets, and the data commands.
+"""The datasets: each one's classes, palette and file layout, the training augmentation, and the two datasets
+that training and evaluation read, `TrainDataset` and `ValDataset`.
 
-    python dataset.py prepare --voc data/VOC2012 --sbd data/benchmark_RELEASE/dataset
-        builds SegmentationClassAug/ and ImageSets/SegmentationAug/ inside the VOC2012 folder, which then
-        is DATA_ROOT (train 1464, val 1449, trainval 2913, trainaug 10582 ids on the real data)
-    python dataset.py demo data/demo [--seed 0]
-        writes a small generated dataset in the same layout (then set DATA_ROOT = './data/demo')
-    python dataset.py check
-        verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT, names every bad file and exits 1 if there is one
-
-DATA_ROOT holds JPEGImages/<id>.jpg, SegmentationClassAug/<id>.png (class index per pixel, IGNORE_LABEL on
-object borders and wherever no class applies) and ImageSets/SegmentationAug/{train,val,trainval,trainaug}.txt
-(one id per line, sorted).
+DATASET picks the dataset and DATA_ROOT its folder, as `python prepare.py DATASET ...` leaves it (README
+"Data"): images where the official download has them, labels as single-channel PNGs of class indices
+(IGNORE_LABEL where no class applies), and split lists of ids, one per line. A dataset is an entry of
+DATASETS: its class names, its palette, and where an id's image, label and split list are. `check()`
+verifies DATA_ROOT before training (and as `python prepare.py check`).
 """
-import argparse
-import collections
 import functools
 import multiprocessing
 import os
 import time
 
 import numpy as np
-import scipy.io
-import scipy.ndimage
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import settings
 
 VOC_CLASSES = ('background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
                'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa',
                'train', 'tvmonitor')
-SPLITS = ('train', 'val', 'trainval', 'trainaug')
 
-# demo dataset: class index -> (shape, base RGB colour); saturated colours, while backgrounds are greyish
-DEMO_CLASSES = {1: ('triangle', (40, 90, 220)),    # aeroplane, blue
-                6: ('rectangle', (235, 200, 30)),  # bus, yellow
-                8: ('ellipse', (205, 105, 35)),    # cat, orange
-                15: ('cross', (215, 30, 70)),      # person, red
-                20: ('ring', (40, 185, 70))}       # tvmonitor, green
+# name → classes (names in label order), palette (RGB per class; None: the VOC colour map) and the paths,
+# relative to DATA_ROOT, of an id's image and label and of a split's list
+DATASETS = {
+    'voc': dict(classes=VOC_CLASSES, palette=None, image='JPEGImages/{}.jpg', label='SegmentationClassAug/{}.png',
+                list='ImageSets/SegmentationAug/{}.txt'),
+}
+
+
+def current():
+    """The DATASETS entry of settings.DATASET; N_CLASSES must be its class count."""
+    if settings.DATASET not in DATASETS:
+        raise ValueError(f'DATASET={settings.DATASET!r}: must be one of {", ".join(map(repr, DATASETS))}')
+    info = DATASETS[settings.DATASET]
+    if settings.N_CLASSES != len(info['classes']):
+        raise ValueError(f'N_CLASSES={settings.N_CLASSES} but DATASET={settings.DATASET!r} has '
+                         f'{len(info["classes"])} classes')
+    return info
 
 
 # ---------------------------------------------------------------- files
@@ -55,15 +56,33 @@ def voc_palette():
     return palette
 
 
+def palette():
+    """The current dataset's colours as 768 ints (PIL's palette): its own for its classes, the VOC colour map
+    for every other index (IGNORE_LABEL 255 is VOC's cream)."""
+    own = DATASETS[settings.DATASET]['palette'] if settings.DATASET in DATASETS else None
+    colours = list(voc_palette())
+    if own is not None:
+        colours[:3 * len(own)] = [value for rgb in own for value in rgb]
+    return colours
+
+
 def colorize(label):
-    """H × W class indices -> H × W × 3 uint8 VOC colours (IGNORE_LABEL 255 is cream, as in VOC)."""
-    return np.array(voc_palette(), np.uint8).reshape(256, 3)[np.asarray(label, np.uint8)]
+    """H × W class indices -> H × W × 3 uint8 colours of the current dataset."""
+    return np.array(palette(), np.uint8).reshape(256, 3)[np.asarray(label, np.uint8)]
+
+
+def denormalise(img):
+    """A 3 × H × W normalised image → H × W × 3 uint8 RGB, for looking at it."""
+    mean = torch.tensor(settings.MEAN).view(3, 1, 1)
+    std = torch.tensor(settings.STD).view(3, 1, 1)
+    return ((img * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0)
 
 
 def save_label_png(label, path):
-    """Writes H × W class indices as a palette PNG in VOC colours, atomically (write, then rename)."""
+    """Writes H × W class indices as a palette PNG in the current dataset's colours, atomically (write, then
+    rename)."""
     image = Image.fromarray(np.asarray(label, np.uint8))
-    image.putpalette(voc_palette())
+    image.putpalette(palette())
     image.save(path + '.tmp', format='PNG')
     os.replace(path + '.tmp', path)
 
@@ -73,15 +92,15 @@ def data_root_or_default(data_root):
 
 
 def image_path(image_id, data_root=None):
-    return os.path.join(data_root_or_default(data_root), 'JPEGImages', image_id + '.jpg')
+    return os.path.join(data_root_or_default(data_root), current()['image'].format(image_id))
 
 
 def label_path(image_id, data_root=None):
-    return os.path.join(data_root_or_default(data_root), 'SegmentationClassAug', image_id + '.png')
+    return os.path.join(data_root_or_default(data_root), current()['label'].format(image_id))
 
 
 def list_path(split, data_root=None):
-    return os.path.join(data_root_or_default(data_root), 'ImageSets', 'SegmentationAug', split + '.txt')
+    return os.path.join(data_root_or_default(data_root), current()['list'].format(split))
 
 
 def read_list(path):
@@ -95,9 +114,9 @@ def read_ids(split, data_root=None):
 
 
 def write_lists(lists, data_root):
-    """Writes ImageSets/SegmentationAug/<split>.txt for each split -> ids of lists."""
-    os.makedirs(os.path.dirname(list_path('train', data_root)), exist_ok=True)
+    """Writes the list of each split -> ids of lists."""
     for split, ids in lists.items():
+        os.makedirs(os.path.dirname(list_path(split, data_root)), exist_ok=True)
         with open(list_path(split, data_root), 'w') as f:
             f.write(''.join(image_id + '\n' for image_id in ids))
 
@@ -214,8 +233,10 @@ def augment(image, label, rng):
 
 
 def stride_size(size):
-    """The smallest k·STRIDE + 1 ≥ size: the input sizes whose features align with the output stride."""
-    return -(-(size - 1) // settings.STRIDE) * settings.STRIDE + 1
+    """The smallest k·stride + 1 ≥ size, stride the output stride at test time (EVAL_STRIDE, else STRIDE): the
+    input sizes whose features align with the output stride (the authors' pad_inf)."""
+    stride = settings.EVAL_STRIDE or settings.STRIDE
+    return -(-(size - 1) // stride) * stride + 1
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -253,158 +274,6 @@ class ValDataset(torch.utils.data.Dataset):
         image, label = load_sample(self.ids[index], self.data_root)
         height, width = label.shape
         return to_tensors(image, label, stride_size(height), stride_size(width))
-
-
-# ---------------------------------------------------------------- prepare
-
-def label_sources(ids, voc_dir, sbd_dir):
-    """id -> the file its label comes from: VOC's palette PNG when VOC has one (it wins), else SBD's .mat."""
-    voc_labels = set(os.listdir(os.path.join(voc_dir, 'SegmentationClass')))
-    sbd_labels = set(os.listdir(os.path.join(sbd_dir, 'cls')))
-    images = set(os.listdir(os.path.join(voc_dir, 'JPEGImages')))
-    sources = {}
-    for image_id in ids:
-        if image_id + '.jpg' not in images:
-            raise SystemExit(f'prepare: missing {os.path.join(voc_dir, "JPEGImages", image_id + ".jpg")}')
-        if image_id + '.png' in voc_labels:
-            sources[image_id] = os.path.join(voc_dir, 'SegmentationClass', image_id + '.png')
-        elif image_id + '.mat' in sbd_labels:
-            sources[image_id] = os.path.join(sbd_dir, 'cls', image_id + '.mat')
-        else:
-            raise SystemExit(f'prepare: no label for {image_id}: neither '
-                             f'{os.path.join(voc_dir, "SegmentationClass", image_id + ".png")} nor '
-                             f'{os.path.join(sbd_dir, "cls", image_id + ".mat")} exists')
-    return sources
-
-
-def read_sbd_label(path):
-    """H × W uint8 class map of an SBD cls/<id>.mat (struct GTcls, field Segmentation)."""
-    try:
-        return np.asarray(scipy.io.loadmat(path)['GTcls'][0]['Segmentation'][0], np.uint8)
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
-        raise ValueError(f'unreadable SBD label {path}: {error}') from None
-
-
-def convert_label(job):
-    """Writes one SegmentationClassAug label from its source; 'kept' when an identical one is already there."""
-    source, target = job
-    label = read_label(source) if source.endswith('.png') else read_sbd_label(source)
-    if os.path.exists(target):
-        try:
-            if np.array_equal(read_label(target), label):
-                return 'kept'
-        except ValueError:  # a broken earlier output is rewritten
-            pass
-    save_label_png(label, target)
-    return 'written'
-
-
-def prepare(voc_dir, sbd_dir):
-    """Builds SegmentationClassAug/ and ImageSets/SegmentationAug/ inside voc_dir.
-
-    Safe to re-run: each label is converted again and compared with the existing file, which is rewritten only
-    when it differs or does not read; files are written atomically, so an interrupted run leaves no half file.
-    """
-    voc_lists = {split: os.path.join(voc_dir, 'ImageSets', 'Segmentation', split + '.txt')
-                 for split in ('train', 'val', 'trainval')}
-    sbd_lists = {split: os.path.join(sbd_dir, split + '.txt') for split in ('train', 'val')}
-    for path in (voc_dir, os.path.join(voc_dir, 'JPEGImages'), os.path.join(voc_dir, 'SegmentationClass'),
-                 *voc_lists.values(), sbd_dir, os.path.join(sbd_dir, 'cls'), *sbd_lists.values()):
-        if not os.path.exists(path):
-            raise SystemExit(f'prepare: missing {path}')
-    voc = {split: set(read_list(path)) for split, path in voc_lists.items()}
-    sbd = {split: set(read_list(path)) for split, path in sbd_lists.items()}
-    lists = {'train': sorted(voc['train']), 'val': sorted(voc['val']), 'trainval': sorted(voc['trainval']),
-             'trainaug': sorted((voc['train'] | sbd['train'] | sbd['val']) - voc['val'])}
-    sources = label_sources(sorted(set(lists['trainaug']) | set(lists['val'])), voc_dir, sbd_dir)
-    os.makedirs(os.path.join(voc_dir, 'SegmentationClassAug'), exist_ok=True)
-    jobs = [(source, label_path(image_id, voc_dir)) for image_id, source in sources.items()]
-    outcomes, tic = collections.Counter(), time.time()
-    try:
-        with multiprocessing.Pool() as pool:
-            for done, outcome in enumerate(pool.imap_unordered(convert_label, jobs, chunksize=32), 1):
-                outcomes[outcome] += 1
-                settings.log_progress('prepare: labels', done, len(jobs), tic)
-    except ValueError as error:
-        raise SystemExit(f'prepare: {error}') from None
-    write_lists(lists, voc_dir)
-    from_voc = sum(source.endswith('.png') for source in sources.values())
-    settings.logger.info('prepare: %s; labels: %d from VOC, %d from SBD, %d written, %d already correct',
-                         ', '.join(f'{split} {len(ids)}' for split, ids in lists.items()),
-                         from_voc, len(sources) - from_voc, outcomes['written'], outcomes['kept'])
-
-
-# ---------------------------------------------------------------- demo
-
-def demo_background(rng, height, width):
-    """H × W × 3 float: a gradient, smooth blotches or a flat colour, in greyish tints unlike any object."""
-    colours = rng.uniform(50, 170, (2, 1)) + rng.uniform(-25, 25, (2, 3))  # 2 × 3
-    kind = rng.integers(3)
-    if kind == 0:
-        angle = rng.uniform(0, 2 * np.pi)
-        y, x = np.mgrid[0:height, 0:width]
-        ramp = np.cos(angle) * x + np.sin(angle) * y
-        ramp = ((ramp - ramp.min()) / (ramp.max() - ramp.min()))[..., None]  # H × W × 1 in [0, 1]
-        return colours[0] * (1 - ramp) + colours[1] * ramp
-    if kind == 1:
-        blotches = rng.uniform(50, 170, (4, 4, 1)) + rng.uniform(-25, 25, (4, 4, 3))  # 4 × 4 × 3 greyish tints
-        blotches = Image.fromarray(blotches.astype(np.uint8))
-        return np.asarray(blotches.resize((width, height), Image.Resampling.BICUBIC), np.float64)
-    return np.broadcast_to(colours[0], (height, width, 3)).astype(np.float64)
-
-
-def demo_mask(shape, box, height, width):
-    """H × W bool mask of a shape drawn in box = (x0, y0, x1, y1)."""
-    mask = Image.new('L', (width, height))
-    draw = ImageDraw.Draw(mask)
-    x0, y0, x1, y1 = box
-    if shape == 'triangle':
-        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=1)
-    elif shape == 'rectangle':
-        draw.rectangle(box, fill=1)
-    elif shape == 'ellipse':
-        draw.ellipse(box, fill=1)
-    elif shape == 'cross':
-        third_w, third_h = (x1 - x0) / 3, (y1 - y0) / 3
-        draw.rectangle((x0 + third_w, y0, x1 - third_w, y1), fill=1)
-        draw.rectangle((x0, y0 + third_h, x1, y1 - third_h), fill=1)
-    else:  # ring
-        draw.ellipse(box, outline=1, width=max(4, int(min(x1 - x0, y1 - y0) / 4)))
-    return np.asarray(mask, bool)
-
-
-def demo_sample(rng):
-    """(H × W × 3 uint8 image, H × W uint8 label) with 1-3 objects of DEMO_CLASSES on a background."""
-    height, width = rng.integers(80, 141, 2)
-    if height == width:
-        width -= 9  # never square
-    image = demo_background(rng, height, width)
-    label = np.zeros((height, width), np.uint8)
-    for class_index in rng.choice(list(DEMO_CLASSES), rng.integers(1, 4)):
-        shape, colour = DEMO_CLASSES[class_index]
-        size = rng.uniform(0.4, 0.75) * min(height, width) * rng.uniform(0.8, 1.25, 2)  # object w, h
-        x0, y0 = rng.uniform(-0.15 * size, (width, height) - 0.85 * size)
-        mask = demo_mask(shape, (x0, y0, x0 + size[0], y0 + size[1]), height, width)
-        label[mask] = class_index
-        image[mask] = np.asarray(colour) + rng.uniform(-25, 25, 3)
-    # VOC-like ignore borders: every pixel with a differently labelled 3 × 3 neighbour, 2 px across an edge
-    label[scipy.ndimage.maximum_filter(label, 3) != scipy.ndimage.minimum_filter(label, 3)] = settings.IGNORE_LABEL
-    image += rng.normal(0, 10, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8), label
-
-
-def make_demo(out_dir, seed=0, n_train=300, n_val=60):
-    """Writes a generated dataset in the DATA_ROOT layout; the same seed gives the same files."""
-    rng = np.random.default_rng(seed)
-    ids = [f'{index:06d}' for index in range(n_train + n_val)]
-    for folder in ('JPEGImages', 'SegmentationClassAug'):
-        os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
-    for image_id in ids:
-        image, label = demo_sample(rng)
-        Image.fromarray(image).save(image_path(image_id, out_dir), quality=90)
-        save_label_png(label, label_path(image_id, out_dir))
-    write_lists({'train': ids[:n_train], 'val': ids[n_train:], 'trainval': ids, 'trainaug': ids[:n_train]}, out_dir)
-    settings.logger.info('demo: %d train, %d val images in %s', n_train, n_val, out_dir)
 
 
 # ---------------------------------------------------------------- check
@@ -451,26 +320,3 @@ def check():
         settings.logger.error('check: %s', problem)
     settings.logger.info('check: %d images, %d problems in %s', len(ids), len(problems), settings.DATA_ROOT)
     return problems
-
-
-def main():
-    parser = argparse.ArgumentParser(description='Prepare, generate or check the segmentation data.')
-    commands = parser.add_subparsers(dest='command', required=True)
-    prepare_parser = commands.add_parser('prepare', help='build the training layout from VOC2012 and SBD')
-    prepare_parser.add_argument('--voc', required=True, help='VOC2012 folder (becomes DATA_ROOT)')
-    prepare_parser.add_argument('--sbd', required=True, help="SBD's benchmark_RELEASE/dataset folder")
-    demo_parser = commands.add_parser('demo', help='write a small generated dataset')
-    demo_parser.add_argument('out_dir')
-    demo_parser.add_argument('--seed', type=int, default=0)
-    commands.add_parser('check', help='verify DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT')
-    args = parser.parse_args()
-    if args.command == 'prepare':
-        prepare(args.voc, args.sbd)
-    elif args.command == 'demo':
-        make_demo(args.out_dir, args.seed)
-    elif check():
-        raise SystemExit(1)
-
-
-if __name__ == '__main__':
-    main()

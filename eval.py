@@ -10,7 +10,7 @@
     python eval.py final.pth --image a.jpg --image b.jpg [--save-pred out]
                                                 # masks <stem>.png of your images, in out or LOG_DIR/predictions
 
-Single scale by default, the authors' protocol: the padded image (H' × W' = k·STRIDE + 1, as ValDataset pads)
+Single scale by default, the authors' protocol: the padded image (H' × W' = k·stride + 1, as ValDataset pads)
 → logits at that size → argmax. The paper's multi-scale + flip is EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5,
 1.75) with EVAL_FLIP = True in settings.py: softmax scores of every scale (and of the mirrored image) are
 averaged at full resolution. Prints pAcc, mAcc, fIoU, mIoU and per-class IoU; writes
@@ -32,35 +32,18 @@ from PIL import Image
 import dataset
 import network
 import settings
-import train
 
 logger = settings.logger
 ATTENTION_BASES = 8    # responsibility maps shown per image: the bases this image uses most
 ATTENTION_COLUMNS = 3  # the image and 8 maps make a 3 × 3 grid
 
 
-def checkpoint_path(name):
-    """An existing file or a name with a folder in it is a path; a bare name is looked up in MODEL_DIR."""
-    if os.path.exists(name) or os.sep in name or (os.altsep and os.altsep in name):
-        return name
-    return os.path.join(settings.MODEL_DIR, name)
-
-
-def load_net(path, device):
-    """(EMANet in eval mode on device with the checkpoint's weights, the checkpoint's step)."""
-    net = network.EMANet()
-    step = network.load_checkpoint(net, path).get('step')
-    return train.to_device(net.eval(), device), step
-
-
-def mixed_precision(device):
-    return train.mixed_precision(device, train.autocast_dtype(device))
-
-
 def scaled_size(size, scale):
-    """The k·STRIDE + 1 nearest to scale·(size − 1) + 1. For an input of k·STRIDE + 1 pixels this keeps both
-    the corner pixels (align_corners=True) and the output stride's grid aligned, as at scale 1."""
-    return max(1, round(scale * (size - 1) / settings.STRIDE)) * settings.STRIDE + 1
+    """The k·stride + 1 nearest to scale·(size − 1) + 1 (stride: EVAL_STRIDE, else STRIDE). For an input of
+    k·stride + 1 pixels this keeps both the corner pixels (align_corners=True) and the output stride's grid
+    aligned, as at scale 1."""
+    stride = settings.EVAL_STRIDE or settings.STRIDE
+    return max(1, round(scale * (size - 1) / stride)) * stride + 1
 
 
 @torch.inference_mode()
@@ -74,7 +57,7 @@ def predict(net, img):
         scaled = img if size == (height, width) else \
             F.interpolate(img, size=size, mode='bilinear', align_corners=True)  # b × 3 × h × w
         for flip in (False, True) if settings.EVAL_FLIP else (False,):
-            with mixed_precision(img.device):
+            with network.autocast(img.device, network.autocast_dtype(img.device)):
                 logits = net(scaled.flip(-1) if flip else scaled, size=(height, width))  # b × classes × H × W
             scores = F.softmax(logits.float(), dim=1)
             total = total + (scores.flip(-1) if flip else scores)  # mirrored scores back in place
@@ -111,12 +94,6 @@ def metrics(confusion):
             'IoU': iou.tolist()}
 
 
-def class_names():
-    if settings.N_CLASSES == len(dataset.VOC_CLASSES):
-        return list(dataset.VOC_CLASSES)
-    return [str(c) for c in range(settings.N_CLASSES)]
-
-
 def save_prediction(pred, width, height, path):
     """Writes the H' × W' class map, cropped to the image's width × height, as a VOC-palette PNG."""
     dataset.save_label_png(pred[:height, :width].cpu().numpy().astype(np.uint8), path)
@@ -125,11 +102,9 @@ def save_prediction(pred, width, height, path):
 @torch.inference_mode()
 def attention_maps(net, img):
     """Responsibilities of the EM unit's ATTENTION_BASES most used bases for img (1 × 3 × H × W), each
-    normalised to [0, 1] and upsampled to H × W → m × H × W."""
-    with mixed_precision(img.device):
-        features = net.fc0(net.extractor(img))  # 1 × c × h × w
-    with torch.autocast(img.device.type, enabled=False):  # EM in float32, as in EMAU.forward
-        _, responsibilities = net.emau.em(features)  # 1 × n × k, n = h·w
+    normalised to [0, 1] and upsampled to H × W → m × H × W. In float32: a few images, for looking at."""
+    features = net.features(img)  # 1 × c × h × w
+    _, responsibilities = net.emau.em(features)  # 1 × n × k, n = h·w
     h, w = features.shape[-2:]
     maps = responsibilities[0].T.reshape(-1, h, w)  # k × h × w
     most_used = maps.sum(dim=(1, 2)).topk(min(ATTENTION_BASES, len(maps))).indices
@@ -159,7 +134,7 @@ def evaluate(net, device, rank, world, args):
     for done, index in enumerate(shard, 1):
         image_id = val_set.ids[index]
         img, label = val_set[index]  # 3 × H' × W', H' × W'
-        img = train.to_device(img[None], device)
+        img = network.to_device(img[None], device)
         pred = predict(net, img).argmax(dim=1)[0]  # H' × W'
         confusion += confusion_matrix(pred, label.to(device))
         if args.save_pred:
@@ -191,7 +166,7 @@ def segment_images(net, device, rank, world, args):
     for index in range(rank, len(args.image), world):
         path = args.image[index]
         image = dataset.read_image(path)
-        img = train.to_device(image_tensor(image), device)
+        img = network.to_device(image_tensor(image), device)
         pred = predict(net, img).argmax(dim=1)[0]  # H' × W'
         stem = os.path.splitext(os.path.basename(path))[0]
         out = os.path.join(out_dir, stem + '.png')
@@ -208,7 +183,7 @@ def finite_or_none(value):
 def report(confusion, path, step, n_images):
     """Prints the metrics and the per-class IoU table; writes LOG_DIR/eval_<checkpoint stem>.json."""
     result = metrics(confusion)
-    names = class_names()
+    names = list(dataset.current()['classes'])
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
           f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}')
     print('  '.join(f'{key} {100 * result[key]:.2f}' for key in ('pAcc', 'mAcc', 'fIoU', 'mIoU')))
@@ -246,24 +221,28 @@ def parse_args():
 
 def main():
     args = parse_args()
-    rank, world, device = train.init_distributed()  # cudnn.benchmark stays off: every image has its own size
-    path = checkpoint_path(args.checkpoint)
-    try:
-        net, step = load_net(path, device)
-        for folder in (args.save_pred, args.attention):
-            if folder:
-                os.makedirs(folder, exist_ok=True)
-        if args.image:
-            segment_images(net, device, rank, world, args)
-        else:
-            confusion, n_images = evaluate(net, device, rank, world, args)
-            if rank == 0:
-                report(confusion, path, step, n_images)
-    except (network.CheckpointError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(str(e)) from None
+    settings.warn_unread_settings()
+    rank, world, device = network.setup_runtime()  # cudnn.benchmark stays off: every image has its own size
+    path = network.checkpoint_path(args.checkpoint)
+    # the weights trained at STRIDE run at EVAL_STRIDE: the same convolutions with other strides and dilations
+    net = network.EMANet(stride=settings.EVAL_STRIDE)
+    step = network.load_checkpoint(net, path).get('step')
+    net = network.to_device(net.eval(), device)
+    for folder in (args.save_pred, args.attention):
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+    if args.image:
+        segment_images(net, device, rank, world, args)
+    else:
+        confusion, n_images = evaluate(net, device, rank, world, args)
+        if rank == 0:
+            report(confusion, path, step, n_images)
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError, network.CheckpointError) as error:  # bad settings, data or files
+        raise SystemExit(str(error)) from None

@@ -1,14 +1,22 @@
-"""EMANet: a deep-stem ResNet, the EM attention unit (EMAU) and the segmentation head.
+"""EMANet: a deep-stem ResNet, the EM attention unit (EMAU) and the segmentation head; the loss, the bases'
+moving average, the runtime that every script shares (device, torchrun, autocast), and the checkpoint format.
 
 State-dict names are those of the authors' released checkpoints, so their
 `{'net': state_dict, 'step': N}` files load unchanged. The EM step is
-`EMAU.em_step`; the moving average of the bases is `update_bases`.
+`EMAU.em_step`; the loss is `per_image_loss`; the moving average of the bases is
+`update_bases`; checkpoints are written by `save_checkpoint` and read by
+`load_checkpoint` and `resume`.
 
     python network.py        # prints parameter counts of the current settings' model
 """
+import atexit
+import fcntl
+import glob
 import math
 import os
 import pickle
+import socket
+import time
 import zipfile
 
 import torch
@@ -124,8 +132,9 @@ class EMAU(nn.Module):
     output is the low-rank reconstruction from the final bases and
     responsibilities. The iterations run without gradient (EM_GRAD=False, as
     published), so the input 1x1 conv gets none: the authors confirm this is
-    intended. `mu` (1 × c × k) is the running estimate of the bases that every
-    image starts from; `update_bases` maintains it after each training step.
+    intended. The buffer `mu` (1 × c × k) is the running estimate of the bases
+    that every image starts from; `update_bases` maintains it after each
+    training step from the per-image bases that `forward` returns.
     """
 
     def __init__(self, channels, n_bases, stage_num=3, eval_stage_num=None, norm='l2', grad=False):
@@ -153,7 +162,7 @@ class EMAU(nn.Module):
 
     def em(self, x):
         """The EM iterations from the running bases. x: the unit's input, b × c × h × w →
-        bases b × c × k, responsibilities b × n × k (float32; no gradient unless EM_GRAD)."""
+        bases b × c × k, responsibilities b × n × k (no gradient unless EM_GRAD)."""
         x = self.conv1(upcast(x)).flatten(2)  # b × c × n
         bases = self.mu.expand(x.shape[0], -1, -1)  # b × c × k
         stages = self.stage_num if self.training else self.eval_stage_num
@@ -166,8 +175,7 @@ class EMAU(nn.Module):
 
     def forward(self, x):
         b, c, h, w = x.shape
-        # the EM iterations and the reconstruction stay in float32 under autocast
-        with torch.autocast('cuda' if x.is_cuda else 'cpu', enabled=False):
+        with torch.autocast(x.device.type, enabled=False):  # EM and reconstruction in float32 under AMP
             bases, responsibilities = self.em(x)
             reconstruction = torch.bmm(bases, responsibilities.transpose(1, 2)).view(b, c, h, w)
         out = self.conv2(F.relu(reconstruction, inplace=True))
@@ -175,41 +183,46 @@ class EMAU(nn.Module):
 
 
 def per_image_loss(logits, label):
-    """Pixel-wise NLL averaged over H and W; ignored pixels count as zeros, as in the
-    authors' loss. logits: b × classes × h × w, label: b × h × w → b."""
+    """The training loss of each image (b). LOSS='ce': pixel-wise NLL averaged over H and W, ignored pixels
+    counting as zeros, as in the authors' loss. logits: b × classes × h × w, label: b × h × w."""
     nll = F.nll_loss(F.log_softmax(upcast(logits), dim=1), label,
                      ignore_index=settings.IGNORE_LABEL, reduction='none')  # b × h × w
     return nll.mean(dim=(1, 2))
 
 
 class EMANet(nn.Module):
-    def __init__(self, n_classes=None, n_layers=None):
+    def __init__(self, n_classes=None, n_layers=None, stride=None):
         super().__init__()
         n_classes = settings.N_CLASSES if n_classes is None else n_classes
         n_layers = settings.N_LAYERS if n_layers is None else n_layers
         channels = settings.EMA_CHANNELS
         self.n_layers = n_layers
-        self.extractor = backbone(n_layers, settings.STRIDE)
+        self.extractor = backbone(n_layers, settings.STRIDE if stride is None else stride)
         self.fc0 = ConvBNReLU(2048, channels, 3)
         self.emau = EMAU(channels, settings.N_BASES, settings.STAGE_NUM, settings.EVAL_STAGE_NUM,
                          settings.EM_NORM, settings.EM_GRAD)
         self.fc1 = nn.Sequential(ConvBNReLU(channels, 256, 3), nn.Dropout2d(p=0.1))
         self.fc2 = nn.Conv2d(256, n_classes, 1)
-        init_weights(self)
+        init_weights(self.extractor)  # as the authors: fc0, fc1 and fc2 keep PyTorch's default initialisation
+        init_weights(self.emau)
+
+    def features(self, img):
+        """The EM unit's input: b × EMA_CHANNELS × h × w at the output stride."""
+        return self.fc0(self.extractor(img))
 
     def forward(self, img, lbl=None, size=None):
-        x = self.fc0(self.extractor(img))
-        x, mu = self.emau(x)
+        x, bases = self.emau(self.features(img))
         logits = self.fc2(self.fc1(x))
         logits = F.interpolate(upcast(logits), size=size or img.shape[-2:], mode='bilinear', align_corners=True)
         if self.training and lbl is not None:
-            return per_image_loss(logits, lbl), mu
+            return per_image_loss(logits, lbl), bases
         return logits
 
 
-def init_weights(net):
-    """Convs He-normal over fan-out (k·k·out), BN weight 1 and bias 0; biases keep torch's default."""
-    for m in net.modules():
+def init_weights(module):
+    """The authors' scheme: convs normal(0, sqrt(2 / (k·k·out))), BN weight 1 and bias 0; biases keep
+    torch's default."""
+    for m in module.modules():
         if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
             nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
@@ -218,16 +231,81 @@ def init_weights(net):
             nn.init.zeros_(m.bias)
 
 
+def train_step(model, net, optimizer, scaler, img, label, dtype, step, rank):
+    """One SGD step on this process's share of the global batch, then the bases' moving average; returns the
+    mean loss of its images as a tensor on the device (reading it back is left to the caller). model is net,
+    or net wrapped by DDP or torch.compile."""
+    torch.manual_seed(hash((settings.SEED, step, rank)) % 2 ** 63)  # dropout masks follow the step: exact resume
+    with autocast(img.device, dtype):
+        loss, bases = model(img, label)
+    loss = loss.mean()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    update_bases(net.emau, bases)
+    return loss.detach()
+
+
 @torch.no_grad()
-def update_bases(emau, mu):
-    """Moving average of the bases over the whole global batch: mu is b × c × k from this
-    process's images; the mean is all-reduced so every process keeps identical bases."""
-    batch_mean = mu.mean(dim=0, keepdim=True)  # 1 × c × k
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(batch_mean)
-        batch_mean /= dist.get_world_size()
+def update_bases(emau, bases):
+    """The moving average of the running bases over the whole global batch: bases is b × c × k from this
+    process's images; the mean is all-reduced so every process keeps identical running bases."""
+    batch_mean = all_reduce_mean(bases.mean(dim=0, keepdim=True))  # 1 × c × k
     emau.mu.mul_(settings.EM_MOM).add_(batch_mean, alpha=1 - settings.EM_MOM)
 
+
+# ---------------------------------------------------------------- runtime: device, torchrun, precision
+
+def setup_runtime():
+    """(rank, world_size, device) from torchrun's environment, or a single process. Under torchrun the
+    process group is NCCL on GPUs, gloo on CPU; rank 0 alone logs."""
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    rank = int(os.environ.get('RANK', 0))
+    device = torch.device(settings.DEVICE or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    if rank:
+        settings.logger.setLevel('ERROR')
+    return rank, world, device
+
+
+def autocast_dtype(device):
+    """bfloat16 where the GPU supports it, else float16 (with a gradient scaler); None: no AMP."""
+    if device.type != 'cuda' or not settings.AMP:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device, dtype):
+    """torch.autocast to dtype on device; dtype None leaves it off."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def to_device(x, device):
+    """A module or a b × 3 × h × w batch on device, channels-last on CUDA when CHANNELS_LAST."""
+    x = x.to(device, non_blocking=True)
+    return x.to(memory_format=torch.channels_last) if device.type == 'cuda' and settings.CHANNELS_LAST else x
+
+
+def collective_device():
+    """Where collectives' tensors live: NCCL needs them on the GPU."""
+    return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+
+
+def all_reduce_mean(values):
+    """The mean of a tensor over all processes (itself in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        reduced = values.to(collective_device())
+        dist.all_reduce(reduced)
+        values = (reduced / dist.get_world_size()).to(values.device)
+    return values
+
+
+# ---------------------------------------------------------------- checkpoints and pretrained weights
 
 class CheckpointError(RuntimeError):
     """A checkpoint or weight file that cannot be used; the message says which and why."""
@@ -237,6 +315,14 @@ class CorruptCheckpointError(CheckpointError):
     """A file that is truncated or damaged, as opposed to one for other settings."""
 
 
+def checkpoint_path(name):
+    """An existing file or a name with a folder in it is a path; a bare name is MODEL_DIR/name."""
+    name = os.fspath(name)
+    if os.path.exists(name) or os.path.dirname(name):
+        return name
+    return os.path.join(settings.MODEL_DIR, name)
+
+
 def read_weights(path, what='checkpoint'):
     """torch.load with weights_only=True, turning every failure into a CheckpointError that names the file."""
     path = os.fspath(path)
@@ -244,8 +330,8 @@ def read_weights(path, what='checkpoint'):
         raise CheckpointError(f'{what} {path} does not exist')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        if 'Unsupported global' in str(e):  # a class or function to call: code, not weights
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):  # an intact torch.save file whose pickle holds code, not only weights
             raise CheckpointError(f'{what} {path} is not a plain weights file: it needs arbitrary unpickling, '
                                   f'which is refused so that nothing in it runs') from None
         raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt (it does not unpickle)') from None
@@ -253,37 +339,119 @@ def read_weights(path, what='checkpoint'):
         raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt ({str(e).splitlines()[0]})') from None
 
 
-def load_matching(module, state, path):
-    """load_state_dict that names the first missing, unexpected or mis-shaped key and the file.
-    BN num_batches_tracked counters are optional: older files lack them, and a fixed BN
+def load_state(module, state, path):
+    """module.load_state_dict(state) with errors that name the file and the first mis-shaped, missing or
+    unexpected key. BN num_batches_tracked counters are optional: older files lack them, and a fixed BN
     momentum never reads them."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state if k not in own]
+    for k, v in state.items():
+        if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape):
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise CheckpointError(f'{path}: key {k} has shape {shape} in the file but '
+                                  f'{tuple(own[k].shape)} in the model (N_CLASSES={settings.N_CLASSES}, '
+                                  f'N_LAYERS={settings.N_LAYERS}, EMA_CHANNELS={settings.EMA_CHANNELS}, '
+                                  f'N_BASES={settings.N_BASES})')
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith('num_batches_tracked')]
     if missing:
         raise CheckpointError(f'{path}: missing key {missing[0]} ({len(missing)} missing in all); '
                               f'is it for another N_LAYERS or EMA_CHANNELS?')
     if unexpected:
         raise CheckpointError(f'{path}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected in all); '
                               f'is it for another N_LAYERS?')
-    for k, v in state.items():
-        if not isinstance(v, torch.Tensor) or v.shape != own[k].shape:
-            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise CheckpointError(f'{path}: key {k} has shape {shape} in the file but '
-                                  f'{tuple(own[k].shape)} in the model (N_CLASSES={settings.N_CLASSES}, '
-                                  f'N_LAYERS={settings.N_LAYERS}, EMA_CHANNELS={settings.EMA_CHANNELS}, '
-                                  f'N_BASES={settings.N_BASES})')
-    module.load_state_dict(state, strict=False)
 
 
-def load_checkpoint(net, path):
-    """Loads an EMANet checkpoint `{'net': state_dict, 'step': N, ...}` (the authors' files
-    included) into net; returns the whole checkpoint dict."""
+def load_checkpoint(net, path, optimizer=None, scaler=None):
+    """Loads a checkpoint `{'net': state_dict, 'step': N, ...}` (the authors' files included) into net, and
+    into optimizer and scaler when given; returns the whole checkpoint dict."""
     ckpt = read_weights(path)
     if not isinstance(ckpt, dict) or 'net' not in ckpt:
         raise CheckpointError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict')
-    load_matching(net, ckpt['net'], path)
+    load_state(net, ckpt['net'], path)
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scaler.load_state_dict(ckpt['scaler'])
     return ckpt
+
+
+def save_checkpoint(name, net, optimizer, scaler, step):
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} atomically: a temporary
+    file, synced, then renamed over the old one, so a kill at any moment leaves the previous complete file
+    or the new one. Refuses non-finite weights."""
+    state = net.state_dict()
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f'step {step}: {bad} is not finite; {name} was not written')
+    path = checkpoint_path(name)
+    tmp = f'{path}.tmp{os.getpid()}'
+    ckpt = {'net': state, 'step': step, 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+            'settings': settings.effective()}
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CheckpointError(f'could not write {path}: {e.strerror or e}. The previous checkpoint is intact; '
+                              f'free space or fix MODEL_DIR={settings.MODEL_DIR!r}, then rerun to resume') from None
+
+
+def lock_model_dir():
+    """Makes this process the one training run of MODEL_DIR until it exits. The lock is a POSIX lock on
+    MODEL_DIR/train.lock, which the kernel (or the file server) drops when its process dies, however it dies;
+    the file names the holder for the next run's messages. Raises CheckpointError naming a run that holds it."""
+    path = os.path.join(settings.MODEL_DIR, 'train.lock')
+    lock = open(path, 'a+')
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or 'a process that has not written its name yet'
+        lock.close()
+        raise CheckpointError(f'MODEL_DIR={os.path.abspath(settings.MODEL_DIR)!r} belongs to a training run that '
+                              f'is still going ({holder}); stop it first, or train this experiment elsewhere') from None
+    lock.seek(0)
+    previous = lock.read().strip()
+    if previous:
+        settings.logger.warning('taking over %s from a run that ended without releasing it (%s)', path, previous)
+    lock.truncate(0)
+    lock.write(f'pid {os.getpid()} on {socket.gethostname()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    lock.flush()
+
+    def release():  # a run that ends, even by an error or a signal, leaves an empty file: nothing to take over
+        lock.truncate(0)
+        lock.close()
+    atexit.register(release)
+
+
+def resume(net, optimizer, scaler):
+    """Loads MODEL_DIR/latest.pth into net, optimizer and scaler, or, if it is corrupt, the newest intact
+    step_<N>.pth; returns the step it holds, 0 for a fresh run."""
+    latest = checkpoint_path('latest.pth')
+    if not os.path.exists(latest):
+        return 0
+    steps = sorted(glob.glob(checkpoint_path('step_*.pth')), key=lambda p: int(os.path.basename(p)[5:-4]))
+    for path in [latest] + steps[::-1]:
+        try:
+            ckpt = load_checkpoint(net, path, optimizer, scaler)
+            break
+        except CorruptCheckpointError as e:
+            settings.logger.warning('%s', e)
+        except CheckpointError as e:
+            raise CheckpointError(f'{e}\nMODEL_DIR={settings.MODEL_DIR!r} holds a run with other settings: '
+                                  f'use another MODEL_DIR, or clean.sh to remove it') from None
+    else:
+        raise CorruptCheckpointError(f'{latest} is truncated or corrupt. No intact step_<N>.pth to fall back on: '
+                                     f'remove it to start this experiment from scratch')
+    for name, old in ckpt.get('settings', {}).items():
+        if getattr(settings, name, None) != old:
+            settings.logger.warning('resuming with %s = %r (the checkpoint ran with %r)',
+                                    name, getattr(settings, name, None), old)
+    settings.logger.info('resumed from %s at step %d', path, ckpt['step'])
+    return ckpt['step']
 
 
 def backbone_key(key):
@@ -306,7 +474,7 @@ def load_pretrained(net, path):
         raise CheckpointError(f'PRETRAINED file {path} is not an ImageNet ResNet state_dict '
                               f'(an EMANet checkpoint goes to eval.py or MODEL_DIR/latest.pth instead)')
     state = {backbone_key(k): v for k, v in state.items() if not k.startswith('fc.')}
-    load_matching(net.extractor, state, path)
+    load_state(net.extractor, state, path)
 
 
 def count_parameters(module):

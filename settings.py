@@ -6,12 +6,16 @@ folders to see what differed. Other modules read `settings.X` when they build
 an object or run a function, so a value changed before that takes effect.
 Paths are relative to the folder the scripts run in.
 """
+import ast
+import difflib
+import glob
 import logging
 import os
 import time
 
 # data
-DATA_ROOT = './data/VOC2012'    # JPEGImages/, SegmentationClassAug/, ImageSets/SegmentationAug/
+DATASET = 'voc'                 # 'voc', 'cityscapes', 'ade20k', 'cocostuff' or 'context' (README "Data")
+DATA_ROOT = './data/VOC2012'    # the dataset's folder, as prepare.py leaves it
 MEAN = (0.485, 0.456, 0.406)    # ImageNet RGB mean, images scaled to [0, 1]
 STD = (0.229, 0.224, 0.225)     # ImageNet RGB std
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)  # random rescaling factors for training
@@ -53,6 +57,7 @@ MODEL_DIR = './models'          # checkpoints (and pretrained backbones)
 # evaluation
 EVAL_SCALES = (1.0,)            # (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) with EVAL_FLIP for the paper's MS+flip
 EVAL_FLIP = False               # also average the horizontally flipped prediction
+EVAL_STRIDE = None              # output stride at test time; None = STRIDE (the paper's ablations: 16 → 8)
 
 # runtime
 DEVICE = None                   # None: 'cuda' when available, else 'cpu'
@@ -77,6 +82,12 @@ def get_logger(name='emanet'):
 logger = get_logger()
 
 
+def effective():
+    """Every UPPER_CASE setting, in file order: what an experiment ran with. A helper global of an experiment's
+    own that is no setting starts with an underscore or is lower case."""
+    return {name: value for name, value in globals().items() if name.isupper() and not name.startswith('_')}
+
+
 def format_eta(seconds):
     return time.strftime('%H:%M:%S', time.gmtime(seconds)) if seconds < 86400 else f'{seconds / 86400:.1f} days'
 
@@ -88,3 +99,34 @@ def log_progress(what, done, total, tic):
     if elapsed >= 5 and (done % max(1, total // 10) == 0 or done == total):
         seconds = elapsed / done
         logger.info('%s %d/%d, %.3f s each, ETA %s', what, done, total, seconds, format_eta(seconds * (total - done)))
+
+
+def unread_settings():
+    """{name: the closest setting or None} for each UPPER_CASE name here that no module of this folder reads:
+    almost always a misspelling. What the code reads is found in the code itself: `settings.NAME`, and
+    UPPER_CASE strings (names passed to getattr)."""
+    read = set()
+    for path in glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), '*.py')):
+        if os.path.basename(path) != 'settings.py':
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'settings':
+                    read.add(node.attr)
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isupper():
+                    read.add(node.value)
+    names = effective()
+    real = sorted(read & set(names))
+    return {name: next(iter(difflib.get_close_matches(name, real, n=1, cutoff=0.7)), None) for name in names if name not in read}
+
+
+def warn_unread_settings():
+    """Logs every unread name with its closest setting; returns the names that have one."""
+    misspelt = []
+    for name, closest in unread_settings().items():
+        if closest:
+            logger.warning('%s is not a setting; did you mean %s?', name, closest)
+            misspelt.append(name)
+        else:
+            logger.warning('%s is not a setting that any code reads (a helper of your own?)', name)
+    return misspelt

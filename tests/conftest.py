@@ -5,11 +5,16 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+import dataset  # noqa: E402
+import settings  # noqa: E402
 
 # an experiment small enough for a 2-core CPU: ResNet-50 from scratch on tiny crops
 TINY = dict(N_LAYERS=50, PRETRAINED=None, CROP_SIZE=33, BATCH_SIZE=2, ITER_MAX=4, ITER_SAVE=2, LOG_EVERY=1,
@@ -28,7 +33,7 @@ def _deterministic():
 def demo_data(tmp_path_factory):
     """The generated demo dataset, made once per test session."""
     root = tmp_path_factory.mktemp('demo') / 'data'
-    subprocess.run([sys.executable, 'dataset.py', 'demo', str(root)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, 'prepare.py', 'demo', str(root)], cwd=ROOT, check=True, capture_output=True)
     return root
 
 
@@ -74,3 +79,68 @@ class Payload:
     @staticmethod
     def run():
         Payload.ran = True
+
+
+# ---------------------------------------------------------------- small VOC-layout data roots
+
+# colours far apart, one per class, so a pixel's colour tells its class even after JPEG and resampling
+CLASS_COLOURS = np.array([(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)], np.float32)
+SPLITS = ('train', 'val', 'trainval', 'trainaug')
+
+
+def write_jpeg(array, path):
+    Image.fromarray(array).save(path, quality=100, subsampling=0)  # 4:4:4 keeps colours sharp
+
+
+def write_root(root, samples, splits):
+    """A DATA_ROOT holding samples (id -> (H × W × 3 uint8 image, H × W label)) and lists (split -> ids)."""
+    for folder in ('JPEGImages', 'SegmentationClassAug'):
+        os.makedirs(os.path.join(root, folder))
+    for image_id, (image, label) in samples.items():
+        write_jpeg(image, dataset.image_path(image_id, root))
+        dataset.save_label_png(label, dataset.label_path(image_id, root))
+    dataset.write_lists(splits, root)
+    return str(root)
+
+
+def block_sample(rng, height, width, block=12):
+    """(image, label): blocks of classes 0-4 of block × block px, each painted in its CLASS_COLOURS colour."""
+    grid = rng.integers(0, len(CLASS_COLOURS), (-(-height // block), -(-width // block)))
+    label = np.kron(grid, np.ones((block, block), int))[:height, :width].astype(np.uint8)
+    return CLASS_COLOURS[label].astype(np.uint8), label
+
+
+@pytest.fixture
+def root(tmp_path):
+    """Six 37 × 50 block samples, listed in every split."""
+    rng = np.random.default_rng(0)
+    samples = {f'{index:03d}': block_sample(rng, 37, 50) for index in range(6)}
+    return write_root(tmp_path / 'root', samples, {split: list(samples) for split in SPLITS})
+
+
+def break_sample(root, image_id, how):
+    """Breaks the image or the label of image_id as `how` says; returns the broken file's path."""
+    path = (dataset.image_path if how.endswith('image') else dataset.label_path)(image_id, root)
+    if how.startswith('missing'):
+        os.remove(path)
+    elif how == 'corrupt image':
+        with open(path, 'wb') as f:
+            f.write(b'not a jpeg')
+    elif how == 'truncated image':
+        data = open(path, 'rb').read()
+        with open(path, 'wb') as f:
+            f.write(data[:len(data) // 2])
+    elif how == 'corrupt label':
+        with open(path, 'wb') as f:
+            f.write(b'\x89PNG\r\n\x1a\n broken')
+    elif how == 'RGB label':
+        Image.new('RGB', (50, 37)).save(path)
+    elif how == 'size mismatch':
+        dataset.save_label_png(np.zeros((36, 50), np.uint8), path)
+    else:  # out-of-range value: N_CLASSES itself is one too many
+        values = dataset.read_label(path)
+        values[5, 5] = settings.N_CLASSES
+        dataset.save_label_png(values, path)
+    return path
+
+

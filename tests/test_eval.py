@@ -40,13 +40,15 @@ def test_metrics_hand_computed():
 
 
 def test_report_json_and_table(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(settings, 'N_CLASSES', 4)  # not VOC's 21: classes are named by index
+    monkeypatch.setitem(dataset.DATASETS, 'four', {**dataset.DATASETS['voc'], 'classes': ('sky', 'road', 'car', 'dog')})
+    monkeypatch.setattr(settings, 'DATASET', 'four')  # classes are named as the dataset names them
+    monkeypatch.setattr(settings, 'N_CLASSES', 4)
     monkeypatch.setattr(settings, 'LOG_DIR', str(tmp_path / 'logs'))
     evaluation.report(np.array(HAND_CONFUSION), 'models/step_10.pth', 10, 2)
     with open(tmp_path / 'logs' / 'eval_step_10.json') as f:
         result = json.load(f)
     assert result['mIoU'] == pytest.approx(59 / 168) and result['fIoU'] == pytest.approx(59 / 112)
-    assert result['per_class'] == {'0': pytest.approx(5 / 8), '1': pytest.approx(3 / 7), '2': 0.0, '3': None}
+    assert result['per_class'] == {'sky': pytest.approx(5 / 8), 'road': pytest.approx(3 / 7), 'car': 0.0, 'dog': None}
     assert result['step'] == 10 and result['n_images'] == 2 and result['scales'] == [1.0] and not result['flip']
     out = capsys.readouterr().out
     assert 'pAcc 66.67  mAcc 66.67  fIoU 52.68  mIoU 35.12' in out and '62.50' in out
@@ -64,10 +66,10 @@ def test_confusion_ignores_ignore_label(monkeypatch):
 def test_checkpoint_path(monkeypatch, tmp_path):
     monkeypatch.setattr(settings, 'MODEL_DIR', 'runs/a')
     monkeypatch.chdir(tmp_path)
-    assert evaluation.checkpoint_path('final.pth') == os.path.join('runs/a', 'final.pth')
-    assert evaluation.checkpoint_path(os.path.join('b', 'x.pth')) == os.path.join('b', 'x.pth')
+    assert network.checkpoint_path('final.pth') == os.path.join('runs/a', 'final.pth')
+    assert network.checkpoint_path(os.path.join('b', 'x.pth')) == os.path.join('b', 'x.pth')
     (tmp_path / 'here.pth').touch()
-    assert evaluation.checkpoint_path('here.pth') == 'here.pth'
+    assert network.checkpoint_path('here.pth') == 'here.pth'
 
 
 # ---------------------------------------------------------------- predict

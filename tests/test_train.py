@@ -61,9 +61,9 @@ def take(iterator, n):
 
 
 def test_batches_resume_exactly_and_differ_between_processes():
-    full = take(iter(train.TrainBatches(20, 3, 0, 2, first_step=1)), 8)
-    assert take(iter(train.TrainBatches(20, 3, 0, 2, first_step=5)), 4) == full[4:]
-    other_rank = take(iter(train.TrainBatches(20, 3, 1, 2, first_step=1)), 3)
+    full = take(train.train_batches(20, 3, 0, 2, first_step=1), 8)
+    assert take(train.train_batches(20, 3, 0, 2, first_step=5), 4) == full[4:]
+    other_rank = take(train.train_batches(20, 3, 1, 2, first_step=1), 3)
     epoch0 = [i for batch in full[:3] + other_rank for i, _ in batch]
     assert len(set(epoch0)) == 18  # one epoch, split across the processes without overlap
     assert {seed for _, seed in full[0]}.isdisjoint({seed for _, seed in other_rank[0]})
@@ -76,7 +76,7 @@ def test_batches_resume_exactly_and_differ_between_processes():
 def test_autocast_dtype(monkeypatch, device, amp, bf16, expected):
     monkeypatch.setattr(settings, 'AMP', amp)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: bf16)
-    assert train.autocast_dtype(torch.device(device)) == expected
+    assert network.autocast_dtype(torch.device(device)) == expected
 
 
 def test_float16_step_with_gradient_scaler():
@@ -85,47 +85,29 @@ def test_float16_step_with_gradient_scaler():
     net = network.EMANet(21, 50).train()
     for frozen in (net.extractor, net.fc0):
         frozen.requires_grad_(False)  # CPU float16 backward through them takes seconds
-    optimizer = train.make_optimizer(net)
+    optimizer = sgd(net)
     train.set_lr(optimizer, 1)
     img, label = torch.randn(2, 3, 33, 33), torch.randint(0, 21, (2, 33, 33))
     weights, bases = net.fc2.weight.clone(), net.emau.mu.clone()
     overflowing = torch.amp.GradScaler('cpu', init_scale=2.0 ** 100)
-    loss = train.train_step(net, net, optimizer, overflowing, img, label, torch.float16, 0, 1)
+    loss = network.train_step(net, net, optimizer, overflowing, img, label, torch.float16, 1, 0)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert torch.equal(net.fc2.weight, weights) and not optimizer.state  # skipped
     assert overflowing.get_scale() == 2.0 ** 99
     assert net.emau.mu.dtype == torch.float32 and not torch.equal(net.emau.mu, bases)
     scaler = torch.amp.GradScaler('cpu', init_scale=1.0)
-    train.train_step(net, net, optimizer, scaler, img, label, torch.float16, 0, 2)
+    network.train_step(net, net, optimizer, scaler, img, label, torch.float16, 2, 0)
     assert not torch.equal(net.fc2.weight, weights) and torch.isfinite(net.fc2.weight).all()
     assert scaler.get_scale() == 1.0
 
 
-# ---------------------------------------------------------------- early errors, in process
-
-@pytest.mark.parametrize('name, value, world, message', [
-    ('BATCH_SIZE', 16, 3, 'BATCH_SIZE=16 is not divisible by the 3 processes'),
-    ('CROP_SIZE', 7, 1, 'CROP_SIZE=7 is smaller than the output stride STRIDE=8'),
-])
-def test_bad_numbers_are_named(monkeypatch, name, value, world, message):
-    monkeypatch.setattr(settings, name, value)
-    with pytest.raises(SystemExit, match=message):
-        train.check_settings(world)
-
+# ---------------------------------------------------------------- early errors, as a user meets them
 
 @pytest.mark.parametrize('name, value', [('N_LAYERS', 34), ('STRIDE', 4), ('EM_NORM', 'l1')])
 def test_bad_architecture_settings_are_named(monkeypatch, name, value):
-    monkeypatch.setattr(settings, 'PRETRAINED', None)
     monkeypatch.setattr(settings, name, value)
-    with pytest.raises(SystemExit, match=f'{name}={value!r}'):
-        train.build(torch.device('cpu'), 1)
-
-
-def tiny_settings(monkeypatch, demo_data, tmp_path, **overrides):
-    for name, value in {'N_LAYERS': 50, 'PRETRAINED': None, 'DATA_ROOT': str(demo_data),
-                        'MODEL_DIR': str(tmp_path / 'models'), 'LOG_DIR': str(tmp_path / 'logdir'),
-                        **overrides}.items():
-        monkeypatch.setattr(settings, name, value)
+    with pytest.raises(ValueError, match=f'{name}={value!r}'):
+        network.EMANet()
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -133,41 +115,48 @@ def tiny_settings(monkeypatch, demo_data, tmp_path, **overrides):
     (dict(TRAIN_SPLIT='trainbig'), "TRAIN_SPLIT.*'trainbig'"),
     (dict(N_CLASSES=3), 'N_CLASSES=3'),
     (dict(PRETRAINED='/nonexistent/resnet50s.pth'), 'PRETRAINED=.*/nonexistent/resnet50s.pth.*does not exist'),
+    (dict(CROP_SIZE=7), 'CROP_SIZE=7 is smaller than the output stride STRIDE=8'),
+    (dict(N_LAYERS=34), 'N_LAYERS=34'),
+    (dict(MODEL_DIR='./settings.py/models'), "MODEL_DIR='./settings.py/models' cannot be created"),
 ])
-def test_main_stops_before_training(monkeypatch, demo_data, tmp_path, capsys, overrides, message):
-    tiny_settings(monkeypatch, demo_data, tmp_path, **overrides)
-    with pytest.raises(SystemExit, match=message):
-        train.main()
-    assert not os.path.exists(tmp_path / 'models' / 'latest.pth')
+def test_train_stops_before_training_naming_the_setting(tmp_path, demo_data, overrides, message):
+    experiment = make_experiment(tmp_path / 'exp', demo_data, **overrides)
+    result = run_script(experiment, 'train.py')
+    assert result.returncode == 1 and re.search(message, result.stderr), result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not glob.glob(str(experiment / 'models' / '*.pth'))
 
 
-def test_unwritable_model_dir_is_named(monkeypatch, tmp_path):
-    (tmp_path / 'afile').write_text('')
-    monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path / 'afile' / 'models'))
-    with pytest.raises(SystemExit, match="MODEL_DIR=.*afile/models.* cannot be created"):
-        train.make_dirs()
+def test_batch_size_not_divisible_by_the_processes_is_named(tmp_path, demo_data):
+    experiment = make_experiment(tmp_path / 'exp', demo_data, BATCH_SIZE=16)
+    result = run_script(experiment, *TORCHRUN, '--standalone', '--nproc_per_node=3', 'train.py',
+                        env={'OMP_NUM_THREADS': '1'})
+    assert result.returncode != 0 and 'BATCH_SIZE=16 is not divisible by the 3 processes' in result.stderr
 
 
 # ---------------------------------------------------------------- checkpoints, in process
 
+def sgd(net):
+    return torch.optim.SGD(train.param_groups(net), lr=settings.LR, momentum=settings.LR_MOM)
+
+
 def small_run_state(monkeypatch, tmp_path):
     monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path))
     net = network.EMANet(21, 50)
-    optimizer = train.make_optimizer(net)
-    return net, optimizer, torch.amp.GradScaler('cuda', enabled=False)
+    return net, sgd(net), torch.amp.GradScaler('cuda', enabled=False)
 
 
 def test_full_disk_keeps_the_previous_checkpoint(monkeypatch, tmp_path):
     net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
-    train.save_checkpoint('latest.pth', net, optimizer, scaler, 3)
+    network.save_checkpoint('latest.pth', net, optimizer, scaler, 3)
     before = (tmp_path / 'latest.pth').read_bytes()
 
     def full_disk(obj, f):
         f.write(b'partial')
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(torch, 'save', full_disk)
-    with pytest.raises(SystemExit, match=r'could not write .*latest.pth: No space left on device.*intact'):
-        train.save_checkpoint('latest.pth', net, optimizer, scaler, 4)
+    with pytest.raises(network.CheckpointError, match=r'could not write .*latest.pth: No space left on device.*intact'):
+        network.save_checkpoint('latest.pth', net, optimizer, scaler, 4)
     assert (tmp_path / 'latest.pth').read_bytes() == before
     assert os.listdir(tmp_path) == ['latest.pth']
 
@@ -176,30 +165,30 @@ def test_non_finite_weights_are_never_written(monkeypatch, tmp_path):
     net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
     with torch.no_grad():
         net.fc2.weight[0, 0] = float('nan')
-    with pytest.raises(SystemExit, match='step 7: fc2.weight is not finite; latest.pth was not written'):
-        train.save_checkpoint('latest.pth', net, optimizer, scaler, 7)
+    with pytest.raises(network.CheckpointError, match='step 7: fc2.weight is not finite; latest.pth was not written'):
+        network.save_checkpoint('latest.pth', net, optimizer, scaler, 7)
     assert os.listdir(tmp_path) == []
 
 
 def test_corrupt_latest_falls_back_to_newest_intact_step(monkeypatch, tmp_path, caplog):
     net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
     for step in (2, 4):
-        train.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
+        network.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
     (tmp_path / 'latest.pth').write_bytes((tmp_path / 'step_4.pth').read_bytes()[:10000])
-    assert train.resume(net, optimizer, scaler) == 4
+    assert network.resume(net, optimizer, scaler) == 4
     (tmp_path / 'step_4.pth').write_bytes(b'garbage')
-    assert train.resume(net, optimizer, scaler) == 2
+    assert network.resume(net, optimizer, scaler) == 2
     for path in glob.glob(str(tmp_path / 'step_*.pth')):
         os.remove(path)
-    with pytest.raises(SystemExit, match=r'latest.pth is truncated or corrupt.*No intact step_<N>.pth.*remove it'):
-        train.resume(net, optimizer, scaler)
+    with pytest.raises(network.CheckpointError, match=r'latest.pth is truncated or corrupt.*No intact step_<N>.pth.*remove it'):
+        network.resume(net, optimizer, scaler)
 
 
 def test_untrusted_latest_is_refused_and_not_run(monkeypatch, tmp_path):
     net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
     torch.save({'net': {}, 'payload': Payload()}, tmp_path / 'latest.pth')
-    with pytest.raises(SystemExit, match='latest.pth is not a plain weights file'):
-        train.resume(net, optimizer, scaler)
+    with pytest.raises(network.CheckpointError, match='latest.pth is not a plain weights file'):
+        network.resume(net, optimizer, scaler)
     assert not Payload.ran
 
 
@@ -225,7 +214,8 @@ def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics
     result = run_script(experiment, 'train.py')
     assert result.returncode == 0, result.stderr
     assert 'step 4/4 loss' in result.stderr and 'img/s ETA' in result.stderr
-    assert sorted(os.listdir(experiment / 'models')) == ['final.pth', 'latest.pth', 'step_2.pth', 'step_4.pth']
+    assert sorted(os.listdir(experiment / 'models')) == ['final.pth', 'latest.pth', 'step_2.pth', 'step_4.pth', 'train.lock']
+    assert (experiment / 'models' / 'train.lock').read_text() == ''  # released at the end
     ckpt = torch.load(experiment / 'models' / 'final.pth', weights_only=True)
     assert ckpt['step'] == 4 and {'net', 'optimizer', 'scaler', 'settings'} <= set(ckpt)
     assert ckpt['settings']['CROP_SIZE'] == 33
@@ -233,8 +223,13 @@ def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics
     tags = read_scalars(experiment / 'logdir')
     assert tags['train/loss'] == [1, 2, 3, 4] and tags['train/lr'] == [1, 2, 3, 4]
     assert tags['train/input_truth_prediction'] == [2, 4]
-    again = run_script(experiment, 'train.py')  # a finished run resumes at its end and stops
-    assert again.returncode == 0 and 'resumed from ./models/latest.pth at step 4' in again.stderr
+    def checkpoints():
+        return {path: os.stat(path).st_mtime_ns for path in glob.glob(str(experiment / 'models' / '*.pth'))}
+    before = checkpoints()
+    again = run_script(experiment, 'train.py')  # a finished run says so and touches nothing
+    assert again.returncode == 0, again.stderr
+    assert 'this run is finished: step 4 of ITER_MAX=4, ./models/final.pth' in again.stderr
+    assert checkpoints() == before
     evaluated = run_script(experiment, 'eval.py')
     assert evaluated.returncode == 0, evaluated.stderr
     assert 'mIoU' in evaluated.stdout and 'tvmonitor' in evaluated.stdout
@@ -243,7 +238,7 @@ def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics
 
 
 def initial_net():
-    """The EMANet-50 that train.build starts every process from: initialised after seeding with SEED."""
+    """The EMANet-50 that train.py starts every process from: initialised after seeding with SEED."""
     torch.manual_seed(settings.SEED)
     return network.EMANet(21, 50)
 
@@ -413,17 +408,17 @@ def freeze_batch_norm(net, img):
 def ddp_step(out):
     """Two steps on a fixed global batch of 2 images, split across however many processes run this."""
     settings.N_LAYERS, settings.PRETRAINED, settings.BATCH_SIZE, settings.LR = 50, None, 2, 1e-5
-    rank, world, device = train.init_distributed()
-    net = train.build(device, world).double()  # float64: a random net's gradients amplify rounding
+    rank, world, device = network.setup_runtime()
+    net = initial_net().double()  # float64: a random net's gradients amplify rounding
     img, label = fixed_global_batch()
     freeze_batch_norm(net, img)
-    optimizer = train.make_optimizer(net)
-    model = train.wrap(net, device, world)
+    optimizer = sgd(net)
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     mine = slice(rank * 2 // world, (rank + 1) * 2 // world)
     for step in (1, 2):
         train.set_lr(optimizer, step)
-        train.train_step(model, net, optimizer, torch.amp.GradScaler('cuda', enabled=False),
-                         img[mine], label[mine], None, rank, step)
+        network.train_step(model, net, optimizer, torch.amp.GradScaler('cuda', enabled=False),
+                           img[mine], label[mine], None, step, rank)
     torch.save(net.state_dict(), f'{out}.rank{rank}')
 
 
