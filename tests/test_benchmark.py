@@ -56,20 +56,25 @@ def test_non_local_block_is_a_residual_attention():
         assert torch.equal(block(features), features)
 
 
-def test_reference_pipeline_gives_train_dataset_shapes(tmp_path, monkeypatch):
+def test_authors_augment_gives_the_train_dataset_samples(tmp_path, monkeypatch):
     monkeypatch.setattr(settings, 'CROP_SIZE', 513)  # larger than some rescaled images: the padding path too
-    ids = benchmark.write_jpeg_dataset(str(tmp_path), 2)
-    train_set = dataset.TrainDataset(data_root=str(tmp_path), split='train')
+    root = str(tmp_path)
+    ids = benchmark.write_jpeg_dataset(root, 2)
+    train_set = dataset.TrainDataset(data_root=root, split='train')
     allowed = set(range(settings.N_CLASSES)) | {settings.IGNORE_LABEL}
     for seed in range(6):
         image, label = train_set[(seed % 2, seed)]
-        ref_image, ref_label = benchmark.reference_sample(ids[seed % 2], str(tmp_path), np.random.default_rng(seed))
+        source = dataset.read_image(dataset.image_path(ids[seed % 2], root))
+        source_label = dataset.read_label(dataset.label_path(ids[seed % 2], root))
+        assert source.size == (500, 375) and len(np.unique(source_label)) > 1
+        ref_image, ref_label = benchmark.authors_augment(source, source_label, np.random.default_rng(seed))
         assert ref_image.shape == image.shape == (3, 513, 513)
         assert ref_label.shape == label.shape == (513, 513)
         assert ref_image.dtype == image.dtype == torch.float32
         assert ref_label.dtype == label.dtype == torch.int64
-        assert ref_image.is_contiguous() and torch.isfinite(ref_image).all()
+        assert ref_image.is_contiguous() and ref_label.is_contiguous() and torch.isfinite(ref_image).all()
         assert set(ref_label.unique().tolist()) <= allowed
+        assert (image - ref_image).abs().max() <= 1e-3 and torch.equal(label, ref_label)
 
 
 def test_overridden_restores_settings():

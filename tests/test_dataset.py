@@ -5,8 +5,10 @@ import re
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+import benchmark
 import dataset
 import settings
 from conftest import CLASS_COLOURS, break_sample
@@ -16,12 +18,6 @@ def unnormalize(image):
     """3 × H × W normalised tensor -> H × W × 3 float RGB in [0, 255]."""
     mean, std = np.array(settings.MEAN), np.array(settings.STD)
     return (image.numpy().transpose(1, 2, 0) * std + mean) * 255
-
-
-def pil_nearest_is_tie(offset, count, size, scaled):
-    """For output pixels offset..offset+count of a size -> scaled resize: is the source coordinate exactly on a
-    pixel edge, where nearest-neighbour rounding may go either way?"""
-    return ((2 * (offset + np.arange(count)) + 1) * size) % (2 * scaled) == 0
 
 
 # ---------------------------------------------------------------- helpers
@@ -44,43 +40,80 @@ def test_palette_colorize_and_label_png_round_trip(tmp_path):
 
 # ---------------------------------------------------------------- TrainDataset
 
-def reference_augment(image, label, rng):
-    """The authors' way, drawing the same numbers: rescale the whole sample, pad, crop, flip, normalise.
-    Returns (3 × CROP × CROP image, CROP × CROP label, the label's tie rows and columns)."""
-    crop = settings.CROP_SIZE
-    scale = settings.SCALES[rng.integers(len(settings.SCALES))]
+def random_sample(rng, height, width):
+    """(PIL image, label) of random pixels and random classes, IGNORE_LABEL among them."""
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    classes = np.array([*range(settings.N_CLASSES), settings.IGNORE_LABEL], np.uint8)
+    return image, rng.choice(classes, (height, width))
+
+
+def assert_augment_equals_authors(image, label, seed):
+    """dataset.augment and benchmark.authors_augment (the whole-image op) give the same sample for the seed;
+    returns (scale, flipped), replaying the draws."""
+    ours, our_label = dataset.augment(image, label, np.random.default_rng(seed))
+    theirs, their_label = benchmark.authors_augment(image, label, np.random.default_rng(seed))
+    assert ours.shape == theirs.shape == (3, settings.CROP_SIZE, settings.CROP_SIZE) and ours.dtype == torch.float32
+    assert our_label.dtype == their_label.dtype == torch.int64
+    assert np.abs(ours.numpy() - theirs.numpy()).max() <= 1e-3
+    assert torch.equal(our_label, their_label)
+    draws = np.random.default_rng(seed)
+    scale = settings.SCALES[draws.integers(len(settings.SCALES))]
     width, height = image.size
-    scaled_w, scaled_h = int(width * scale), int(height * scale)
-    scaled = np.asarray(image.resize((scaled_w, scaled_h), Image.Resampling.BILINEAR), np.float32)
-    scaled = (scaled / 255 - np.array(settings.MEAN, np.float32)) / np.array(settings.STD, np.float32)
-    scaled_label = np.asarray(Image.fromarray(label).resize((scaled_w, scaled_h), Image.Resampling.NEAREST))
-    pad_h, pad_w = max(crop - scaled_h, 0), max(crop - scaled_w, 0)
-    padded = np.pad(scaled, ((0, pad_h), (0, pad_w), (0, 0)))
-    padded_label = np.pad(scaled_label, ((0, pad_h), (0, pad_w)), constant_values=settings.IGNORE_LABEL)
-    top = rng.integers(padded.shape[0] - crop + 1)
-    left = rng.integers(padded.shape[1] - crop + 1)
-    image, label = padded[top:top + crop, left:left + crop], padded_label[top:top + crop, left:left + crop]
-    tie_rows = pil_nearest_is_tie(top, crop, height, scaled_h)
-    tie_cols = pil_nearest_is_tie(left, crop, width, scaled_w)
-    if rng.random() < 0.5:
-        image, label, tie_cols = image[:, ::-1], label[:, ::-1], tie_cols[::-1]
-    return image.transpose(2, 0, 1), label, tie_rows[:, None] | tie_cols[None, :]
+    draws.integers(max(int(height * scale) - settings.CROP_SIZE, 0) + 1)  # top
+    draws.integers(max(int(width * scale) - settings.CROP_SIZE, 0) + 1)  # left
+    return scale, draws.random() < 0.5
 
 
-def test_augment_matches_rescaling_the_whole_sample(monkeypatch):
+def test_augment_equals_the_authors_whole_image_op(monkeypatch):
     monkeypatch.setattr(settings, 'CROP_SIZE', 41)
     rng = np.random.default_rng(1)
-    for seed in range(150):
-        height, width = rng.integers(15, 70, 2)
-        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-        label = rng.integers(0, 21, (height, width), dtype=np.uint8)
-        ours, our_label = dataset.augment(image, label, np.random.default_rng(seed))
-        theirs, their_label, ties = reference_augment(image, label, np.random.default_rng(seed))
-        # bilinear weights are rounded to fixed point differently: at most 2 of 255 grey levels apart
-        assert np.abs(ours.numpy() - theirs).max() <= 2.01 / 255 / min(settings.STD)
-        # nearest neighbour may round the other way only where the source coordinate lies exactly on a pixel edge
-        differs = our_label.numpy() != their_label
-        assert not (differs & ~ties).any()
+    seen, shapes = set(), set()
+    for seed in range(300):
+        height, width = rng.integers(15, 90, 2)  # × 0.5 … 2.0: from 7 to 178 px, around the crop of 41
+        scale, flipped = assert_augment_equals_authors(*random_sample(rng, height, width), seed)
+        seen.add((scale, flipped))
+        shapes.add((height > width, int(height * scale) > 41, int(width * scale) > 41))
+    assert seen == {(scale, flipped) for scale in settings.SCALES for flipped in (False, True)}
+    assert len(shapes) == 6  # portrait and landscape: smaller than the crop, larger, larger along the long side only
+    # the settings' crop on VOC-sized images, portrait and landscape
+    monkeypatch.setattr(settings, 'CROP_SIZE', 513)
+    for seed in range(8):
+        assert_augment_equals_authors(*random_sample(rng, *((375, 500), (500, 375))[seed % 2]), seed)
+
+
+@pytest.mark.parametrize('scale', settings.SCALES)
+def test_augment_equals_the_authors_op_at_each_scale(monkeypatch, scale):
+    monkeypatch.setattr(settings, 'SCALES', (scale,))
+    monkeypatch.setattr(settings, 'CROP_SIZE', 33)
+    rng = np.random.default_rng(2)
+    thin = next(n for n in range(1, 4) if int(n * scale) >= 1)  # scales to exactly 1 px, but at 2.0 (to 2)
+    assert int(thin * scale) == (2 if scale == 2 else 1)
+    # 3 rows at 1.25 stay 3: torch's nearest kernels pick them differently for a small (3 × 37) and a large
+    # (3 × 120) output
+    for height, width in [(thin, 37), (37, thin), (thin, thin), (3, 37), (3, 120), (23, 50), (50, 23), (90, 61)]:
+        flips = {assert_augment_equals_authors(*random_sample(rng, height, width), seed)[1] for seed in range(10)}
+        assert flips == {False, True}
+
+
+@pytest.mark.parametrize('scale', settings.SCALES)
+def test_taps_pick_torchs_source_pixels(scale):
+    for size in range(1, 701):
+        scaled = int(size * scale)
+        if scaled == 0:
+            continue
+        # 2 rows: torch's vectorised nearest kernel while the output's height + width ≤ 128, then its generic one;
+        # 260 rows (130 to 520 scaled): the generic one, which differs from the other only on small sizes
+        for rows in (2, 260) if size <= 64 else (2,):
+            source = torch.arange(size, dtype=torch.float32).repeat(rows, 1)[None, None]  # values: source columns
+            nearest = F.interpolate(source, scale_factor=scale, mode='nearest')[0, 0, 0].long().numpy()
+            vectorised = int(rows * scale) + scaled <= 128
+            np.testing.assert_array_equal(dataset.nearest_taps(0, scaled, size, scaled, scale, vectorised), nearest)
+        source = torch.arange(size, dtype=torch.float32).view(1, 1, 1, size)
+        bilinear = F.interpolate(source, scale_factor=(1.0, scale), mode='bilinear', align_corners=True)[0, 0, 0]
+        first, second, weight = dataset.linear_taps(0, scaled, size, scaled)
+        np.testing.assert_allclose(first + weight * (second - first), bilinear.numpy(), atol=1e-4)
+        start = scaled // 3  # a window's taps are those of the whole
+        np.testing.assert_array_equal(dataset.linear_taps(start, scaled - start, size, scaled)[0], first[start:])
 
 
 def test_train_sample_keeps_image_and_label_aligned(root, monkeypatch):
