@@ -3,16 +3,35 @@
     python prepare.py voc --voc data/VOC2012 --sbd data/benchmark_RELEASE/dataset
         builds SegmentationClassAug/ and ImageSets/SegmentationAug/ inside the VOC2012 folder, which then
         is DATA_ROOT (train 1464, val 1449, trainval 2913, trainaug 10582 ids on the real data)
+    python prepare.py cityscapes --root data/cityscapes
+        writes gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png (the 19 trainIds of cityscapesScripts,
+        every other id IGNORE_LABEL) and lists/{train,val}.txt (2975, 500 ids) into the folder holding
+        leftImg8bit/ and gtFine/, which then is DATA_ROOT; ids look like train/aachen/aachen_000000_000019
+    python prepare.py ade20k --root data/ADEChallengeData2016
+        writes labels/{training,validation}/ beside annotations/ (class k → k - 1, 0 'other' → IGNORE_LABEL) and
+        lists/{train,val}.txt (20210, 2000 ids); the folder is DATA_ROOT
+    python prepare.py cocostuff --root data/cocostuff
+        the 10k release (images/, annotations/*.mat, imageLists/) or the 164k one (images/train2017/, val2017/
+        and the stuffthingmaps PNGs in annotations/ or stuffthingmaps_trainval2017/): writes labels/ in the 171
+        classes (unlabeled and the 11 ids never annotated → IGNORE_LABEL) and lists/{train,val}.txt (10k: 9000
+        from train.txt, 1000 from test.txt; 164k: 118287, 5000); the folder is DATA_ROOT
+    python prepare.py context --root data/VOCdevkit/VOC2010 --context data/pascal-context
+        from trainval/<id>.mat and labels.txt (or 59_context_labels/<id>.png and 59_labels.txt): writes
+        SegmentationClassContext/ (0 background, 1-59) and ImageSets/SegmentationContext/{train,val}.txt (4998,
+        5105 ids, VOC2010's ImageSets/Main lists) into the VOC2010 folder, which then is DATA_ROOT
     python prepare.py demo data/demo [--seed 0]
         writes a small generated dataset in the VOC layout (then set DATA_ROOT = './data/demo')
     python prepare.py check
         verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT, names every bad file and exits 1 if there is one
 
 Every command is safe to re-run: labels are compared with what is there and written (atomically) only when
-they differ; a missing folder or file stops the command, naming it.
+they differ; a missing folder or file, an id no class has, or a label whose size is not its image's stops the
+command, naming it. Images stay where they are; the lists name ids, which may hold sub-folders.
 """
 import argparse
 import collections
+import contextlib
+import functools
 import multiprocessing
 import os
 import time
@@ -33,10 +52,138 @@ DEMO_CLASSES = {1: ('triangle', (40, 90, 220)),    # aeroplane, blue
                 20: ('ring', (40, 185, 70))}       # tvmonitor, green
 
 
+# ---------------------------------------------------------------- every dataset
+
+UNKNOWN = -1  # in a lut: an id the release does not define, an error
+
+
+@contextlib.contextmanager
+def as_dataset(name):
+    """While a command writes name's files: settings.DATASET = name and N_CLASSES = its class count, so the path
+    helpers and the palette are name's whatever settings.py says (worker processes forked meanwhile inherit
+    them); the old values afterwards. Each command is decorated with it."""
+    saved = settings.DATASET, settings.N_CLASSES
+    settings.DATASET, settings.N_CLASSES = name, len(dataset.DATASETS[name]['classes'])
+    try:
+        yield
+    finally:
+        settings.DATASET, settings.N_CLASSES = saved
+
+
+def require(*paths):
+    """Stops the command, naming the first of paths that does not exist."""
+    for path in paths:
+        if not os.path.exists(path):
+            raise SystemExit(f'prepare: missing {path}')
+
+
+def found_sources(read, base, folders, suffix):
+    """(sources, lists) of splits whose label files lie below base, each split's in the folder that folders names:
+    every file <stem><suffix> there or deeper is an id, its path from base less the suffix
+    ('train/aachen/aachen_000000_000019'), whose label is read(file). A split without any stops the command."""
+    sources, lists = {}, {}
+    for split, folder in folders.items():
+        found = {}
+        for directory, _, names in os.walk(os.path.join(base, folder)):
+            for name in names:
+                if name.endswith(suffix):
+                    image_id = os.path.relpath(os.path.join(directory, name[:-len(suffix)]), base)
+                    found[image_id.replace(os.sep, '/')] = (read, os.path.join(directory, name))
+        if not found:
+            raise SystemExit(f'prepare: no *{suffix} file below {os.path.join(base, folder)}')
+        lists[split] = sorted(found)
+        sources.update(found)
+    return sources, lists
+
+
+def listed_sources(read, lists, folder, extension, lists_dir):
+    """{id: (read, folder/<id><extension>)} of every id of lists (split → ids, from the list files in lists_dir);
+    an id without its file stops the command, naming both."""
+    present = set(os.listdir(folder))
+    sources = {}
+    for image_id in sorted({image_id for ids in lists.values() for image_id in ids}):
+        if image_id + extension not in present:
+            raise SystemExit(f'prepare: {lists_dir} lists {image_id}, but there is no '
+                             f'{os.path.join(folder, image_id + extension)}')
+        sources[image_id] = (read, os.path.join(folder, image_id + extension))
+    return sources
+
+
+def read_mat(key, path):
+    """The array `key` of a .mat file (COCO-Stuff 10k's S, PASCAL Context's LabelMap)."""
+    try:
+        return scipy.io.loadmat(path)[key]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f'unreadable {key} in {path}: {error}') from None
+
+
+def read_mapped(read, lut, source):
+    """H × W uint8 class indices of the ids read(source) returns, through lut (id → class index or IGNORE_LABEL);
+    an id that lut lacks or has as UNKNOWN is an error naming source."""
+    ids = np.asarray(read(source), np.int64)
+    unknown = (ids < 0) | (ids >= len(lut))
+    label = lut[np.where(unknown, 0, ids)]
+    unknown |= label == UNKNOWN
+    if unknown.any():
+        raise ValueError(f'{source} has values {np.unique(ids[unknown]).tolist()}, which no class of its release has')
+    return label.astype(np.uint8)
+
+
+def image_size(path):
+    """(W, H) of an image, from its header alone; errors name the file."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise FileNotFoundError(f'missing image: {path}') from None
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's ways of reporting a broken file
+        raise ValueError(f'unreadable image {path}: {error}') from None
+
+
+def convert_label(job):
+    """Writes the label read(source), once it fits its image, as target; 'kept' when an identical one is already
+    there. job = (read, source, image, target)."""
+    read, source, image, target = job
+    label = read(source)
+    dataset.check_label(label, image_size(image), source)
+    if os.path.exists(target):
+        try:
+            if np.array_equal(dataset.read_label(target), label):
+                return 'kept'
+        except ValueError:  # a broken earlier output is rewritten
+            pass
+    dataset.save_label_png(label, target)
+    return 'written'
+
+
+def write_dataset(root, sources, lists):
+    """Writes the label of every id of sources (id → (read, source file)) and the split lists (split → ids) into
+    root, in the layout of settings.DATASET, then logs the counts.
+
+    Safe to re-run: each label is converted again and compared with the existing file, which is rewritten only
+    when it differs or does not read; files are written atomically and the lists last, so an interrupted run
+    leaves no half file and no list of missing labels.
+    """
+    jobs = [(read, source, dataset.image_path(image_id, root), dataset.label_path(image_id, root))
+            for image_id, (read, source) in sources.items()]
+    outcomes, tic = collections.Counter(), time.time()
+    try:
+        with multiprocessing.Pool() as pool:
+            for done, outcome in enumerate(pool.imap_unordered(convert_label, jobs, chunksize=32), 1):
+                outcomes[outcome] += 1
+                settings.log_progress('prepare: labels', done, len(jobs), tic)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f'prepare: {error}') from None
+    dataset.write_lists(lists, root)
+    settings.logger.info('prepare: %s %s; labels: %d written, %d already correct', settings.DATASET,
+                         ', '.join(f'{split} {len(ids)}' for split, ids in lists.items()),
+                         outcomes['written'], outcomes['kept'])
+
+
 # ---------------------------------------------------------------- voc
 
 def label_sources(ids, voc_dir, sbd_dir):
-    """id -> the file its label comes from: VOC's palette PNG when VOC has one (it wins), else SBD's .mat."""
+    """id -> (reader, file) of its label: VOC's palette PNG when VOC has one (it wins), else SBD's .mat."""
     voc_labels = set(os.listdir(os.path.join(voc_dir, 'SegmentationClass')))
     sbd_labels = set(os.listdir(os.path.join(sbd_dir, 'cls')))
     images = set(os.listdir(os.path.join(voc_dir, 'JPEGImages')))
@@ -45,9 +192,9 @@ def label_sources(ids, voc_dir, sbd_dir):
         if image_id + '.jpg' not in images:
             raise SystemExit(f'prepare: missing {os.path.join(voc_dir, "JPEGImages", image_id + ".jpg")}')
         if image_id + '.png' in voc_labels:
-            sources[image_id] = os.path.join(voc_dir, 'SegmentationClass', image_id + '.png')
+            sources[image_id] = (dataset.read_label, os.path.join(voc_dir, 'SegmentationClass', image_id + '.png'))
         elif image_id + '.mat' in sbd_labels:
-            sources[image_id] = os.path.join(sbd_dir, 'cls', image_id + '.mat')
+            sources[image_id] = (read_sbd_label, os.path.join(sbd_dir, 'cls', image_id + '.mat'))
         else:
             raise SystemExit(f'prepare: no label for {image_id}: neither '
                              f'{os.path.join(voc_dir, "SegmentationClass", image_id + ".png")} nor '
@@ -63,53 +210,167 @@ def read_sbd_label(path):
         raise ValueError(f'unreadable SBD label {path}: {error}') from None
 
 
-def convert_label(job):
-    """Writes one SegmentationClassAug label from its source; 'kept' when an identical one is already there."""
-    source, target = job
-    label = dataset.read_label(source) if source.endswith('.png') else read_sbd_label(source)
-    if os.path.exists(target):
-        try:
-            if np.array_equal(dataset.read_label(target), label):
-                return 'kept'
-        except ValueError:  # a broken earlier output is rewritten
-            pass
-    dataset.save_label_png(label, target)
-    return 'written'
-
-
+@as_dataset('voc')
 def prepare_voc(voc_dir, sbd_dir):
-    """Builds SegmentationClassAug/ and ImageSets/SegmentationAug/ inside voc_dir.
-
-    Safe to re-run: each label is converted again and compared with the existing file, which is rewritten only
-    when it differs or does not read; files are written atomically, so an interrupted run leaves no half file.
-    """
+    """Builds SegmentationClassAug/ and ImageSets/SegmentationAug/ inside voc_dir."""
     voc_lists = {split: os.path.join(voc_dir, 'ImageSets', 'Segmentation', split + '.txt')
                  for split in ('train', 'val', 'trainval')}
     sbd_lists = {split: os.path.join(sbd_dir, split + '.txt') for split in ('train', 'val')}
-    for path in (voc_dir, os.path.join(voc_dir, 'JPEGImages'), os.path.join(voc_dir, 'SegmentationClass'),
-                 *voc_lists.values(), sbd_dir, os.path.join(sbd_dir, 'cls'), *sbd_lists.values()):
-        if not os.path.exists(path):
-            raise SystemExit(f'prepare: missing {path}')
+    require(voc_dir, os.path.join(voc_dir, 'JPEGImages'), os.path.join(voc_dir, 'SegmentationClass'),
+            *voc_lists.values(), sbd_dir, os.path.join(sbd_dir, 'cls'), *sbd_lists.values())
     voc = {split: set(dataset.read_list(path)) for split, path in voc_lists.items()}
     sbd = {split: set(dataset.read_list(path)) for split, path in sbd_lists.items()}
     lists = {'train': sorted(voc['train']), 'val': sorted(voc['val']), 'trainval': sorted(voc['trainval']),
              'trainaug': sorted((voc['train'] | sbd['train'] | sbd['val']) - voc['val'])}
     sources = label_sources(sorted(set(lists['trainaug']) | set(lists['val'])), voc_dir, sbd_dir)
-    os.makedirs(os.path.join(voc_dir, 'SegmentationClassAug'), exist_ok=True)
-    jobs = [(source, dataset.label_path(image_id, voc_dir)) for image_id, source in sources.items()]
-    outcomes, tic = collections.Counter(), time.time()
-    try:
-        with multiprocessing.Pool() as pool:
-            for done, outcome in enumerate(pool.imap_unordered(convert_label, jobs, chunksize=32), 1):
-                outcomes[outcome] += 1
-                settings.log_progress('prepare: labels', done, len(jobs), tic)
-    except ValueError as error:
-        raise SystemExit(f'prepare: {error}') from None
-    dataset.write_lists(lists, voc_dir)
-    from_voc = sum(source.endswith('.png') for source in sources.values())
-    settings.logger.info('prepare: %s; labels: %d from VOC, %d from SBD, %d written, %d already correct',
-                         ', '.join(f'{split} {len(ids)}' for split, ids in lists.items()),
-                         from_voc, len(sources) - from_voc, outcomes['written'], outcomes['kept'])
+    from_voc = sum(read is dataset.read_label for read, _ in sources.values())
+    settings.logger.info('prepare: labels: %d from VOC, %d from SBD', from_voc, len(sources) - from_voc)
+    write_dataset(voc_dir, sources, lists)
+
+
+# ---------------------------------------------------------------- cityscapes
+
+# the labelId of each of the 19 trainIds, in trainId order (cityscapesScripts, cityscapesscripts/helpers/
+# labels.py); every other id is IGNORE_LABEL: the void ones (0-6), those not evaluated (9 parking, 10 rail track,
+# 14 guard rail, 15 bridge, 16 tunnel, 18 polegroup, 29 caravan, 30 trailer) and -1 license plate
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+
+@as_dataset('cityscapes')
+def prepare_cityscapes(root):
+    """Writes gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png from the _gtFine_labelIds.png beside each,
+    and lists/{train,val}.txt; the images stay in leftImg8bit/."""
+    splits = ('train', 'val')
+    require(root, *(os.path.join(root, folder) for folder in ('gtFine', 'leftImg8bit')),
+            *(os.path.join(root, 'gtFine', split) for split in splits))
+    lut = np.full(256, settings.IGNORE_LABEL, np.int16)
+    lut[list(CITYSCAPES_LABEL_IDS)] = np.arange(len(CITYSCAPES_LABEL_IDS))
+    read = functools.partial(read_mapped, dataset.read_label, lut)
+    write_dataset(root, *found_sources(read, os.path.join(root, 'gtFine'), {split: split for split in splits},
+                                       '_gtFine_labelIds.png'))
+
+
+# ---------------------------------------------------------------- ade20k
+
+@as_dataset('ade20k')
+def prepare_ade20k(root):
+    """Writes labels/{training,validation}/<stem>.png from annotations/ (0 'other' → IGNORE_LABEL, k → k - 1; a
+    value above 150 is an error) and lists/{train,val}.txt; the images stay in images/."""
+    splits = {'train': 'training', 'val': 'validation'}
+    require(root, *(os.path.join(root, folder, sub) for folder in ('images', 'annotations') for sub in splits.values()))
+    n_classes = len(dataset.ADE20K_CLASSES)
+    lut = np.full(256, UNKNOWN, np.int16)
+    lut[0] = settings.IGNORE_LABEL
+    lut[1:n_classes + 1] = np.arange(n_classes)
+    read = functools.partial(read_mapped, dataset.read_label, lut)
+    write_dataset(root, *found_sources(read, os.path.join(root, 'annotations'), splits, '.png'))
+
+
+# ---------------------------------------------------------------- cocostuff
+
+# the 11 thing ids of COCO-Stuff's 182 (nightrome/cocostuff labels.txt) that no image is annotated with, as its
+# README lists them: they become IGNORE_LABEL, and the other 171 ids, in id order, the classes 0-170
+COCOSTUFF_UNUSED_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
+
+
+def cocostuff_lut(offset, unlabeled):
+    """id → class of COCO-Stuff labels that store id 1..182 as id - offset and unlabeled pixels as `unlabeled`."""
+    used = [i for i in range(1, 183) if i not in COCOSTUFF_UNUSED_IDS]
+    lut = np.full(256, UNKNOWN, np.int16)
+    lut[np.array(COCOSTUFF_UNUSED_IDS) - offset] = settings.IGNORE_LABEL
+    lut[np.array(used) - offset] = np.arange(len(used))
+    lut[unlabeled] = settings.IGNORE_LABEL
+    return lut
+
+
+@as_dataset('cocostuff')
+def prepare_cocostuff(root):
+    """Writes labels/ and lists/{train,val}.txt from either release, told apart by its folders: 10k
+    (imageLists/{train,test}.txt, images/<id>.jpg, annotations/<id>.mat with S: 0 unlabeled, ids 1..182) or 164k
+    (images/{train,val}2017/, stuffthingmaps_trainval2017.zip's {train,val}2017/ PNGs of id - 1 and 255
+    unlabeled, unzipped into annotations/ as its README does, or left as stuffthingmaps_trainval2017/)."""
+    if os.path.isdir(os.path.join(root, 'imageLists')):
+        # the 10k release's test list is the split its papers evaluate on: 'val' here, as VAL_SPLIT says
+        lists_dir = os.path.join(root, 'imageLists')
+        require(os.path.join(root, 'images'), os.path.join(root, 'annotations'),
+                *(os.path.join(lists_dir, name) for name in ('train.txt', 'test.txt')))
+        lists = {split: sorted(dataset.read_list(os.path.join(lists_dir, name)))
+                 for split, name in (('train', 'train.txt'), ('val', 'test.txt'))}
+        read = functools.partial(read_mapped, functools.partial(read_mat, 'S'), cocostuff_lut(0, 0))
+        sources = listed_sources(read, lists, os.path.join(root, 'annotations'), '.mat', lists_dir)
+    elif any(os.path.isdir(os.path.join(root, 'images', sub)) for sub in ('train2017', 'val2017')):
+        splits = {'train': 'train2017', 'val': 'val2017'}
+        folders = [os.path.join(root, name) for name in ('annotations', 'stuffthingmaps_trainval2017')]
+        folder = next((folder for folder in folders if os.path.isdir(os.path.join(folder, 'train2017'))), None)
+        if folder is None:
+            raise SystemExit(f'prepare: COCO-Stuff 164k needs the train2017/ and val2017/ label PNGs of '
+                             f'stuffthingmaps_trainval2017.zip in {folders[0]} or {folders[1]}')
+        require(*(os.path.join(root, 'images', sub) for sub in splits.values()), os.path.join(folder, 'val2017'))
+        read = functools.partial(read_mapped, dataset.read_label, cocostuff_lut(1, 255))
+        sources, lists = found_sources(read, folder, splits, '.png')
+    else:
+        raise SystemExit(f'prepare: {root} is neither COCO-Stuff 10k (imageLists/, images/, annotations/) nor '
+                         f'COCO-Stuff 164k (images/train2017/, images/val2017/)')
+    write_dataset(root, sources, lists)
+
+
+# ---------------------------------------------------------------- context
+
+# the names 59_labels.txt gives three of the 59 classes → theirs in labels.txt and dataset.CONTEXT_CLASSES, as the
+# FCN authors' PASCAL Context layer renames them (shelhamer/fcn.berkeleyvision.org, pascalcontext_layers.py)
+CONTEXT_59_RENAMED = {'diningtable': 'table', 'bedcloth': 'bedclothes', 'clothes': 'cloth'}
+
+
+def read_class_names(path):
+    """{id: name} of a PASCAL Context labels.txt or 59_labels.txt, lines '<id>: <name>'."""
+    names = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                key, colon, name = line.partition(':')
+                if not colon or not key.strip().isdigit():
+                    raise SystemExit(f'prepare: {path} line {number} is not "<id>: <name>": {line.strip()!r}')
+                names[int(key)] = name.strip()
+    return names
+
+
+def context_lut(names, path):
+    """id → class (0 background, 1-59 as in dataset.CONTEXT_CLASSES) of labels whose ids are those of names
+    ({id: class name}, read from path); 0 and the ids of every other class are background."""
+    index = {name: class_id for class_id, name in names.items()}
+    missing = [name for name in dataset.CONTEXT_CLASSES[1:] if name not in index]
+    if missing:
+        raise SystemExit(f'prepare: {path} lacks the classes {missing}')
+    lut = np.full(max(names) + 1, UNKNOWN, np.int16)
+    lut[[0, *names]] = 0
+    lut[[index[name] for name in dataset.CONTEXT_CLASSES[1:]]] = np.arange(1, len(dataset.CONTEXT_CLASSES))
+    return lut
+
+
+@as_dataset('context')
+def prepare_context(voc_dir, context_dir):
+    """Writes SegmentationClassContext/<id>.png (0 background, 1-59) and ImageSets/SegmentationContext/{train,val}.txt
+    into voc_dir, VOC2010 with its JPEGImages/ and ImageSets/Main/{train,val}.txt, from the PASCAL Context release
+    in context_dir: trainval/<id>.mat (LabelMap of labels.txt's 459 classes) and labels.txt, or else
+    59_context_labels/<id>.png (0 background, k the class on line k of 59_labels.txt) and 59_labels.txt."""
+    lists_dir = os.path.join(voc_dir, 'ImageSets', 'Main')
+    require(voc_dir, os.path.join(voc_dir, 'JPEGImages'), *(os.path.join(lists_dir, split + '.txt')
+                                                             for split in ('train', 'val')), context_dir)
+    if os.path.isdir(os.path.join(context_dir, 'trainval')):  # trainval.tar.gz: all 459 classes
+        folder, extension, names_file, renamed = 'trainval', '.mat', 'labels.txt', {}
+        read = functools.partial(read_mat, 'LabelMap')
+    elif os.path.isdir(os.path.join(context_dir, '59_context_labels')):  # 59_context_labels.tar.gz
+        folder, extension, names_file, renamed = '59_context_labels', '.png', '59_labels.txt', CONTEXT_59_RENAMED
+        read = dataset.read_label
+    else:
+        raise SystemExit(f'prepare: {context_dir} has neither trainval/ (trainval.tar.gz) nor 59_context_labels/ '
+                         f'(59_context_labels.tar.gz)')
+    names_path = os.path.join(context_dir, names_file)
+    require(names_path)
+    names = {class_id: renamed.get(name, name) for class_id, name in read_class_names(names_path).items()}
+    read = functools.partial(read_mapped, read, context_lut(names, names_path))
+    lists = {split: sorted(dataset.read_list(os.path.join(lists_dir, split + '.txt'))) for split in ('train', 'val')}
+    write_dataset(voc_dir, listed_sources(read, lists, os.path.join(context_dir, folder), extension, lists_dir), lists)
 
 
 # ---------------------------------------------------------------- demo
@@ -171,6 +432,7 @@ def demo_sample(rng):
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
+@as_dataset('voc')
 def make_demo(out_dir, seed=0, n_train=300, n_val=60):
     """Writes a generated dataset in the DATA_ROOT layout; the same seed gives the same files."""
     rng = np.random.default_rng(seed)
@@ -191,6 +453,16 @@ def main():
     voc = commands.add_parser('voc', help='PASCAL VOC 2012 + SBD: SegmentationClassAug/ and the trainaug lists')
     voc.add_argument('--voc', required=True, help='VOC2012 folder (becomes DATA_ROOT)')
     voc.add_argument('--sbd', required=True, help="SBD's benchmark_RELEASE/dataset folder")
+    cityscapes = commands.add_parser('cityscapes', help='Cityscapes: gtFine train-id labels and the split lists')
+    cityscapes.add_argument('--root', required=True, help='folder with leftImg8bit/ and gtFine/ (becomes DATA_ROOT)')
+    ade20k = commands.add_parser('ade20k', help='ADE20K SceneParsing: labels/ of the 150 classes and the lists')
+    ade20k.add_argument('--root', required=True, help='ADEChallengeData2016 folder (becomes DATA_ROOT)')
+    cocostuff = commands.add_parser('cocostuff', help='COCO-Stuff 10k or 164k: labels/ of the 171 classes, the lists')
+    cocostuff.add_argument('--root', required=True, help='the release\'s folder, with images/ (becomes DATA_ROOT)')
+    context = commands.add_parser('context', help='PASCAL Context: SegmentationClassContext/ (59 classes + background)')
+    context.add_argument('--root', required=True, help='VOC2010 folder (becomes DATA_ROOT)')
+    context.add_argument('--context', required=True, help='PASCAL Context folder: trainval/ and labels.txt, or '
+                                                          '59_context_labels/ and 59_labels.txt')
     demo = commands.add_parser('demo', help='write a small generated dataset')
     demo.add_argument('out_dir')
     demo.add_argument('--seed', type=int, default=0)
@@ -198,6 +470,14 @@ def main():
     args = parser.parse_args()
     if args.command == 'voc':
         prepare_voc(args.voc, args.sbd)
+    elif args.command == 'cityscapes':
+        prepare_cityscapes(args.root)
+    elif args.command == 'ade20k':
+        prepare_ade20k(args.root)
+    elif args.command == 'cocostuff':
+        prepare_cocostuff(args.root)
+    elif args.command == 'context':
+        prepare_context(args.root, args.context)
     elif args.command == 'demo':
         make_demo(args.out_dir, args.seed)
     elif dataset.check():
