@@ -9,13 +9,18 @@
                                                 # also attn/<id>_attention.png for the first 4 images
     python eval.py final.pth --image a.jpg --image b.jpg [--save-pred out]
                                                 # masks <stem>.png of your images, in out or LOG_DIR/predictions
+    echo 'EVAL_WINDOW = 769' >> settings.py && python eval.py
+                                                # sliding 769 × 769 windows (Cityscapes' 1024 × 2048 images)
 
 Single scale by default, the authors' protocol: the padded image (H' × W' = k·stride + 1, as ValDataset pads)
 → logits at that size → argmax. The paper's multi-scale + flip is EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5,
 1.75) with EVAL_FLIP = True in settings.py: softmax scores of every scale (and of the mirrored image) are
-averaged at full resolution. Prints pAcc, mAcc, fIoU, mIoU and per-class IoU; writes
-LOG_DIR/eval_<checkpoint stem>.json. A missing checkpoint or one for other settings is an error: random
-weights are never scored.
+averaged at full resolution. EVAL_WINDOW (a size, or (h, w)) runs every scale that is larger than it as
+overlapping windows of that size (a step of 2/3 of the window, the last one flush with the border) whose logits
+are averaged where they overlap: memory stays that of one window, and the net sees crops as large as it was
+trained on. EVAL_WINDOW = None (the default) runs the whole image at once. Prints pAcc, mAcc, fIoU, mIoU and
+per-class IoU; writes LOG_DIR/eval_<checkpoint stem>.json. A missing checkpoint or one for other settings is
+an error: random weights are never scored.
 """
 import argparse
 import json
@@ -38,18 +43,81 @@ ATTENTION_BASES = 8    # responsibility maps shown per image: the bases this ima
 ATTENTION_COLUMNS = 3  # the image and 8 maps make a 3 × 3 grid
 
 
+def output_stride():
+    """The output stride at test time: EVAL_STRIDE, else STRIDE."""
+    return settings.EVAL_STRIDE or settings.STRIDE
+
+
 def scaled_size(size, scale):
-    """The k·stride + 1 nearest to scale·(size − 1) + 1 (stride: EVAL_STRIDE, else STRIDE). For an input of
+    """The k·stride + 1 nearest to scale·(size − 1) + 1 (stride: `output_stride`). For an input of
     k·stride + 1 pixels this keeps both the corner pixels (align_corners=True) and the output stride's grid
     aligned, as at scale 1."""
-    stride = settings.EVAL_STRIDE or settings.STRIDE
+    stride = output_stride()
     return max(1, round(scale * (size - 1) / stride)) * stride + 1
+
+
+def window_size():
+    """EVAL_WINDOW as (h, w), or None: whole images."""
+    window = settings.EVAL_WINDOW
+    if window is None:
+        return None
+    window = (window, window) if isinstance(window, int) else tuple(window)
+    if len(window) != 2 or not all(isinstance(n, int) and n > 0 for n in window):
+        raise ValueError(f'EVAL_WINDOW={settings.EVAL_WINDOW!r}: must be None, a size in pixels or (height, width)')
+    return window
+
+
+def window_starts(size, window):
+    """Offsets of the windows of `window` pixels that slide over `size` pixels: one at 0 when the window covers
+    them; else a step of 2/3 of the window (the usual overlap), rounded down to a multiple of the output stride,
+    the last window flush with the border. With size and window both k·stride + 1 (as ValDataset and
+    scaled_size make the image) every offset is then a multiple of the stride: each window's output grid lies
+    on the whole image's."""
+    if size <= window:
+        return [0]
+    step, stride = max(1, round(2 * window / 3)), output_stride()
+    if step >= stride:
+        step -= step % stride
+    n = math.ceil((size - window) / step) + 1
+    return [min(i * step, size - window) for i in range(n)]
+
+
+def windows(height, width):
+    """(top, left, bottom, right) of each window that slides over a height × width image: EVAL_WINDOW clipped
+    to the image, positions from `window_starts`; one, the whole image, when EVAL_WINDOW is None or covers it."""
+    window_h, window_w = window_size() or (height, width)
+    window_h, window_w = min(window_h, height), min(window_w, width)
+    return [(top, left, top + window_h, left + window_w)
+            for top in window_starts(height, window_h) for left in window_starts(width, window_w)]
+
+
+def window_logits(net, img, size):
+    """Logits of img (b × 3 × h × w) resized to size → b × classes × size float32: one pass over the whole
+    image, or, where `windows` gives several, the windows' logits summed into an h × w map, divided by how many
+    windows cover each pixel, then resized. Logits rather than softmax scores: the stitched map is the quantity
+    one whole-image pass gives, resized as EMANet resizes its logits, so a net that looks at each pixel alone
+    gives the whole-image result whatever the window; scales and flips are then averaged as softmax scores."""
+    height, width = img.shape[-2:]
+    boxes = windows(height, width)
+    if len(boxes) == 1:
+        return net(img, size=size).float()
+    total, count = None, torch.zeros(height, width, device=img.device)  # count: h × w
+    for top, left, bottom, right in boxes:
+        logits = net(img[..., top:bottom, left:right]).float()  # b × classes × window_h × window_w
+        if total is None:
+            total = logits.new_zeros(*logits.shape[:2], height, width)  # b × classes × h × w
+        total[..., top:bottom, left:right] += logits
+        count[top:bottom, left:right] += 1
+    total /= count
+    return total if total.shape[-2:] == size else \
+        F.interpolate(total, size=size, mode='bilinear', align_corners=True)
 
 
 @torch.inference_mode()
 def predict(net, img):
     """Class scores of img (b × 3 × H × W, normalised): softmax probabilities averaged over EVAL_SCALES and,
-    with EVAL_FLIP, over the mirrored images too, all at H × W → b × classes × H × W float32."""
+    with EVAL_FLIP, over the mirrored images too, all at H × W → b × classes × H × W float32. Each scale runs
+    whole or, with EVAL_WINDOW, in windows (`window_logits`)."""
     height, width = img.shape[-2:]
     total, count = 0, 0
     for scale in settings.EVAL_SCALES:
@@ -58,8 +126,8 @@ def predict(net, img):
             F.interpolate(img, size=size, mode='bilinear', align_corners=True)  # b × 3 × h × w
         for flip in (False, True) if settings.EVAL_FLIP else (False,):
             with network.autocast(img.device, network.autocast_dtype(img.device)):
-                logits = net(scaled.flip(-1) if flip else scaled, size=(height, width))  # b × classes × H × W
-            scores = F.softmax(logits.float(), dim=1)
+                logits = window_logits(net, scaled.flip(-1) if flip else scaled, (height, width))
+            scores = F.softmax(logits, dim=1)  # b × classes × H × W
             total = total + (scores.flip(-1) if flip else scores)  # mirrored scores back in place
             count += 1
     return total / count
@@ -185,7 +253,8 @@ def report(confusion, path, step, n_images):
     result = metrics(confusion)
     names = list(dataset.current()['classes'])
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
-          f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}')
+          f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}, '
+          f'window {settings.EVAL_WINDOW}, stride {output_stride()}')
     print('  '.join(f'{key} {100 * result[key]:.2f}' for key in ('pAcc', 'mAcc', 'fIoU', 'mIoU')))
     width = max(map(len, names))
     for name, iou in zip(names, result['IoU']):
@@ -194,6 +263,7 @@ def report(confusion, path, step, n_images):
     summary['per_class'] = {name: finite_or_none(iou) for name, iou in zip(names, result['IoU'])}
     summary.update(checkpoint=path, step=step, split=settings.VAL_SPLIT, n_images=n_images,
                    scales=list(settings.EVAL_SCALES), flip=settings.EVAL_FLIP,
+                   window=settings.EVAL_WINDOW, stride=output_stride(),
                    confusion=np.asarray(confusion).tolist())
     os.makedirs(settings.LOG_DIR, exist_ok=True)
     out = os.path.join(settings.LOG_DIR, f'eval_{os.path.splitext(os.path.basename(path))[0]}.json')

@@ -3,13 +3,14 @@ moving average, the runtime that every script shares (device, torchrun, autocast
 
 State-dict names are those of the authors' released checkpoints, so their
 `{'net': state_dict, 'step': N}` files load unchanged. The EM step is
-`EMAU.em_step`; the loss is `per_image_loss`; the moving average of the bases is
+`EMAU.em_step`; the loss is `per_image_loss` (OHEM: `hard_pixels`); the moving average of the bases is
 `update_bases`; checkpoints are written by `save_checkpoint` and read by
 `load_checkpoint` and `resume`.
 
     python network.py        # prints parameter counts of the current settings' model
 """
 import atexit
+import errno
 import fcntl
 import glob
 import math
@@ -175,19 +176,48 @@ class EMAU(nn.Module):
 
     def forward(self, x):
         b, c, h, w = x.shape
-        with torch.autocast(x.device.type, enabled=False):  # EM and reconstruction in float32 under AMP
+        with torch.autocast('cuda' if x.is_cuda else 'cpu', enabled=False):  # EM and reconstruction in float32
             bases, responsibilities = self.em(x)
             reconstruction = torch.bmm(bases, responsibilities.transpose(1, 2)).view(b, c, h, w)
         out = self.conv2(F.relu(reconstruction, inplace=True))
         return F.relu(out + x, inplace=True), bases
 
 
+LOSSES = ('ce', 'ohem')
+
+
+def loss_kind():
+    """settings.LOSS, checked; EMANet checks it when built, so a misspelt value stops a run before its first step."""
+    if settings.LOSS not in LOSSES:
+        raise ValueError(f"LOSS={settings.LOSS!r}: must be 'ce' (the authors' per-image mean) or 'ohem' "
+                         f"(online hard example mining)")
+    return settings.LOSS
+
+
 def per_image_loss(logits, label):
-    """The training loss of each image (b). LOSS='ce': pixel-wise NLL averaged over H and W, ignored pixels
-    counting as zeros, as in the authors' loss. logits: b × classes × h × w, label: b × h × w."""
+    """The training loss of each image (b), in float32 under autocast. logits: b × classes × h × w,
+    label: b × h × w.
+
+    LOSS='ce': pixel-wise NLL averaged over H and W, ignored pixels counting as zeros, as in the authors' loss.
+    LOSS='ohem': the NLL averaged over the image's hard pixels (see `hard_pixels`). The selection is per image,
+    OHEM_MIN_KEPT included, so that this stays a loss per image: the training step averages images and DDP
+    averages processes, as with 'ce'. An image without a valid pixel gives 0."""
     nll = F.nll_loss(F.log_softmax(upcast(logits), dim=1), label,
                      ignore_index=settings.IGNORE_LABEL, reduction='none')  # b × h × w
-    return nll.mean(dim=(1, 2))
+    if loss_kind() == 'ce':
+        return nll.mean(dim=(1, 2))
+    nll = nll.flatten(1)  # b × n
+    kept = hard_pixels(nll.detach(), label.flatten(1) != settings.IGNORE_LABEL)  # b × n
+    return (nll * kept).sum(dim=1) / kept.sum(dim=1).clamp(min=1)
+
+
+def hard_pixels(nll, valid):
+    """Online hard example mining (b × n bool): of the valid pixels, those whose probability of the true class,
+    exp(−NLL), is below OHEM_THRESH, and in any case the OHEM_MIN_KEPT least probable ones. Masks and topk, no
+    value read back to the host, so torch.compile keeps one graph and the GPU never waits. nll, valid: b × n."""
+    prob = torch.where(valid, torch.exp(-nll), math.inf)  # b × n, ignored pixels rank last
+    hardest = prob.topk(min(settings.OHEM_MIN_KEPT, prob.shape[1]), dim=1, largest=False).indices  # b × k
+    return (prob < settings.OHEM_THRESH).scatter(1, hardest, True) & valid
 
 
 class EMANet(nn.Module):
@@ -196,6 +226,7 @@ class EMANet(nn.Module):
         n_classes = settings.N_CLASSES if n_classes is None else n_classes
         n_layers = settings.N_LAYERS if n_layers is None else n_layers
         channels = settings.EMA_CHANNELS
+        loss_kind()  # a bad LOSS stops here, not at the first step
         self.n_layers = n_layers
         self.extractor = backbone(n_layers, settings.STRIDE if stride is None else stride)
         self.fc0 = ConvBNReLU(2048, channels, 3)
@@ -402,12 +433,22 @@ def save_checkpoint(name, net, optimizer, scaler, step):
 def lock_model_dir():
     """Makes this process the one training run of MODEL_DIR until it exits. The lock is a POSIX lock on
     MODEL_DIR/train.lock, which the kernel (or the file server) drops when its process dies, however it dies;
-    the file names the holder for the next run's messages. Raises CheckpointError naming a run that holds it."""
+    the file names the holder for the next run's messages. Raises CheckpointError naming a run that holds it.
+    Where MODEL_DIR's filesystem has no POSIX locks (some NFS or Lustre mounts) it warns and goes on unlocked."""
     path = os.path.join(settings.MODEL_DIR, 'train.lock')
-    lock = open(path, 'a+')
+    try:
+        lock = open(path, 'a+')
+    except OSError as e:
+        raise CheckpointError(f'cannot write {path}: {e.strerror or e}') from None
     try:
         fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):  # no lock to be had here (ENOLCK, EOPNOTSUPP, ENOSYS...)
+            lock.close()
+            settings.logger.warning('cannot lock %s (%s): the filesystem of MODEL_DIR does not support POSIX locks, '
+                                    'so nothing stops a second run in this folder; start one at a time',
+                                    path, e.strerror or e)
+            return
         lock.seek(0)
         holder = lock.read().strip() or 'a process that has not written its name yet'
         lock.close()
@@ -428,13 +469,16 @@ def lock_model_dir():
 
 
 def resume(net, optimizer, scaler):
-    """Loads MODEL_DIR/latest.pth into net, optimizer and scaler, or, if it is corrupt, the newest intact
-    step_<N>.pth; returns the step it holds, 0 for a fresh run."""
+    """Loads MODEL_DIR/latest.pth into net, optimizer and scaler, or, if it is missing or corrupt, final.pth or
+    the newest intact step_<N>.pth; returns the step it holds, 0 for a fresh run."""
     latest = checkpoint_path('latest.pth')
-    if not os.path.exists(latest):
-        return 0
     steps = sorted(glob.glob(checkpoint_path('step_*.pth')), key=lambda p: int(os.path.basename(p)[5:-4]))
-    for path in [latest] + steps[::-1]:
+    candidates = [path for path in [latest, checkpoint_path('final.pth')] + steps[::-1] if os.path.exists(path)]
+    if not candidates:
+        return 0
+    if candidates[0] != latest:
+        settings.logger.warning('%s is missing: resuming from the newest other checkpoint', latest)
+    for path in candidates:
         try:
             ckpt = load_checkpoint(net, path, optimizer, scaler)
             break

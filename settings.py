@@ -38,6 +38,11 @@ EM_NORM = 'l2'                  # 'l2' normalises bases after each iteration (pu
 EM_GRAD = False                 # True back-propagates through the last EM iteration (reported slightly worse)
 PRETRAINED = './models/resnet101s.pth'  # deep-stem ImageNet backbone for N_LAYERS; None trains from scratch
 
+# loss
+LOSS = 'ce'                     # 'ce': the authors' per-image mean; 'ohem': hard pixels only (their Cityscapes result)
+OHEM_THRESH = 0.7               # 'ohem' keeps the pixels whose probability of the true class is below this,
+OHEM_MIN_KEPT = 100000          # or each image's this many hardest pixels when fewer are
+
 # training
 BATCH_SIZE = 16                 # global batch, split evenly across processes
 ITER_MAX = 30000                # training steps
@@ -58,6 +63,7 @@ MODEL_DIR = './models'          # checkpoints (and pretrained backbones)
 EVAL_SCALES = (1.0,)            # (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) with EVAL_FLIP for the paper's MS+flip
 EVAL_FLIP = False               # also average the horizontally flipped prediction
 EVAL_STRIDE = None              # output stride at test time; None = STRIDE (the paper's ablations: 16 → 8)
+EVAL_WINDOW = None              # None: whole image; a size (int or (h, w)) slides a window of it over larger images
 
 # runtime
 DEVICE = None                   # None: 'cuda' when available, else 'cpu'

@@ -44,13 +44,18 @@ def test_report_json_and_table(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(settings, 'DATASET', 'four')  # classes are named as the dataset names them
     monkeypatch.setattr(settings, 'N_CLASSES', 4)
     monkeypatch.setattr(settings, 'LOG_DIR', str(tmp_path / 'logs'))
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', (9, 17))
+    monkeypatch.setattr(settings, 'STRIDE', 16)
+    monkeypatch.setattr(settings, 'EVAL_STRIDE', 8)  # the stride at test time is what is reported
     evaluation.report(np.array(HAND_CONFUSION), 'models/step_10.pth', 10, 2)
     with open(tmp_path / 'logs' / 'eval_step_10.json') as f:
         result = json.load(f)
     assert result['mIoU'] == pytest.approx(59 / 168) and result['fIoU'] == pytest.approx(59 / 112)
     assert result['per_class'] == {'sky': pytest.approx(5 / 8), 'road': pytest.approx(3 / 7), 'car': 0.0, 'dog': None}
     assert result['step'] == 10 and result['n_images'] == 2 and result['scales'] == [1.0] and not result['flip']
+    assert result['window'] == [9, 17] and result['stride'] == 8
     out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith('scales (1.0,), flip False, window (9, 17), stride 8')
     assert 'pAcc 66.67  mAcc 66.67  fIoU 52.68  mIoU 35.12' in out and '62.50' in out
 
 
@@ -126,6 +131,101 @@ def test_predict_averages_softmax_of_scales_at_full_resolution(monkeypatch):
     assert prediction.shape == (1, 2, 17, 33) and prediction.dtype == torch.float32
     assert torch.allclose(prediction, expected, atol=1e-5)
     assert torch.allclose(prediction.sum(dim=1), torch.ones(1, 17, 33))
+
+
+# ---------------------------------------------------------------- sliding window
+
+class PixelNet(PositionNet):
+    """Logits that depend on each pixel's input alone (its first two channels): windows change nothing."""
+
+    def forward(self, img, size=None):
+        self.inputs.append(img.clone())
+        return F.interpolate(img[:, :2], size=size or img.shape[-2:], mode='bilinear', align_corners=True)
+
+
+def coverage(height, width):
+    """How many of eval.windows cover each pixel: height × width."""
+    count = torch.zeros(height, width, dtype=torch.int64)
+    for top, left, bottom, right in evaluation.windows(height, width):
+        count[top:bottom, left:right] += 1
+    return count
+
+
+def test_window_positions_and_coverage_by_hand(monkeypatch):
+    monkeypatch.setattr(settings, 'STRIDE', 8)
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', 25)  # 3·8 + 1; a step of 2/3 · 25 ≈ 17, down to 16 = 2·8
+    # rows of 57 = 7·8 + 1: [0, 25), [16, 41), [32, 57); columns of 41: [0, 25), [16, 41)
+    assert evaluation.windows(57, 41) == [(0, 0, 25, 25), (0, 16, 25, 41), (16, 0, 41, 25), (16, 16, 41, 41),
+                                          (32, 0, 57, 25), (32, 16, 57, 41)]
+    rows = torch.tensor([1] * 16 + [2] * 9 + [1] * 7 + [2] * 9 + [1] * 16)  # 57
+    columns = torch.tensor([1] * 16 + [2] * 9 + [1] * 16)  # 41
+    assert torch.equal(coverage(57, 41), rows[:, None] * columns[None])
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', (100, 17))  # taller than the image: whole columns
+    assert evaluation.windows(57, 41) == [(0, 0, 57, 17), (0, 8, 57, 25), (0, 16, 57, 33), (0, 24, 57, 41)]
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', 769)  # Cityscapes at stride 8: every window on the 8-pixel grid
+    assert evaluation.windows(1025, 2049) == [(top, left, top + 769, left + 769)
+                                              for top in (0, 256) for left in (0, 512, 1024, 1280)]
+
+
+@pytest.mark.parametrize('window', [1, 5, 16, 17, (9, 40), 64])
+def test_windows_cover_every_pixel(monkeypatch, window):
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', window)
+    for height, width in [(1, 1), (17, 33), (50, 23), (65, 129)]:
+        boxes = evaluation.windows(height, width)
+        assert len(set(boxes)) == len(boxes) and coverage(height, width).min() >= 1
+        assert all(0 <= top < bottom <= height and 0 <= left < right <= width for top, left, bottom, right in boxes)
+
+
+@pytest.mark.parametrize('window', [0, (5,), 'big'])
+def test_bad_window_is_named(monkeypatch, window):
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', window)
+    with pytest.raises(ValueError, match='EVAL_WINDOW='):
+        evaluation.windows(17, 33)
+
+
+def test_window_covering_the_image_is_whole_image_evaluation(monkeypatch):
+    monkeypatch.setattr(settings, 'STRIDE', 8)
+    monkeypatch.setattr(settings, 'EVAL_SCALES', (0.5, 1.0, 2.0))
+    monkeypatch.setattr(settings, 'EVAL_FLIP', True)
+    img = torch.randn(1, 3, 17, 33)
+    whole_net = PositionNet()
+    whole = evaluation.predict(whole_net, img)
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', 65)  # the largest scale is 33 × 65
+    net = PositionNet()
+    assert torch.equal(evaluation.predict(net, img), whole)
+    assert [x.shape for x in net.inputs] == [x.shape for x in whole_net.inputs]
+
+
+@pytest.mark.parametrize('window', [9, 16, (17, 5), (40, 24)])
+def test_windows_of_a_per_pixel_net_give_the_whole_image_result(monkeypatch, window):
+    monkeypatch.setattr(settings, 'STRIDE', 8)
+    monkeypatch.setattr(settings, 'EVAL_SCALES', (0.75, 1.0, 1.5))
+    monkeypatch.setattr(settings, 'EVAL_FLIP', True)
+    img = torch.randn(2, 3, 17, 33)
+    whole = evaluation.predict(PixelNet(), img)
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', window)
+    net = PixelNet()
+    assert torch.allclose(evaluation.predict(net, img), whole, atol=1e-6)
+    window_h, window_w = (window, window) if isinstance(window, int) else window
+    assert len(net.inputs) > 6 and all(x.shape[2] <= window_h and x.shape[3] <= window_w for x in net.inputs)
+
+
+def test_windows_composed_with_scales_and_flip(monkeypatch):
+    monkeypatch.setattr(settings, 'STRIDE', 8)
+    monkeypatch.setattr(settings, 'EVAL_SCALES', (0.5, 1.0, 2.0))
+    monkeypatch.setattr(settings, 'EVAL_FLIP', True)
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', 17)
+    ramp = torch.linspace(-2, 2, 33).expand(1, 17, 33)
+    img = torch.stack([ramp[0], torch.zeros(17, 33), torch.zeros(17, 33)])[None]  # 1 × 3 × 17 × 33
+    net = PositionNet()
+    prediction = evaluation.predict(net, img)
+    # scale 0.5 (9 × 17) runs whole; scale 1 (17 × 33) in 1 × 3 windows of 17 × 17 and scale 2 (33 × 65) in
+    # 3 × 7, each flip too. PositionNet's class 1 logit is its input height / 10: the windows' 17, not 33
+    shapes = [tuple(x.shape[-2:]) for x in net.inputs]
+    assert shapes == [(9, 17)] * 2 + [(17, 17)] * (2 * 3 + 2 * 21)
+    assert [torch.equal(x, img[..., left:left + 17]) for x, left in zip(net.inputs[2:5], (0, 8, 16))] == [True] * 3
+    expected = (scores(ramp, 9) + 2 * scores(ramp, 17)) / 3
+    assert torch.allclose(prediction, expected, atol=1e-5)
 
 
 def test_attention_maps_of_emanet(monkeypatch):

@@ -363,3 +363,90 @@ def test_em_and_loss_stay_float32_under_autocast(monkeypatch):
     assert torch.allclose(mu.norm(dim=1), torch.ones(2, 64), atol=1e-5)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert net.eval()(img).dtype == torch.float32
+
+
+# ---------------------------------------------------------------- LOSS = 'ohem'
+
+def logits_of(prob_true):
+    """1 × 2 × 1 × n logits whose softmax gives class 0 exactly the probabilities prob_true (n)."""
+    return torch.log(torch.stack([prob_true, 1 - prob_true]))[None, :, None, :]
+
+
+# probabilities of the true class (class 0); the fifth pixel, the least probable, is ignored
+HAND_PROBS = torch.tensor([0.9, 0.6, 0.3, 0.8, 0.05, 0.75], dtype=torch.float64)
+HAND_LABEL = torch.tensor([[[0, 0, 0, 0, 255, 0]]])
+
+
+@pytest.mark.parametrize('min_kept, kept', [
+    (1, [0.6, 0.3]),                      # below 0.7: enough
+    (3, [0.6, 0.3, 0.75]),                # two below 0.7: the three least probable
+    (100, [0.9, 0.6, 0.3, 0.8, 0.75]),    # more than there are: every valid pixel
+])
+def test_ohem_keeps_hard_pixels_hand_computed(monkeypatch, min_kept, kept):
+    monkeypatch.setattr(settings, 'LOSS', 'ohem')
+    monkeypatch.setattr(settings, 'OHEM_THRESH', 0.7)
+    monkeypatch.setattr(settings, 'OHEM_MIN_KEPT', min_kept)
+    logits = logits_of(HAND_PROBS).requires_grad_()
+    loss = network.per_image_loss(logits, HAND_LABEL)
+    expected = -sum(math.log(p) for p in kept) / len(kept)
+    assert loss.shape == (1,) and loss.item() == pytest.approx(expected, rel=1e-12)
+    loss.sum().backward()
+    touched = logits.grad.abs().sum(dim=1).flatten() > 0  # pixels the loss depends on
+    assert HAND_PROBS[touched].tolist() == pytest.approx(kept)
+
+
+def test_ohem_every_pixel_hard_is_the_mean_over_valid_pixels(monkeypatch):
+    monkeypatch.setattr(settings, 'LOSS', 'ohem')
+    monkeypatch.setattr(settings, 'OHEM_THRESH', 1.01)  # every probability is below
+    monkeypatch.setattr(settings, 'OHEM_MIN_KEPT', 0)
+    logits, label = torch.randn(3, 21, 9, 11), torch.randint(0, 21, (3, 9, 11))
+    label[0, :4] = 255
+    label[1, :, 3] = 255
+    mean_over_valid = torch.stack([F.cross_entropy(logits[i:i + 1], label[i:i + 1], ignore_index=255)
+                                   for i in range(3)])
+    assert torch.allclose(network.per_image_loss(logits, label), mean_over_valid, atol=1e-6)
+    monkeypatch.setattr(settings, 'LOSS', 'ce')  # the authors' loss counts ignored pixels as zeros instead
+    assert network.per_image_loss(logits, label)[0] < mean_over_valid[0]
+
+
+def test_ohem_never_counts_ignored_pixels(monkeypatch):
+    monkeypatch.setattr(settings, 'LOSS', 'ohem')
+    monkeypatch.setattr(settings, 'OHEM_MIN_KEPT', 10 ** 6)  # as many as there are, ignored ones included
+    logits, label = torch.randn(2, 5, 6, 7, requires_grad=True), torch.randint(0, 5, (2, 6, 7))
+    label[0, 2:] = 255
+    label[1] = 255  # nothing valid: 0, not NaN
+    loss = network.per_image_loss(logits, label)
+    expected = F.cross_entropy(logits[:1, :, :2], label[:1, :2])
+    assert torch.allclose(loss[0], expected) and loss[1] == 0
+    loss.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert torch.all(logits.grad[0, :, 2:] == 0) and torch.all(logits.grad[1] == 0)
+    assert torch.all(network.hard_pixels(torch.rand(1, 4), torch.zeros(1, 4, dtype=torch.bool)) == 0)
+
+
+def test_ohem_float32_under_autocast_and_one_graph(monkeypatch):
+    """Under AMP the loss is float32; nothing is read back to the host, so dynamo captures it whole
+    (fullgraph raises on a graph break such as .item())."""
+    monkeypatch.setattr(settings, 'LOSS', 'ohem')
+    monkeypatch.setattr(settings, 'OHEM_MIN_KEPT', 20)
+    logits, label = torch.randn(2, 5, 6, 7), torch.randint(0, 5, (2, 6, 7))
+    assert network.per_image_loss(logits.bfloat16(), label).dtype == torch.float32
+    compiled = torch.compile(network.per_image_loss, fullgraph=True, backend='eager')
+    assert torch.allclose(compiled(logits, label), network.per_image_loss(logits, label))
+
+
+def test_ohem_trains_through_the_training_step(monkeypatch):
+    net = small_net(monkeypatch, LOSS='ohem', OHEM_MIN_KEPT=100).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    img, label = torch.randn(2, 3, 33, 33), torch.randint(0, 21, (2, 33, 33))
+    label[0, :10] = 255
+    weights = net.fc2.weight.clone()
+    loss = network.train_step(net, net, optimizer, torch.amp.GradScaler('cpu', enabled=False), img, label,
+                              None, 1, 0)
+    assert loss.shape == () and torch.isfinite(loss) and loss > 0
+    assert not torch.equal(net.fc2.weight, weights) and torch.isfinite(net.fc2.weight).all()
+
+
+def test_bad_loss_is_named_when_the_net_is_built(monkeypatch):
+    with pytest.raises(ValueError, match="LOSS='focal'"):
+        small_net(monkeypatch, LOSS='focal')
