@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 here=$(pwd)
 
-python dataset.py demo demo_data
+python prepare.py demo demo_data
 
 rm -rf demo_exp
 mkdir -p demo_exp/models

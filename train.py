@@ -116,6 +116,20 @@ def main():
     if settings.CROP_SIZE < settings.STRIDE:
         raise SystemExit(f'CROP_SIZE={settings.CROP_SIZE} is smaller than the output stride STRIDE={settings.STRIDE}')
     torch.backends.cudnn.benchmark = settings.CUDNN_BENCHMARK
+    refused = 0  # rank 0 makes this run the one of MODEL_DIR before any long check, or every process stops
+    if rank == 0:
+        for name in ('MODEL_DIR', 'LOG_DIR'):
+            try:
+                os.makedirs(getattr(settings, name), exist_ok=True)
+            except OSError as e:
+                raise SystemExit(f'{name}={getattr(settings, name)!r} cannot be created: {e.strerror or e}') from None
+        try:
+            network.lock_model_dir()
+        except network.CheckpointError as e:
+            logger.error('%s', e)
+            refused = 1
+    if max_over_processes([refused], host_group)[0]:
+        raise SystemExit(1)
 
     # ---------------------------------------------------------------- data
     train_set = dataset.TrainDataset()
@@ -141,20 +155,6 @@ def main():
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     # ---------------------------------------------------------------- resume
-    refused = 0
-    if rank == 0:
-        for name in ('MODEL_DIR', 'LOG_DIR'):
-            try:
-                os.makedirs(getattr(settings, name), exist_ok=True)
-            except OSError as e:
-                raise SystemExit(f'{name}={getattr(settings, name)!r} cannot be created: {e.strerror or e}') from None
-        try:
-            network.lock_model_dir()
-        except network.CheckpointError as e:
-            logger.error('%s', e)
-            refused = 1
-    if max_over_processes([refused], host_group)[0]:
-        raise SystemExit(1)
     if rank == 0:
         for partial in os.listdir(settings.MODEL_DIR):  # saves that a kill interrupted
             if '.pth.tmp' in partial:

@@ -19,6 +19,7 @@ import settings  # noqa: E402
 # an experiment small enough for a 2-core CPU: ResNet-50 from scratch on tiny crops
 TINY = dict(N_LAYERS=50, PRETRAINED=None, CROP_SIZE=33, BATCH_SIZE=2, ITER_MAX=4, ITER_SAVE=2, LOG_EVERY=1,
             IMAGE_EVERY=2, NUM_WORKERS=0, BN_MOM=0.1, LR=1e-3)
+HANG_GUARD = 900  # seconds: only a hung run takes this long, however loaded the machine is
 TORCHRUN = ('-m', 'torch.distributed.run')  # python's arguments that launch a script under torchrun
 TWO_PROCESSES = (*TORCHRUN, '--standalone', '--nproc_per_node=2')  # DDP with 2 processes on this machine
 
@@ -54,7 +55,7 @@ def make_experiment(path, data_root, **overrides):
     return path
 
 
-def run_script(experiment, *args, timeout=300, env=None):
+def run_script(experiment, *args, timeout=HANG_GUARD, env=None):
     """Runs `python args...` in the experiment folder like a user would; returns the CompletedProcess.
     On a timeout the whole process group goes (torchrun and its workers too)."""
     command = [sys.executable, *args]

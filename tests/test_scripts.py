@@ -64,3 +64,29 @@ def test_tensorboard_serves_log_dir_on_a_free_port(tmp_path, demo_data):
     assert call == f'tensorboard --logdir ./runs --port {port} --bind_all' and int(port) > 0
     missing = bash(experiment, 'tensorboard.sh', env={'PATH': '/usr/bin:/bin'})
     assert missing.returncode == 1 and 'pip install tensorboard' in missing.stderr
+
+
+def test_tensorboard_serves_several_experiments_side_by_side_named_by_folder(tmp_path):
+    here = tmp_path.resolve()
+    for name in ('exp_a', 'exp_b'):
+        copy_code(here / name)
+    with open(here / 'exp_b' / 'settings.py', 'a') as f:
+        f.write("LOG_DIR = './runs'\n")
+    (here / 'notes').mkdir()
+    fake_bin = here / 'bin'
+    fake_bin.mkdir()
+    (fake_bin / 'tensorboard').write_text('#!/bin/sh\necho "tensorboard $@"\n')
+    (fake_bin / 'tensorboard').chmod(0o755)
+    env = {**os.environ, 'PATH': f"{fake_bin}:{os.environ['PATH']}"}
+    # run from the folder that holds the experiments, with paths relative to it, as `bash exp_a/tensorboard.sh ...`
+    result = subprocess.run(['bash', 'exp_a/tensorboard.sh', 'exp_a', './exp_b/'], cwd=here, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    address, call = result.stdout.splitlines()
+    port = address.split('localhost:')[1].split('/')[0]
+    spec = f"exp_a:{here / 'exp_a' / 'logdir'},exp_b:{here / 'exp_b' / 'runs'}"
+    assert call == f'tensorboard --logdir_spec {spec} --port {port} --bind_all'
+    not_an_experiment = subprocess.run(['bash', 'exp_a/tensorboard.sh', 'exp_a', 'notes'], cwd=here, env=env,
+                                       capture_output=True, text=True, timeout=600)
+    assert not_an_experiment.returncode == 1 and 'tensorboard --logdir' not in not_an_experiment.stdout
+    assert 'notes is not an experiment folder (no settings.py)' in not_an_experiment.stderr

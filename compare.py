@@ -1,0 +1,284 @@
+"""Experiment folders side by side: the settings that differ between them, the step each reached, and the
+metrics of each of its evaluations.
+
+    python compare.py ../exp_*                            # an aligned table
+    python compare.py ../emanet ../exp_k32 --markdown     # a GitHub table to paste into notes
+    python compare.py ../exp_* --csv > results.csv        # for a spreadsheet
+
+One row per folder. A folder's settings are what its settings.py assigns, run on its own with the folder
+as working directory (no other module of the folder is imported); when settings.py does not run, the
+LOG_DIR/settings.txt its last training wrote. Only the settings whose values differ between the folders
+are columns. The step is that of the newer of MODEL_DIR/final.pth and MODEL_DIR/latest.pth, read without
+loading the weights. Each LOG_DIR/eval_<checkpoint>.json gives two columns, '<checkpoint> mIoU' and
+'<checkpoint> pAcc', in percent; '<checkpoint> ms+flip ...' when it was evaluated at several scales and
+with flipping ('ms' or 'flip' when only one of them). Missing results are '-' (empty cells in --csv) and
+the last column says why. A folder without settings.py is no experiment: it is named on stderr and skipped.
+"""
+import argparse
+import ast
+import contextlib
+import csv
+import glob
+import json
+import os
+import pickle
+import re
+import runpy
+import sys
+import zipfile
+
+import torch
+
+import settings
+
+logger = settings.logger
+DEFAULT_DIRS = {'MODEL_DIR': './models', 'LOG_DIR': './logdir'}  # when a folder's settings do not say
+
+
+def is_setting(name):
+    return name.isupper() and not name.startswith('_')  # as settings.effective() sees them
+
+
+def run_settings(folder):
+    """The settings that folder's settings.py assigns, executed in a fresh namespace with the folder as the
+    working directory. Raises whatever the file raises."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # whatever it prints stays out of the table
+            namespace = runpy.run_path(os.path.abspath('settings.py'), run_name='experiment_settings')
+    finally:
+        os.chdir(cwd)
+    return {name: value for name, value in namespace.items() if is_setting(name)}
+
+
+def assigned_log_dir(folder):
+    """LOG_DIR as settings.py's last plain assignment of it writes it, for a settings.py that does not run."""
+    log_dir = DEFAULT_DIRS['LOG_DIR']
+    try:
+        with open(os.path.join(folder, 'settings.py')) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return log_dir
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == 'LOG_DIR' for t in node.targets):
+            try:
+                log_dir = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return log_dir
+
+
+def read_settings_txt(path):
+    """LOG_DIR/settings.txt, `NAME = repr(value)` a line: {name: value}, a value that is no literal as its text."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            name, sep, text = line.rstrip('\n').partition(' = ')
+            if sep and is_setting(name.strip()):
+                try:
+                    values[name.strip()] = ast.literal_eval(text)
+                except Exception:  # e.g. a value whose repr is not a literal
+                    values[name.strip()] = text
+    return values
+
+
+def read_folder_settings(folder, notes):
+    """settings.py's values, else settings.txt's (noted), else {} (noted)."""
+    try:
+        return run_settings(folder)
+    except BaseException as e:  # a settings.py that raises, exits or reads what only a run has (os.environ['RANK'])
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        error = f'{type(e).__name__}: {e}'.splitlines()[0]
+    txt = os.path.join(assigned_log_dir(folder), 'settings.txt')
+    logger.warning('%s: settings.py does not run (%s)', folder, error)
+    try:
+        values = read_settings_txt(os.path.join(folder, txt))
+    except (OSError, UnicodeDecodeError):
+        notes.append(f'settings unknown (settings.py fails: {error}; no {txt})')
+        return {}
+    notes.append(f'settings from {txt} (settings.py fails: {error})')
+    return values
+
+
+def checkpoint_step(path):
+    """The step a checkpoint holds. The file is memory-mapped, so its weights are never read from disk.
+    Raises ValueError saying what is wrong with the file."""
+    zipped = zipfile.is_zipfile(path)  # mmap needs torch.save's zip format; the authors' older files lack it
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError:
+        raise ValueError('is not a plain checkpoint' if zipped else 'is truncated or corrupt') from None
+    except Exception:
+        raise ValueError('is truncated or corrupt') from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('step'), int):
+        raise ValueError('holds no step')
+    return ckpt['step']
+
+
+def step_reached(model_dir, iter_max, notes):
+    """The step of the newest readable of final.pth and latest.pth, or None; notes say what else is so."""
+    paths = [os.path.join(model_dir, name) for name in ('final.pth', 'latest.pth')]
+    paths = sorted((p for p in paths if os.path.isfile(p)), key=os.path.getmtime, reverse=True)
+    if not paths:
+        notes.append('no checkpoint yet')
+        return None
+    for path in paths:
+        try:
+            step = checkpoint_step(path)
+        except ValueError as e:
+            notes.append(f'{os.path.basename(path)} {e}')
+            continue
+        if os.path.basename(path) == 'latest.pth' and not (isinstance(iter_max, int) and step >= iter_max):
+            notes.append('not finished')
+        return step
+    return None
+
+
+def eval_label(result, stem):
+    """'final', 'final ms+flip', 'final ms', 'final flip', or 'final x0.75' for one other single scale."""
+    scales, flip = list(result.get('scales') or [1.0]), bool(result.get('flip'))
+    mode = ('ms' if len(scales) > 1 else '') + ('+' if len(scales) > 1 and flip else '') + ('flip' if flip else '')
+    if len(scales) == 1 and scales[0] != 1.0:
+        mode = f'x{scales[0]:g}' + ('+flip' if flip else '')
+    return f'{stem} {mode}' if mode else stem
+
+
+def read_evals(log_dir, notes):
+    """{column label: (mIoU, pAcc) as fractions or None} from LOG_DIR/eval_*.json."""
+    evals = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(log_dir), 'eval_*.json'))):
+        stem = os.path.basename(path)[len('eval_'):-len('.json')]
+        try:
+            with open(path) as f:
+                result = json.load(f)
+            label = eval_label(result, stem)
+            evals[label] = tuple(result.get(key) for key in ('mIoU', 'pAcc'))
+        except (OSError, ValueError, TypeError, AttributeError):
+            notes.append(f'{os.path.basename(path)} is unreadable')
+    if not evals:
+        notes.append('no eval yet')
+    return evals
+
+
+def read_experiment(folder):
+    """{'settings', 'step', 'evals', 'notes'} of an experiment folder."""
+    notes = []
+    values = read_folder_settings(folder, notes)
+    model_dir, log_dir = (os.path.join(folder, str(values.get(name, DEFAULT_DIRS[name])))
+                          for name in ('MODEL_DIR', 'LOG_DIR'))
+    step = step_reached(model_dir, values.get('ITER_MAX'), notes)
+    evals = read_evals(log_dir, notes)
+    return {'settings': values, 'step': step, 'evals': evals, 'notes': notes}
+
+
+MISSING = object()  # a setting that a folder does not have
+
+
+def same(a, b):
+    try:
+        return bool(a == b)
+    except Exception:
+        return repr(a) == repr(b)
+
+
+def differing(experiments):
+    """The setting names whose values are not the same in every folder, in the order the files have them."""
+    names = []
+    for experiment in experiments:
+        names += [name for name in experiment['settings'] if name not in names]
+    columns = []
+    for name in names:
+        values = [experiment['settings'].get(name, MISSING) for experiment in experiments]
+        if any(v is MISSING for v in values) and not all(v is MISSING for v in values):
+            columns.append(name)
+        elif not all(same(values[0], v) for v in values[1:]):
+            columns.append(name)
+    return columns
+
+
+def eval_order(label):
+    """final first, then latest, then step_<N> by N, then the rest; each checkpoint's single scale first."""
+    stem, _, mode = label.partition(' ')
+    number = re.fullmatch(r'step_(\d+)', stem)
+    rank = (0, 0, '') if stem == 'final' else (1, 0, '') if stem == 'latest' else \
+        (2, int(number.group(1)), '') if number else (3, 0, stem)
+    return rank, mode
+
+
+def table(folders, experiments):
+    """(header, rows of cells or None for missing, which columns are numbers)."""
+    setting_names = differing(experiments)
+    labels = sorted({label for e in experiments for label in e['evals']}, key=eval_order)
+    header = ['experiment', *setting_names, 'step']
+    header += [f'{label} {metric}' for label in labels for metric in ('mIoU', 'pAcc')]
+    header.append('notes')
+    rows = []
+    for name, experiment in zip(folders, experiments):
+        row = [name]
+        for setting in setting_names:
+            value = experiment['settings'].get(setting, MISSING)
+            row.append(None if value is MISSING else value if isinstance(value, str) else repr(value))
+        row.append(None if experiment['step'] is None else str(experiment['step']))
+        for label in labels:
+            metrics = experiment['evals'].get(label, (None, None))
+            row += [None if m is None else f'{100 * m:.2f}' for m in metrics]
+        row.append('; '.join(experiment['notes']))
+        rows.append(row)
+    numeric = [False] * (1 + len(setting_names)) + [True] * (1 + 2 * len(labels)) + [False]
+    return header, rows, numeric
+
+
+def print_plain(header, rows, numeric):
+    cells = [header] + [[('-' if c is None else c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [[c.rjust(w) if right else c.ljust(w) for c, w, right in zip(row, widths, numeric)] for row in cells]
+    lines.insert(1, ['-' * w for w in widths])
+    for line in lines:
+        print('  '.join(line).rstrip())
+
+
+def print_markdown(header, rows, numeric):
+    def line(cells):
+        return '| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |'
+    print(line(header))
+    print('|' + '|'.join(' ---: ' if right else ' --- ' for right in numeric) + '|')
+    for row in rows:
+        print(line([('-' if c is None else c) for c in row]))
+
+
+def print_csv(header, rows, numeric):
+    writer = csv.writer(sys.stdout, lineterminator='\n')
+    writer.writerow(header)
+    writer.writerows([('' if c is None else c) for c in row] for row in rows)
+
+
+def folder_names(folders):
+    """Each folder's own name, or the path as given where two share a name."""
+    names = [os.path.basename(os.path.abspath(folder)) for folder in folders]
+    return [name if names.count(name) == 1 else os.path.normpath(folder) for name, folder in zip(names, folders)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('folders', nargs='+', metavar='DIR', help='experiment folders (copies of this one)')
+    style = parser.add_mutually_exclusive_group()
+    style.add_argument('--markdown', action='store_true', help='a GitHub table')
+    style.add_argument('--csv', action='store_true', help='comma-separated values')
+    args = parser.parse_args()
+    folders = []
+    for folder in args.folders:
+        if os.path.isfile(os.path.join(folder, 'settings.py')):
+            folders.append(folder)
+        else:
+            logger.warning('%s is not an experiment folder (no settings.py): skipped', folder)
+    if not folders:
+        raise SystemExit('no experiment folder to compare')
+    experiments = [read_experiment(folder) for folder in folders]
+    printer = print_markdown if args.markdown else print_csv if args.csv else print_plain
+    printer(*table(folder_names(folders), experiments))
+
+
+if __name__ == '__main__':
+    main()
