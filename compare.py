@@ -21,14 +21,11 @@ import csv
 import glob
 import json
 import os
-import pickle
 import re
 import runpy
 import sys
-import zipfile
 
-import torch
-
+import network
 import settings
 
 logger = settings.logger
@@ -103,17 +100,11 @@ def read_folder_settings(folder, notes):
 
 
 def checkpoint_step(path):
-    """The step a checkpoint holds. The file is memory-mapped, so its weights are never read from disk.
-    Raises ValueError saying what is wrong with the file."""
-    zipped = zipfile.is_zipfile(path)  # mmap needs torch.save's zip format; the authors' older files lack it
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=zipped)
-    except pickle.UnpicklingError:
-        raise ValueError('is not a plain checkpoint' if zipped else 'is truncated or corrupt') from None
-    except Exception:
-        raise ValueError('is truncated or corrupt') from None
+    """The step a checkpoint holds, read without reading its weights (memory-mapped). Raises
+    network.CheckpointError saying what is wrong with the file."""
+    ckpt = network.read_weights(path, mmap=True)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('step'), int):
-        raise ValueError('holds no step')
+        raise network.CheckpointError(f'{path} holds no step')
     return ckpt['step']
 
 
@@ -127,8 +118,8 @@ def step_reached(model_dir, iter_max, notes):
     for path in paths:
         try:
             step = checkpoint_step(path)
-        except ValueError as e:
-            notes.append(f'{os.path.basename(path)} {e}')
+        except network.CheckpointError as e:
+            notes.append(str(e))
             continue
         if os.path.basename(path) == 'latest.pth' and not (isinstance(iter_max, int) and step >= iter_max):
             notes.append('not finished')

@@ -4,7 +4,7 @@
     python eval.py step_10000.pth               # a bare name is looked up in MODEL_DIR
     python eval.py path/to/EMANet101.pth        # any file (the authors' released checkpoints load unchanged)
     torchrun --nproc_per_node=4 eval.py         # each process takes every 4th image; rank 0 reports
-    python eval.py --save-pred preds            # also preds/<id>.png, VOC-palette masks at the image size
+    python eval.py --save-pred preds            # also preds/<id>.png, masks in the dataset's colours
     python eval.py --attention attn --attention-images 4
                                                 # also attn/<id>_attention.png for the first 4 images
     python eval.py final.pth --image a.jpg --image b.jpg [--save-pred out]
@@ -163,7 +163,7 @@ def metrics(confusion):
 
 
 def save_prediction(pred, width, height, path):
-    """Writes the H' × W' class map, cropped to the image's width × height, as a VOC-palette PNG."""
+    """Writes the H' × W' class map, cropped to the image's width × height, as a PNG in the dataset's colours."""
     dataset.save_label_png(pred[:height, :width].cpu().numpy().astype(np.uint8), path)
 
 
@@ -189,6 +189,7 @@ def save_attention(net, img, image, path):
     panels = [np.asarray(image)] + [np.repeat(m[..., None], 3, axis=2) for m in maps]
     panels += [np.zeros_like(panels[0])] * (-len(panels) % ATTENTION_COLUMNS)  # fill the last row
     rows = [np.concatenate(panels[i:i + ATTENTION_COLUMNS], axis=1) for i in range(0, len(panels), ATTENTION_COLUMNS)]
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # ids may hold sub-folders (Cityscapes' city)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
@@ -277,7 +278,7 @@ def parse_args():
     parser.add_argument('checkpoint', nargs='?', default='final.pth',
                         help='checkpoint file; a bare name is looked up in MODEL_DIR (default: final.pth)')
     parser.add_argument('--save-pred', metavar='DIR',
-                        help='write a VOC-palette mask <id>.png of each image, at the image size, into DIR')
+                        help="write a mask <id>.png of each image in the dataset's colours, at the image size, into DIR")
     parser.add_argument('--attention', metavar='DIR',
                         help=f'write <id>_attention.png into DIR: the image and the responsibility maps of the '
                              f'{ATTENTION_BASES} bases it uses most')

@@ -354,13 +354,14 @@ def checkpoint_path(name):
     return os.path.join(settings.MODEL_DIR, name)
 
 
-def read_weights(path, what='checkpoint'):
-    """torch.load with weights_only=True, turning every failure into a CheckpointError that names the file."""
+def read_weights(path, what='checkpoint', mmap=False):
+    """torch.load with weights_only=True, turning every failure into a CheckpointError that names the file.
+    mmap: tensors stay in the file until read (torch.save's zip files only), for a quick look at a checkpoint."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f'{what} {path} does not exist')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError:
         if zipfile.is_zipfile(path):  # an intact torch.save file whose pickle holds code, not only weights
             raise CheckpointError(f'{what} {path} is not a plain weights file: it needs arbitrary unpickling, '

@@ -12,6 +12,7 @@ import torch
 import benchmark
 import dataset
 import settings
+from conftest import HANG_GUARD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,7 +101,7 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
     command = [sys.executable, 'benchmark.py', '--json', str(out), '--device', 'cpu', '--layers', '50',
                '--crop', '33', '--batch', '1', '--eval-batch', '1', '--iters', '1', '--warmup', '0',
                '--repeats', '1', '--infer-sizes', '33x33', '--sizes', '17,33', '--data-images', '2']
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD)
     assert run.returncode == 0, run.stderr
     for title in ('cpu, torch', 'Paper Table 1', 'Training, EMANet-50', 'AMP n/a on CPU', 'Inference',
                   'EM unit', 'Data loading'):

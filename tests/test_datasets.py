@@ -16,7 +16,7 @@ from PIL import Image
 import dataset
 import prepare
 import settings
-from conftest import ROOT, make_experiment, run_script
+from conftest import HANG_GUARD, ROOT, make_experiment, run_script
 
 HEIGHT, WIDTH = 40, 60
 
@@ -188,7 +188,7 @@ def test_cityscapes_command_writes_train_ids_and_lists(tmp_path):
     root = tmp_path / 'cityscapes'
     sources = cityscapes_miniature(root)
     done = subprocess.run([sys.executable, 'prepare.py', 'cityscapes', '--root', str(root)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_GUARD)
     assert done.returncode == 0, done.stderr
     assert (root / 'lists' / 'train.txt').read_text().split() == [
         'train/aachen/aachen_000000_000019', 'train/aachen/aachen_000001_000019', 'train/bochum/bochum_000000_000313']
@@ -360,11 +360,11 @@ def test_unknown_ids_are_named(tmp_path):
 # ---------------------------------------------------------------- train and evaluate through the scripts
 
 def train_and_evaluate(tmp_path, data_root, **overrides):
-    """train.py (2 steps, no checkpoint but the final one, no image panel) then `eval.py --save-pred preds` in an
-    experiment on data_root; returns (experiment, eval JSON)."""
+    """train.py (2 steps, no checkpoint but the final one, no image panel) then `eval.py --save-pred preds
+    --attention attn` in an experiment on data_root; returns (experiment, eval JSON)."""
     experiment = make_experiment(tmp_path / 'exp', data_root, TRAIN_SPLIT='train', ITER_MAX=2, ITER_SAVE=1000,
                                  IMAGE_EVERY=1000, **overrides)
-    for script in (('train.py',), ('eval.py', '--save-pred', 'preds')):
+    for script in (('train.py',), ('eval.py', '--save-pred', 'preds', '--attention', 'attn')):
         done = run_script(experiment, *script)
         assert done.returncode == 0, done.stderr
     with open(experiment / 'logdir' / 'eval_final.json') as f:
@@ -379,6 +379,7 @@ def test_cityscapes_trains_and_evaluates(tmp_path):
     assert list(result['per_class']) == CITYSCAPES_NAMES and result['n_images'] == 2
     pred = Image.open(experiment / 'preds' / 'val' / 'frankfurt' / 'frankfurt_000000_000294.png')
     assert pred.mode == 'P' and pred.size == (WIDTH, HEIGHT)
+    assert (experiment / 'attn' / 'val' / 'frankfurt' / 'frankfurt_000000_000294_attention.png').exists()
     assert pred.getpalette()[:3] == [128, 64, 128] and pred.getpalette()[18 * 3:19 * 3] == [119, 11, 32]
 
 

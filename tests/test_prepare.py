@@ -12,7 +12,7 @@ import scipy.io
 import dataset
 import prepare
 import settings
-from conftest import ROOT, SPLITS, break_sample, write_jpeg
+from conftest import HANG_GUARD, ROOT, SPLITS, break_sample, write_jpeg
 
 
 # ---------------------------------------------------------------- prepare
@@ -108,14 +108,14 @@ def run_check(tmp_path, data_root):
     with open(experiment / 'settings.py', 'a') as f:
         f.write(f'\nDATA_ROOT = {str(data_root)!r}\n')
     done = subprocess.run([sys.executable, 'prepare.py', 'check'], cwd=experiment, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=HANG_GUARD)
     return done.returncode, done.stdout + done.stderr
 
 
 def test_demo_command_writes_a_dataset_that_check_accepts(tmp_path):
     out = tmp_path / 'demo'
     subprocess.run([sys.executable, 'prepare.py', 'demo', str(out), '--seed', '5'], cwd=ROOT, check=True,
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=HANG_GUARD)
     splits = {split: dataset.read_ids(split, str(out)) for split in SPLITS}
     assert splits['trainaug'] == splits['train'] and len(splits['train']) >= 200 and len(splits['val']) >= 40
     assert not set(splits['train']) & set(splits['val'])

@@ -3,10 +3,10 @@ import json
 import os
 import subprocess
 
-from conftest import copy_code, make_experiment
+from conftest import HANG_GUARD, copy_code, make_experiment
 
 
-def bash(folder, script, env=None, timeout=600):
+def bash(folder, script, env=None, timeout=HANG_GUARD):
     return subprocess.run(['bash', script], cwd=folder, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
@@ -80,13 +80,13 @@ def test_tensorboard_serves_several_experiments_side_by_side_named_by_folder(tmp
     env = {**os.environ, 'PATH': f"{fake_bin}:{os.environ['PATH']}"}
     # run from the folder that holds the experiments, with paths relative to it, as `bash exp_a/tensorboard.sh ...`
     result = subprocess.run(['bash', 'exp_a/tensorboard.sh', 'exp_a', './exp_b/'], cwd=here, env=env,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=HANG_GUARD)
     assert result.returncode == 0, result.stderr
     address, call = result.stdout.splitlines()
     port = address.split('localhost:')[1].split('/')[0]
     spec = f"exp_a:{here / 'exp_a' / 'logdir'},exp_b:{here / 'exp_b' / 'runs'}"
     assert call == f'tensorboard --logdir_spec {spec} --port {port} --bind_all'
     not_an_experiment = subprocess.run(['bash', 'exp_a/tensorboard.sh', 'exp_a', 'notes'], cwd=here, env=env,
-                                       capture_output=True, text=True, timeout=600)
+                                       capture_output=True, text=True, timeout=HANG_GUARD)
     assert not_an_experiment.returncode == 1 and 'tensorboard --logdir' not in not_an_experiment.stdout
     assert 'notes is not an experiment folder (no settings.py)' in not_an_experiment.stderr
