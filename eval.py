@@ -313,7 +313,4 @@ def main():
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (FileNotFoundError, ValueError, network.CheckpointError) as error:  # bad settings, data or files
-        raise SystemExit(str(error)) from None
+    network.run_script(main)

@@ -288,6 +288,15 @@ def update_bases(emau, bases):
 
 # ---------------------------------------------------------------- runtime: device, torchrun, precision
 
+def run_script(main):
+    """Runs an entry script's main(): a bad setting, data file or checkpoint ends it with the message that names
+    it, not a traceback."""
+    try:
+        main()
+    except (FileNotFoundError, ValueError, CheckpointError) as error:
+        raise SystemExit(str(error)) from None
+
+
 def setup_runtime():
     """(rank, world_size, device) from torchrun's environment, or a single process. Under torchrun the
     process group is NCCL on GPUs, gloo on CPU; rank 0 alone logs."""

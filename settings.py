@@ -21,11 +21,11 @@ STD = (0.229, 0.224, 0.225)     # ImageNet RGB std
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)  # random rescaling factors for training
 CROP_SIZE = 513                 # square training crop
 IGNORE_LABEL = 255              # label value that no loss or metric counts
-TRAIN_SPLIT = 'trainaug'        # list under ImageSets/SegmentationAug/ to train on
+TRAIN_SPLIT = 'trainaug'        # split list to train on: VOC's trainaug; 'train' for the other datasets
 VAL_SPLIT = 'val'               # list to evaluate on
 
 # model
-N_CLASSES = 21                  # VOC: background + 20 objects
+N_CLASSES = 21                  # the dataset's class count; VOC: background + 20 objects
 N_LAYERS = 101                  # ResNet depth: 50, 101 or 152
 STRIDE = 8                      # output stride of the backbone: 8 or 16
 BN_MOM = 3e-4                   # BatchNorm momentum (tiny: fine-tuning keeps ImageNet statistics)
