@@ -331,15 +331,11 @@ def to_device(x, device):
     return x.to(memory_format=torch.channels_last) if device.type == 'cuda' and settings.CHANNELS_LAST else x
 
 
-def collective_device():
-    """Where collectives' tensors live: NCCL needs them on the GPU."""
-    return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
-
-
 def all_reduce_mean(values):
     """The mean of a tensor over all processes (itself in a single process)."""
-    if dist.is_available() and dist.is_initialized():
-        reduced = values.to(collective_device())
+    if dist.is_available() and dist.is_initialized():  # NCCL reduces tensors on the GPU, gloo on the CPU
+        on_gpu = dist.get_backend() == 'nccl'
+        reduced = values.to(torch.device('cuda', torch.cuda.current_device()) if on_gpu else torch.device('cpu'))
         dist.all_reduce(reduced)
         values = (reduced / dist.get_world_size()).to(values.device)
     return values

@@ -15,7 +15,7 @@ import dataset
 import eval as evaluation
 import network
 import settings
-from conftest import TWO_PROCESSES, make_experiment, run_script
+from conftest import ONE_THREAD, TWO_PROCESSES, make_experiment, run_script
 
 VAL_IDS = ['000300', '000301', '000302']  # the first ids of the demo's val list
 
@@ -237,9 +237,6 @@ def test_attention_maps_of_emanet(monkeypatch):
 
 
 # ---------------------------------------------------------------- the command line
-
-# one thread per process, so single-process and torchrun runs compute the same numbers bit for bit
-ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 
 
 @pytest.fixture(scope='module')

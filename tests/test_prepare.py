@@ -11,7 +11,6 @@ import scipy.io
 
 import dataset
 import prepare
-import settings
 from conftest import HANG_GUARD, ROOT, SPLITS, break_sample, write_jpeg
 
 

@@ -13,7 +13,7 @@ import dataset
 import network
 import settings
 import train
-from conftest import make_experiment, run_script
+from conftest import ONE_THREAD, make_experiment, run_script
 
 
 # ---------------------------------------------------------------- initialisation
@@ -156,7 +156,7 @@ def test_eval_py_runs_the_ablation_protocol(tmp_path, demo_data, monkeypatch):
     img[0, :, :height, :width] = torch.from_numpy(((np.asarray(image) / 255 - mean) / std).transpose(2, 0, 1))
     with torch.no_grad():
         expected = os8(img).argmax(dim=1)[0, :height, :width].numpy()
-    result = run_script(experiment, 'eval.py', '--save-pred', 'preds', env={'OMP_NUM_THREADS': '1'})
+    result = run_script(experiment, 'eval.py', '--save-pred', 'preds', env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
     predicted = np.array(Image.open(experiment / 'preds' / f'{image_id}.png'))
     assert (predicted == expected).mean() > 0.999  # argmax ties aside, float32 rounding of other threads

@@ -20,7 +20,7 @@ import torch
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 else:
-    from conftest import HANG_GUARD, ROOT, TORCHRUN, TWO_PROCESSES, Payload, make_experiment, run_script
+    from conftest import HANG_GUARD, ONE_THREAD, ROOT, TORCHRUN, TWO_PROCESSES, Payload, make_experiment, run_script
 
 import network
 import settings
@@ -130,7 +130,7 @@ def test_train_stops_before_training_naming_the_setting(tmp_path, demo_data, ove
 def test_batch_size_not_divisible_by_the_processes_is_named(tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data, BATCH_SIZE=16)
     result = run_script(experiment, *TORCHRUN, '--standalone', '--nproc_per_node=3', 'train.py',
-                        env={'OMP_NUM_THREADS': '1'})
+                        env=ONE_THREAD)
     assert result.returncode != 0 and 'BATCH_SIZE=16 is not divisible by the 3 processes' in result.stderr
 
 
@@ -270,10 +270,12 @@ def test_non_finite_loss_stops_with_the_step_and_causes(tmp_path, demo_data):
 
 
 def start_training(experiment, log_path, *launcher):
+    """train.py (under launcher, e.g. torchrun) in the background, one thread per process: tiny steps gain
+    nothing from more, and lose much to a busy machine."""
     log = open(log_path, 'a')
     command = list(launcher or [sys.executable]) + ['train.py']
     return subprocess.Popen(command, cwd=experiment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, 'OMP_NUM_THREADS': '1'} if launcher else None)
+                            env={**os.environ, **ONE_THREAD})
 
 
 def wait_for(log_path, text, process, since=0):
@@ -361,7 +363,7 @@ def test_interrupted_run_ends_with_the_uninterrupted_weights(tmp_path, demo_data
     steps past a save, resumed each time, end bit for bit where one uninterrupted run ends. The kills follow
     the steps the log shows, not the clock: however loaded the machine, every restart resumes."""
     reference = make_experiment(tmp_path / 'reference', demo_data, **LONG)
-    assert run_script(reference, 'train.py').returncode == 0
+    assert run_script(reference, 'train.py', env=ONE_THREAD).returncode == 0  # as start_training: the same sums
     experiment = make_experiment(tmp_path / 'interrupted', demo_data, **LONG)
     log = tmp_path / 'log'
     rng = random.Random(5)
@@ -429,7 +431,7 @@ def ddp_step(out):
 
 def test_one_ddp_step_equals_one_single_process_step(tmp_path):
     script = os.path.join(ROOT, 'tests', 'test_train.py')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    env = {**os.environ, **ONE_THREAD}
     single = subprocess.run([sys.executable, script, 'ddp-step', str(tmp_path / 'single.pth')],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert single.returncode == 0, single.stderr
