@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.io
+import torch
 from PIL import Image
 
 import dataset
@@ -203,7 +204,22 @@ def test_cityscapes_command_writes_train_ids_and_lists(tmp_path):
     assert {path: path.stat().st_mtime_ns for path in root.rglob('*_labelTrainIds.png')} == written
 
 
-def test_ade20k_shifts_classes_and_ignores_other(tmp_path):
+def assert_loaders_read(monkeypatch, root, name, n_classes):
+    """What train.py and eval.py read of a prepared dataset: check() finds no problem, the first validation
+    sample's label is the written one, and a training sample comes out at the crop with valid classes."""
+    for setting, value in dict(DATASET=name, N_CLASSES=n_classes, DATA_ROOT=str(root), TRAIN_SPLIT='train',
+                               VAL_SPLIT='val', CROP_SIZE=33).items():
+        monkeypatch.setattr(settings, setting, value)
+    assert dataset.check() == []
+    val = dataset.ValDataset()
+    _, label = val[0]
+    written = dataset.read_label(dataset.label_path(val.ids[0]))
+    assert torch.equal(label[:written.shape[0], :written.shape[1]], torch.from_numpy(written).long())
+    image, label = dataset.TrainDataset()[(0, 0)]
+    assert image.shape == (3, 33, 33) and set(label.unique().tolist()) <= set(range(n_classes)) | {255}
+
+
+def test_ade20k_shifts_classes_and_ignores_other(tmp_path, monkeypatch):
     root = tmp_path / 'ADEChallengeData2016'
     sources = ade20k_miniature(root)
     prepare.prepare_ade20k(str(root))
@@ -216,9 +232,10 @@ def test_ade20k_shifts_classes_and_ignores_other(tmp_path):
         assert np.array_equal(dataset.read_label(str(root / 'annotations' / f'{image_id}.png')), source)  # untouched
     assert Image.open(root / 'labels' / 'training' / 'ADE_train_00000001.png').getpalette()[:6] == [
         120, 120, 120, 180, 120, 120]  # wall, building
+    assert_loaders_read(monkeypatch, root, 'ade20k', 150)
 
 
-def test_cocostuff_10k_keeps_171_classes_and_names_test_val(tmp_path):
+def test_cocostuff_10k_keeps_171_classes_and_names_test_val(tmp_path, monkeypatch):
     root = tmp_path / 'cocostuff-10k-v1.1'
     sources = cocostuff10k_miniature(root)
     prepare.prepare_cocostuff(str(root))
@@ -228,10 +245,11 @@ def test_cocostuff_10k_keeps_171_classes_and_names_test_val(tmp_path):
         'COCO_train2014_000000000632', 'COCO_train2014_000000000825']
     for image_id, source in sources.items():
         assert_label(root / 'labels' / f'{image_id}.png', source, COCOSTUFF_CLASSES)
+    assert_loaders_read(monkeypatch, root, 'cocostuff', 171)
 
 
 @pytest.mark.parametrize('labels_folder', ['annotations', 'stuffthingmaps_trainval2017'])
-def test_cocostuff_164k_gives_the_same_classes(tmp_path, labels_folder):
+def test_cocostuff_164k_gives_the_same_classes(tmp_path, monkeypatch, labels_folder):
     root = tmp_path / 'cocostuff'
     sources, stored = cocostuff164k_miniature(root, labels_folder)
     assert stored[11] == stored[25] == stored[90] == stored[255] == 255 and stored[181] == 170  # ids 12, 26, 91
@@ -241,6 +259,7 @@ def test_cocostuff_164k_gives_the_same_classes(tmp_path, labels_folder):
     assert (root / 'lists' / 'val.txt').read_text().split() == ['val2017/000000000139', 'val2017/000000000285']
     for image_id, source in sources.items():
         assert_label(root / 'labels' / f'{image_id}.png', source, stored)
+    assert_loaders_read(monkeypatch, root, 'cocostuff', 171)
 
 
 def test_context_from_either_release_gives_the_same_labels(tmp_path):
