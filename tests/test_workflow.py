@@ -22,7 +22,6 @@ import network
 import settings
 
 
-
 def append(experiment, **assignments):
     with open(experiment / 'settings.py', 'a') as f:
         f.writelines(f'{name} = {value!r}\n' for name, value in assignments.items())
