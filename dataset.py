@@ -426,10 +426,15 @@ def augment(image, label, rng):
     return image, torch.from_numpy(window).long()
 
 
+def output_stride():
+    """The output stride at test time: EVAL_STRIDE, else STRIDE."""
+    return settings.EVAL_STRIDE or settings.STRIDE
+
+
 def stride_size(size):
-    """The smallest k·stride + 1 ≥ size, stride the output stride at test time (EVAL_STRIDE, else STRIDE): the
-    input sizes whose features align with the output stride (the authors' pad_inf)."""
-    stride = settings.EVAL_STRIDE or settings.STRIDE
+    """The smallest k·stride + 1 ≥ size, stride the output stride at test time: the input sizes whose features
+    align with the output stride (the authors' pad_inf)."""
+    stride = output_stride()
     return -(-(size - 1) // stride) * stride + 1
 
 

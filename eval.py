@@ -43,16 +43,11 @@ ATTENTION_BASES = 8    # responsibility maps shown per image: the bases this ima
 ATTENTION_COLUMNS = 3  # the image and 8 maps make a 3 × 3 grid
 
 
-def output_stride():
-    """The output stride at test time: EVAL_STRIDE, else STRIDE."""
-    return settings.EVAL_STRIDE or settings.STRIDE
-
-
 def scaled_size(size, scale):
-    """The k·stride + 1 nearest to scale·(size − 1) + 1 (stride: `output_stride`). For an input of
+    """The k·stride + 1 nearest to scale·(size − 1) + 1 (stride: `dataset.output_stride`). For an input of
     k·stride + 1 pixels this keeps both the corner pixels (align_corners=True) and the output stride's grid
     aligned, as at scale 1."""
-    stride = output_stride()
+    stride = dataset.output_stride()
     return max(1, round(scale * (size - 1) / stride)) * stride + 1
 
 
@@ -75,7 +70,7 @@ def window_starts(size, window):
     on the whole image's."""
     if size <= window:
         return [0]
-    step, stride = max(1, round(2 * window / 3)), output_stride()
+    step, stride = max(1, round(2 * window / 3)), dataset.output_stride()
     if step >= stride:
         step -= step % stride
     n = math.ceil((size - window) / step) + 1
@@ -255,7 +250,7 @@ def report(confusion, path, step, n_images):
     names = list(dataset.current()['classes'])
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
           f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}, '
-          f'window {settings.EVAL_WINDOW}, stride {output_stride()}')
+          f'window {settings.EVAL_WINDOW}, stride {dataset.output_stride()}')
     print('  '.join(f'{key} {100 * result[key]:.2f}' for key in ('pAcc', 'mAcc', 'fIoU', 'mIoU')))
     width = max(map(len, names))
     for name, iou in zip(names, result['IoU']):
@@ -264,7 +259,7 @@ def report(confusion, path, step, n_images):
     summary['per_class'] = {name: finite_or_none(iou) for name, iou in zip(names, result['IoU'])}
     summary.update(checkpoint=path, step=step, split=settings.VAL_SPLIT, n_images=n_images,
                    scales=list(settings.EVAL_SCALES), flip=settings.EVAL_FLIP,
-                   window=settings.EVAL_WINDOW, stride=output_stride(),
+                   window=settings.EVAL_WINDOW, stride=dataset.output_stride(),
                    confusion=np.asarray(confusion).tolist())
     os.makedirs(settings.LOG_DIR, exist_ok=True)
     out = os.path.join(settings.LOG_DIR, f'eval_{os.path.splitext(os.path.basename(path))[0]}.json')

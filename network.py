@@ -439,7 +439,8 @@ def save_checkpoint(name, net, optimizer, scaler, step):
 def lock_model_dir():
     """Makes this process the one training run of MODEL_DIR until it exits. The lock is a POSIX lock on
     MODEL_DIR/train.lock, which the kernel (or the file server) drops when its process dies, however it dies;
-    the file names the holder for the next run's messages. Raises CheckpointError naming a run that holds it.
+    the file names the holder for the next run's messages. Once it holds the lock it removes the temporary files
+    of saves that a kill interrupted. Raises CheckpointError naming a run that holds it.
     Where MODEL_DIR's filesystem has no POSIX locks (some NFS or Lustre mounts) it warns and goes on unlocked."""
     path = os.path.join(settings.MODEL_DIR, 'train.lock')
     try:
@@ -449,29 +450,32 @@ def lock_model_dir():
     try:
         fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EAGAIN):  # no lock to be had here (ENOLCK, EOPNOTSUPP, ENOSYS...)
+        if e.errno in (errno.EACCES, errno.EAGAIN):  # held
+            lock.seek(0)
+            holder = lock.read().strip() or 'a process that has not written its name yet'
             lock.close()
-            settings.logger.warning('cannot lock %s (%s): the filesystem of MODEL_DIR does not support POSIX locks, '
-                                    'so nothing stops a second run in this folder; start one at a time',
-                                    path, e.strerror or e)
-            return
+            raise CheckpointError(f'MODEL_DIR={os.path.abspath(settings.MODEL_DIR)!r} belongs to a training run '
+                                  f'that is still going ({holder}); stop it first, or train this experiment '
+                                  f'elsewhere') from None
+        lock.close()  # no lock to be had here (ENOLCK, EOPNOTSUPP, ENOSYS...)
+        settings.logger.warning('cannot lock %s (%s): the filesystem of MODEL_DIR does not support POSIX locks, '
+                                'so nothing stops a second run in this folder; start one at a time',
+                                path, e.strerror or e)
+    else:
         lock.seek(0)
-        holder = lock.read().strip() or 'a process that has not written its name yet'
-        lock.close()
-        raise CheckpointError(f'MODEL_DIR={os.path.abspath(settings.MODEL_DIR)!r} belongs to a training run that '
-                              f'is still going ({holder}); stop it first, or train this experiment elsewhere') from None
-    lock.seek(0)
-    previous = lock.read().strip()
-    if previous:
-        settings.logger.warning('taking over %s from a run that ended without releasing it (%s)', path, previous)
-    lock.truncate(0)
-    lock.write(f'pid {os.getpid()} on {socket.gethostname()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
-    lock.flush()
-
-    def release():  # a run that ends, even by an error or a signal, leaves an empty file: nothing to take over
+        previous = lock.read().strip()
+        if previous:
+            settings.logger.warning('taking over %s from a run that ended without releasing it (%s)', path, previous)
         lock.truncate(0)
-        lock.close()
-    atexit.register(release)
+        lock.write(f'pid {os.getpid()} on {socket.gethostname()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+        lock.flush()
+
+        def release():  # a run that ends, even by an error or a signal, leaves an empty file: nothing to take over
+            lock.truncate(0)
+            lock.close()
+        atexit.register(release)
+    for partial in glob.glob(checkpoint_path('*.pth.tmp*')):  # saves that a kill interrupted: no run owns them now
+        os.remove(partial)
 
 
 def resume(net, optimizer, scaler):

@@ -155,10 +155,6 @@ def main():
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     # ---------------------------------------------------------------- resume
-    if rank == 0:
-        for partial in os.listdir(settings.MODEL_DIR):  # saves that a kill interrupted
-            if '.pth.tmp' in partial:
-                os.remove(os.path.join(settings.MODEL_DIR, partial))
     start = network.resume(net, optimizer, scaler)
     latest, negated_first = max_over_processes([start, -start], host_group)
     if latest != -negated_first:
