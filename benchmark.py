@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dataset
 import network
+import runtime
 import settings
 
 SECTIONS = ('table1', 'train', 'infer', 'attention', 'data')
@@ -175,7 +176,7 @@ def measure_training(device, args, amp, channels_last, compiled):
     net = build_net(device, channels_last).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=settings.LR, momentum=settings.LR_MOM)
     with overridden(AMP=amp):
-        dtype = network.autocast_dtype(device)  # None on CPU: autocast stays off there
+        dtype = runtime.autocast_dtype(device)  # None on CPU: autocast stays off there
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model = torch.compile(net) if compiled else net
     crop = settings.CROP_SIZE
@@ -217,13 +218,13 @@ def run_train(device, args):
 def measure_inference(device, args, height, width):
     """images/s and peak MiB of the eval-mode forward; AMP and channels-last as the settings say (CUDA only)."""
     channels_last = device.type == 'cuda' and settings.CHANNELS_LAST
-    dtype = network.autocast_dtype(device)
+    dtype = runtime.autocast_dtype(device)
     baseline = start_peak_memory(device)
     net = build_net(device, channels_last).eval()
     img = random_images(args.eval_batch, height, width, device, channels_last)
 
     def forward():
-        with torch.no_grad(), network.autocast(device, dtype):
+        with torch.no_grad(), runtime.autocast(device, dtype):
             net(img)
 
     seconds = median_seconds(forward, device, args)

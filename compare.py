@@ -25,7 +25,7 @@ import re
 import runpy
 import sys
 
-import network
+import checkpoint
 import settings
 
 logger = settings.logger
@@ -101,10 +101,10 @@ def read_folder_settings(folder, notes):
 
 def checkpoint_step(path):
     """The step a checkpoint holds, read without reading its weights (memory-mapped). Raises
-    network.CheckpointError saying what is wrong with the file."""
-    ckpt = network.read_weights(path, mmap=True)
+    checkpoint.CheckpointError saying what is wrong with the file."""
+    ckpt = checkpoint.read_weights(path, mmap=True)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('step'), int):
-        raise network.CheckpointError(f'{path} holds no step')
+        raise checkpoint.CheckpointError(f'{path} holds no step')
     return ckpt['step']
 
 
@@ -118,7 +118,7 @@ def step_reached(model_dir, iter_max, notes):
     for path in paths:
         try:
             step = checkpoint_step(path)
-        except network.CheckpointError as e:
+        except checkpoint.CheckpointError as e:
             notes.append(str(e))
             continue
         if os.path.basename(path) == 'latest.pth' and not (isinstance(iter_max, int) and step >= iter_max):

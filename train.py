@@ -27,8 +27,10 @@ from tensorboardX import SummaryWriter
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+import checkpoint
 import dataset
 import network
+import runtime
 import settings
 
 logger = settings.logger
@@ -106,7 +108,7 @@ def colour_panel(img, label, pred):
 
 def main():
     # ---------------------------------------------------------------- set-up
-    rank, world, device = network.setup_runtime()
+    rank, world, device = runtime.setup_runtime()
     host_group = dist.new_group(backend='gloo') if dist.is_initialized() else None
     if settings.warn_unread_settings():
         raise SystemExit('settings.py assigns names that no code reads (listed above): correct them, or start '
@@ -124,8 +126,8 @@ def main():
             except OSError as e:
                 raise SystemExit(f'{name}={getattr(settings, name)!r} cannot be created: {e.strerror or e}') from None
         try:
-            network.lock_model_dir()
-        except network.CheckpointError as e:
+            checkpoint.lock_model_dir()
+        except checkpoint.CheckpointError as e:
             logger.error('%s', e)
             refused = 1
     if max_over_processes([refused], host_group)[0]:
@@ -146,24 +148,24 @@ def main():
     torch.manual_seed(settings.SEED)  # identical initial weights in every process
     net = network.EMANet()
     if settings.PRETRAINED:
-        network.load_pretrained(net, settings.PRETRAINED)
+        checkpoint.load_pretrained(net, settings.PRETRAINED)
     if device.type == 'cuda' and world > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    net = network.to_device(net, device)
+    net = runtime.to_device(net, device)
     optimizer = torch.optim.SGD(param_groups(net), lr=settings.LR, momentum=settings.LR_MOM)
-    dtype = network.autocast_dtype(device)
+    dtype = runtime.autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     # ---------------------------------------------------------------- resume
-    start = network.resume(net, optimizer, scaler)
+    start = checkpoint.resume(net, optimizer, scaler)
     latest, negated_first = max_over_processes([start, -start], host_group)
     if latest != -negated_first:
         raise SystemExit(f'the processes resume from different steps ({-negated_first} to {latest}): '
                          f'MODEL_DIR={settings.MODEL_DIR!r} must be one folder that every node sees')
-    final = network.checkpoint_path('final.pth')
+    final = checkpoint.checkpoint_path('final.pth')
     if start >= settings.ITER_MAX:
         if rank == 0 and not os.path.exists(final):  # killed between the last latest.pth and final.pth
-            network.save_checkpoint('final.pth', net, optimizer, scaler, start)
+            checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, start)
         logger.info('this run is finished: step %d of ITER_MAX=%d, %s. Raise ITER_MAX to train on',
                     start, settings.ITER_MAX, final)
         if dist.is_initialized():
@@ -197,7 +199,7 @@ def main():
     net.train()
     for step in range(start + 1, settings.ITER_MAX + 1):
         img, label = next(loader)
-        img, label = network.to_device(img, device), label.to(device, non_blocking=True)
+        img, label = runtime.to_device(img, device), label.to(device, non_blocking=True)
         lr = set_lr(optimizer, step)
         losses.append(network.train_step(model, net, optimizer, scaler, img, label, dtype, step, rank))
         stopping, = max_over_processes([len(signals)], host_group)  # every process stops at the same step
@@ -229,16 +231,16 @@ def main():
                             settings.format_eta(seconds_per_step * (settings.ITER_MAX - step)))
             if step % settings.IMAGE_EVERY == 0:
                 net.eval()
-                with torch.no_grad(), network.autocast(device, dtype):
+                with torch.no_grad(), runtime.autocast(device, dtype):
                     pred = net(img[:1]).argmax(dim=1)[0]
                 net.train()
                 writer.add_image('train/input_truth_prediction', colour_panel(img[0], label[0], pred), step)
             try:
                 if save_step:
-                    network.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
+                    checkpoint.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
                 if save_latest:
-                    network.save_checkpoint('latest.pth', net, optimizer, scaler, step)
-            except network.CheckpointError as e:
+                    checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, step)
+            except checkpoint.CheckpointError as e:
                 raise SystemExit(str(e)) from None
         if stopping:
             logger.info('stopped by a signal: latest.pth holds step %d; rerun to resume', step)
@@ -248,7 +250,7 @@ def main():
 
     # ---------------------------------------------------------------- the final save
     if rank == 0:
-        network.save_checkpoint('final.pth', net, optimizer, scaler, settings.ITER_MAX)
+        checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, settings.ITER_MAX)
         writer.close()
         logger.info('done: %s', final)
     if dist.is_initialized():
@@ -256,4 +258,4 @@ def main():
 
 
 if __name__ == '__main__':
-    network.run_script(main)
+    runtime.run_script(main)

@@ -11,8 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+import checkpoint
 import dataset
-import eval as evaluation
+import eval
+import evaluation
 import network
 import settings
 from conftest import ONE_THREAD, TWO_PROCESSES, make_experiment, run_script
@@ -47,7 +49,7 @@ def test_report_json_and_table(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(settings, 'EVAL_WINDOW', (9, 17))
     monkeypatch.setattr(settings, 'STRIDE', 16)
     monkeypatch.setattr(settings, 'EVAL_STRIDE', 8)  # the stride at test time is what is reported
-    evaluation.report(np.array(HAND_CONFUSION), 'models/step_10.pth', 10, 2)
+    eval.report(np.array(HAND_CONFUSION), 'models/step_10.pth', 10, 2)
     with open(tmp_path / 'logs' / 'eval_step_10.json') as f:
         result = json.load(f)
     assert result['mIoU'] == pytest.approx(59 / 168) and result['fIoU'] == pytest.approx(59 / 112)
@@ -71,10 +73,10 @@ def test_confusion_ignores_ignore_label(monkeypatch):
 def test_checkpoint_path(monkeypatch, tmp_path):
     monkeypatch.setattr(settings, 'MODEL_DIR', 'runs/a')
     monkeypatch.chdir(tmp_path)
-    assert network.checkpoint_path('final.pth') == os.path.join('runs/a', 'final.pth')
-    assert network.checkpoint_path(os.path.join('b', 'x.pth')) == os.path.join('b', 'x.pth')
+    assert checkpoint.checkpoint_path('final.pth') == os.path.join('runs/a', 'final.pth')
+    assert checkpoint.checkpoint_path(os.path.join('b', 'x.pth')) == os.path.join('b', 'x.pth')
     (tmp_path / 'here.pth').touch()
-    assert network.checkpoint_path('here.pth') == 'here.pth'
+    assert checkpoint.checkpoint_path('here.pth') == 'here.pth'
 
 
 # ---------------------------------------------------------------- predict
@@ -231,7 +233,7 @@ def test_windows_composed_with_scales_and_flip(monkeypatch):
 def test_attention_maps_of_emanet(monkeypatch):
     monkeypatch.setattr(settings, 'N_BASES', 6)
     net = network.EMANet(n_classes=21, n_layers=50).eval()
-    maps = evaluation.attention_maps(net, torch.randn(1, 3, 33, 41))
+    maps = eval.attention_maps(net, torch.randn(1, 3, 33, 41))
     assert maps.shape == (6, 33, 41)  # fewer bases than ATTENTION_BASES: all of them
     assert maps.amin() >= 0 and maps.amax() <= 1 and torch.allclose(maps.flatten(1).amax(1), torch.ones(6))
 

@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import network
 import settings
+from checkpoint import CheckpointError
 from conftest import Payload
-from network import EMANet, EMAU, CheckpointError
+from network import EMANet, EMAU
 
 
 def small_net(monkeypatch, **overrides):
@@ -191,22 +193,22 @@ def test_authors_checkpoint_round_trip(monkeypatch, tmp_path):
     path = tmp_path / 'EMANet50.pth'
     torch.save({'net': net.state_dict(), 'step': 30000}, path)
     fresh = small_net(monkeypatch).eval()
-    assert network.load_checkpoint(fresh, path)['step'] == 30000
+    assert checkpoint.load_checkpoint(fresh, path)['step'] == 30000
     img = torch.randn(1, 3, 33, 33)
     assert torch.equal(fresh(img), net(img))
     # files from torch versions without BN counters load as well
     old = {k: v for k, v in net.state_dict().items() if not k.endswith('num_batches_tracked')}
     torch.save({'net': old, 'step': 1}, path)
-    network.load_checkpoint(small_net(monkeypatch), path)
+    checkpoint.load_checkpoint(small_net(monkeypatch), path)
 
 
 def test_checkpoint_for_another_class_count_names_key_and_shapes(monkeypatch, tmp_path):
     path = tmp_path / 'voc.pth'
     torch.save({'net': small_net(monkeypatch).state_dict(), 'step': 1}, path)
     with pytest.raises(CheckpointError, match=r'fc2.weight has shape \(21, 256, 1, 1\).*\(19, 256, 1, 1\)'):
-        network.load_checkpoint(EMANet(n_classes=19, n_layers=50), path)
+        checkpoint.load_checkpoint(EMANet(n_classes=19, n_layers=50), path)
     with pytest.raises(CheckpointError, match='unexpected key extractor.6.6.conv1.weight'):
-        network.load_checkpoint(EMANet(n_classes=21, n_layers=50), save(tmp_path, {'net': EMANet(21, 101).state_dict()}))
+        checkpoint.load_checkpoint(EMANet(n_classes=21, n_layers=50), save(tmp_path, {'net': EMANet(21, 101).state_dict()}))
 
 
 def save(tmp_path, obj, name='file.pth'):
@@ -217,17 +219,17 @@ def save(tmp_path, obj, name='file.pth'):
 def test_untrusted_and_broken_checkpoints_are_refused(monkeypatch, tmp_path):
     net = small_net(monkeypatch)
     with pytest.raises(CheckpointError, match='arbitrary unpickling'):
-        network.load_checkpoint(net, save(tmp_path, {'net': {}, 'obj': Payload()}))
+        checkpoint.load_checkpoint(net, save(tmp_path, {'net': {}, 'obj': Payload()}))
     assert not Payload.ran
     with pytest.raises(CheckpointError, match='not an EMANet checkpoint'):
-        network.load_checkpoint(net, save(tmp_path, {'step': 1}))
+        checkpoint.load_checkpoint(net, save(tmp_path, {'step': 1}))
     good = save(tmp_path, {'net': net.state_dict(), 'step': 1})
     truncated = tmp_path / 'truncated.pth'
     truncated.write_bytes(good.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match='truncated.pth is truncated or corrupt'):
-        network.load_checkpoint(net, truncated)
+        checkpoint.load_checkpoint(net, truncated)
     with pytest.raises(CheckpointError, match='nothere.pth does not exist'):
-        network.load_checkpoint(net, tmp_path / 'nothere.pth')
+        checkpoint.load_checkpoint(net, tmp_path / 'nothere.pth')
 
 
 def imagenet_file(extractor, tmp_path, drop=None, reshape=None, extra=None, counters=True):
@@ -249,12 +251,12 @@ def imagenet_file(extractor, tmp_path, drop=None, reshape=None, extra=None, coun
 def test_pretrained_loads_strictly(monkeypatch, tmp_path):
     net = small_net(monkeypatch)
     path, state = imagenet_file(net.extractor, tmp_path)
-    network.load_pretrained(net, path)
+    checkpoint.load_pretrained(net, path)
     assert torch.equal(net.extractor[0][6].weight, state['conv1.6.weight'])
     assert torch.equal(net.extractor[1].running_var, state['bn1.running_var'])
     assert torch.equal(net.extractor[7][2].bn3.weight, state['layer4.2.bn3.weight'])
     path, state = imagenet_file(net.extractor, tmp_path, counters=False)
-    network.load_pretrained(net, path)
+    checkpoint.load_pretrained(net, path)
     assert torch.equal(net.extractor[6][0].downsample[0].weight, state['layer3.0.downsample.0.weight'])
 
 
@@ -267,12 +269,12 @@ def test_pretrained_errors_name_key_and_file(monkeypatch, tmp_path, kwargs, mess
     net = small_net(monkeypatch)
     path, _ = imagenet_file(net.extractor, tmp_path, **kwargs)
     with pytest.raises(CheckpointError, match=message):
-        network.load_pretrained(net, path)
+        checkpoint.load_pretrained(net, path)
 
 
 def test_pretrained_missing_file_says_where_to_get_one(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match=r"PRETRAINED=.*nowhere.pth.*does not exist.*resnet50s.*README"):
-        network.load_pretrained(small_net(monkeypatch), str(tmp_path / 'nowhere.pth'))
+        checkpoint.load_pretrained(small_net(monkeypatch), str(tmp_path / 'nowhere.pth'))
 
 
 def count_em_steps(net, monkeypatch):
@@ -337,10 +339,11 @@ def test_bad_depth_and_stride_are_named():
 
 def test_channels_last_gives_the_same_results(monkeypatch):
     """CHANNELS_LAST: the EM unit flattens pixels correctly whatever the memory layout. A layout
-    bug gives differences of order one; other conv kernels give rounding that the random net
-    with batch statistics amplifies to about 1e-4."""
-    net = small_net(monkeypatch)
-    img, label = torch.randn(2, 3, 65, 65), torch.randint(0, 21, (2, 65, 65))
+    bug gives differences of order one; other conv kernels only round differently, which in float64 stays
+    far below the tolerance (in float32 the random net with batch statistics amplifies it to about 1e-4,
+    more or less on other CPUs)."""
+    net = small_net(monkeypatch).double()
+    img, label = torch.randn(2, 3, 65, 65, dtype=torch.float64), torch.randint(0, 21, (2, 65, 65))
     results = []
     for layout in (torch.contiguous_format, torch.channels_last):
         laid_out = deepcopy(net).to(memory_format=layout)
@@ -349,7 +352,7 @@ def test_channels_last_gives_the_same_results(monkeypatch):
         loss, mu = laid_out.train()(x, label)
         results.append((loss, mu, laid_out.eval()(x)))
     for expected, got in zip(*results):
-        assert torch.allclose(got, expected, rtol=0, atol=1e-3 * expected.abs().max().item())
+        assert torch.allclose(got, expected, rtol=0, atol=1e-6 * expected.abs().max().item())
 
 
 def test_em_and_loss_stay_float32_under_autocast(monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoint
 import dataset
 import network
 import settings
@@ -124,7 +125,7 @@ def test_weights_trained_at_stride_16_evaluate_at_stride_8(monkeypatch, tmp_path
     torch.save({'net': trained.state_dict(), 'step': 1}, path)
     monkeypatch.setattr(settings, 'EVAL_STRIDE', 8)
     at_eval_stride = network.EMANet(stride=settings.EVAL_STRIDE, n_layers=50).eval()
-    network.load_checkpoint(at_eval_stride, path)
+    checkpoint.load_checkpoint(at_eval_stride, path)
     monkeypatch.setattr(settings, 'STRIDE', 8)  # an independent OS8 net with the same weights
     os8 = network.EMANet(21, 50).eval()
     os8.load_state_dict(trained.state_dict())

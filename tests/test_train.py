@@ -22,7 +22,9 @@ if __name__ == '__main__':
 else:
     from conftest import HANG_GUARD, ONE_THREAD, ROOT, TORCHRUN, TWO_PROCESSES, Payload, make_experiment, run_script
 
+import checkpoint
 import network
+import runtime
 import settings
 import train
 
@@ -76,7 +78,7 @@ def test_batches_resume_exactly_and_differ_between_processes():
 def test_autocast_dtype(monkeypatch, device, amp, bf16, expected):
     monkeypatch.setattr(settings, 'AMP', amp)
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: bf16)
-    assert network.autocast_dtype(torch.device(device)) == expected
+    assert runtime.autocast_dtype(torch.device(device)) == expected
 
 
 def test_float16_step_with_gradient_scaler():
@@ -148,15 +150,15 @@ def small_run_state(monkeypatch, tmp_path):
 
 def test_full_disk_keeps_the_previous_checkpoint(monkeypatch, tmp_path):
     net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
-    network.save_checkpoint('latest.pth', net, optimizer, scaler, 3)
+    checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, 3)
     before = (tmp_path / 'latest.pth').read_bytes()
 
     def full_disk(obj, f):
         f.write(b'partial')
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(torch, 'save', full_disk)
-    with pytest.raises(network.CheckpointError, match=r'could not write .*latest.pth: No space left on device.*intact'):
-        network.save_checkpoint('latest.pth', net, optimizer, scaler, 4)
+    with pytest.raises(checkpoint.CheckpointError, match=r'could not write .*latest.pth: No space left on device.*intact'):
+        checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, 4)
     assert (tmp_path / 'latest.pth').read_bytes() == before
     assert os.listdir(tmp_path) == ['latest.pth']
 
@@ -165,30 +167,30 @@ def test_non_finite_weights_are_never_written(monkeypatch, tmp_path):
     net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
     with torch.no_grad():
         net.fc2.weight[0, 0] = float('nan')
-    with pytest.raises(network.CheckpointError, match='step 7: fc2.weight is not finite; latest.pth was not written'):
-        network.save_checkpoint('latest.pth', net, optimizer, scaler, 7)
+    with pytest.raises(checkpoint.CheckpointError, match='step 7: fc2.weight is not finite; latest.pth was not written'):
+        checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, 7)
     assert os.listdir(tmp_path) == []
 
 
 def test_corrupt_latest_falls_back_to_newest_intact_step(monkeypatch, tmp_path, caplog):
     net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
     for step in (2, 4):
-        network.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
+        checkpoint.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
     (tmp_path / 'latest.pth').write_bytes((tmp_path / 'step_4.pth').read_bytes()[:10000])
-    assert network.resume(net, optimizer, scaler) == 4
+    assert checkpoint.resume(net, optimizer, scaler) == 4
     (tmp_path / 'step_4.pth').write_bytes(b'garbage')
-    assert network.resume(net, optimizer, scaler) == 2
+    assert checkpoint.resume(net, optimizer, scaler) == 2
     for path in glob.glob(str(tmp_path / 'step_*.pth')):
         os.remove(path)
-    with pytest.raises(network.CheckpointError, match=r'latest.pth is truncated or corrupt.*No intact step_<N>.pth.*remove it'):
-        network.resume(net, optimizer, scaler)
+    with pytest.raises(checkpoint.CheckpointError, match=r'latest.pth is truncated or corrupt.*No intact step_<N>.pth.*remove it'):
+        checkpoint.resume(net, optimizer, scaler)
 
 
 def test_untrusted_latest_is_refused_and_not_run(monkeypatch, tmp_path):
     net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
     torch.save({'net': {}, 'payload': Payload()}, tmp_path / 'latest.pth')
-    with pytest.raises(network.CheckpointError, match='latest.pth is not a plain weights file'):
-        network.resume(net, optimizer, scaler)
+    with pytest.raises(checkpoint.CheckpointError, match='latest.pth is not a plain weights file'):
+        checkpoint.resume(net, optimizer, scaler)
     assert not Payload.ran
 
 
@@ -251,7 +253,7 @@ def test_compiled_step_matches_eager_and_saves_plain_names(tmp_path, demo_data):
         experiment = make_experiment(tmp_path / name, demo_data, ITER_MAX=1, **extra)
         result = run_script(experiment, 'train.py')
         assert result.returncode == 0, result.stderr
-        weights[name] = network.load_checkpoint(network.EMANet(21, 50), experiment / 'models' / 'final.pth')['net']
+        weights[name] = checkpoint.load_checkpoint(network.EMANet(21, 50), experiment / 'models' / 'final.pth')['net']
         losses[name] = float(re.search(r'step 1/1 loss (\S+)', result.stderr).group(1))
     assert losses['compiled'] == pytest.approx(losses['eager'], rel=1e-3)
     initial = initial_net().state_dict()
@@ -379,7 +381,7 @@ def test_interrupted_run_ends_with_the_uninterrupted_weights(tmp_path, demo_data
         process.send_signal(signal.SIGKILL if attempt % 2 == 0 else signal.SIGTERM)
         process.wait(timeout=HANG_GUARD)
         for path in glob.glob(str(experiment / 'models' / '*.pth')):
-            network.read_weights(path)  # every checkpoint file is complete
+            checkpoint.read_weights(path)  # every checkpoint file is complete
     process = start_training(experiment, log)
     assert process.wait(timeout=HANG_GUARD) == 0, log.read_text()
     assert log.read_text().count('resumed from') == 4
@@ -415,7 +417,7 @@ def freeze_batch_norm(net, img):
 def ddp_step(out):
     """Two steps on a fixed global batch of 2 images, split across however many processes run this."""
     settings.N_LAYERS, settings.PRETRAINED, settings.BATCH_SIZE, settings.LR = 50, None, 2, 1e-5
-    rank, world, device = network.setup_runtime()
+    rank, world, device = runtime.setup_runtime()
     net = initial_net().double()  # float64: a random net's gradients amplify rounding
     img, label = fixed_global_batch()
     freeze_batch_norm(net, img)

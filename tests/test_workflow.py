@@ -18,7 +18,7 @@ import torch
 from conftest import HANG_GUARD, TWO_PROCESSES, copy_code, make_experiment, run_script
 from test_train import processes_in, start_training, wait_for
 
-import network
+import checkpoint
 import settings
 
 
@@ -141,12 +141,12 @@ def test_a_filesystem_without_posix_locks_is_named_not_taken_for_a_running_run(m
     def no_locks(file, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
     monkeypatch.setattr(fcntl, 'lockf', no_locks)
-    network.lock_model_dir()  # trains unlocked, saying so
+    checkpoint.lock_model_dir()  # trains unlocked, saying so
     assert len(warnings) == 1 and 'does not support POSIX locks' in warnings[0] and 'train.lock' in warnings[0]
     monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path / 'settings.py'))  # a MODEL_DIR that is a file
     (tmp_path / 'settings.py').write_text('')
-    with pytest.raises(network.CheckpointError, match='cannot write .*settings.py/train.lock'):
-        network.lock_model_dir()
+    with pytest.raises(checkpoint.CheckpointError, match='cannot write .*settings.py/train.lock'):
+        checkpoint.lock_model_dir()
 
 
 # ---------------------------------------------------------------- finished runs

@@ -1,0 +1,207 @@
+"""What every script shares to persist: the checkpoint path rule and format, atomic saves, loads with errors that
+name the file, resume, the pretrained backbone, and the one-run-per-folder lock.
+
+A checkpoint is `{'net': state_dict, 'step': N}` (the authors' released files are exactly that) plus, in ours,
+`optimizer`, `scaler` and `settings`. Every load uses `torch.load(weights_only=True)`.
+"""
+import atexit
+import errno
+import fcntl
+import glob
+import os
+import pickle
+import socket
+import time
+import zipfile
+
+import torch
+
+import settings
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weight file that cannot be used; the message says which and why."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A file that is truncated or damaged, as opposed to one for other settings."""
+
+
+def checkpoint_path(name):
+    """An existing file or a name with a folder in it is a path; a bare name is MODEL_DIR/name."""
+    name = os.fspath(name)
+    if os.path.exists(name) or os.path.dirname(name):
+        return name
+    return os.path.join(settings.MODEL_DIR, name)
+
+
+def read_weights(path, what='checkpoint', mmap=False):
+    """torch.load with weights_only=True, turning every failure into a CheckpointError that names the file.
+    mmap: tensors stay in the file until read (torch.save's zip files only), for a quick look at a checkpoint."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{what} {path} does not exist')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):  # an intact torch.save file whose pickle holds code, not only weights
+            raise CheckpointError(f'{what} {path} is not a plain weights file: it needs arbitrary unpickling, '
+                                  f'which is refused so that nothing in it runs') from None
+        raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt (it does not unpickle)') from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt ({str(e).splitlines()[0]})') from None
+
+
+def load_state(module, state, path):
+    """module.load_state_dict(state) with errors that name the file and the first mis-shaped, missing or
+    unexpected key. BN num_batches_tracked counters are optional: older files lack them, and a fixed BN
+    momentum never reads them."""
+    own = module.state_dict()
+    for k, v in state.items():
+        if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape):
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise CheckpointError(f'{path}: key {k} has shape {shape} in the file but '
+                                  f'{tuple(own[k].shape)} in the model (N_CLASSES={settings.N_CLASSES}, '
+                                  f'N_LAYERS={settings.N_LAYERS}, EMA_CHANNELS={settings.EMA_CHANNELS}, '
+                                  f'N_BASES={settings.N_BASES})')
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith('num_batches_tracked')]
+    if missing:
+        raise CheckpointError(f'{path}: missing key {missing[0]} ({len(missing)} missing in all); '
+                              f'is it for another N_LAYERS or EMA_CHANNELS?')
+    if unexpected:
+        raise CheckpointError(f'{path}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected in all); '
+                              f'is it for another N_LAYERS?')
+
+
+def load_checkpoint(net, path, optimizer=None, scaler=None):
+    """Loads a checkpoint `{'net': state_dict, 'step': N, ...}` (the authors' files included) into net, and
+    into optimizer and scaler when given; returns the whole checkpoint dict."""
+    ckpt = read_weights(path)
+    if not isinstance(ckpt, dict) or 'net' not in ckpt:
+        raise CheckpointError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict')
+    load_state(net, ckpt['net'], path)
+    if optimizer is not None:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scaler.load_state_dict(ckpt['scaler'])
+    return ckpt
+
+
+def save_checkpoint(name, net, optimizer, scaler, step):
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} atomically: a temporary
+    file, synced, then renamed over the old one, so a kill at any moment leaves the previous complete file
+    or the new one. Refuses non-finite weights."""
+    state = net.state_dict()
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f'step {step}: {bad} is not finite; {name} was not written')
+    path = checkpoint_path(name)
+    tmp = f'{path}.tmp{os.getpid()}'
+    ckpt = {'net': state, 'step': step, 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+            'settings': settings.effective()}
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CheckpointError(f'could not write {path}: {e.strerror or e}. The previous checkpoint is intact; '
+                              f'free space or fix MODEL_DIR={settings.MODEL_DIR!r}, then rerun to resume') from None
+
+
+def lock_model_dir():
+    """Makes this process the one training run of MODEL_DIR until it exits. The lock is a POSIX lock on
+    MODEL_DIR/train.lock, which the kernel (or the file server) drops when its process dies, however it dies;
+    the file names the holder for the next run's messages. Once it holds the lock it removes the temporary files
+    of saves that a kill interrupted. Raises CheckpointError naming a run that holds it.
+    Where MODEL_DIR's filesystem has no POSIX locks (some NFS or Lustre mounts) it warns and goes on unlocked."""
+    path = os.path.join(settings.MODEL_DIR, 'train.lock')
+    try:
+        lock = open(path, 'a+')
+    except OSError as e:
+        raise CheckpointError(f'cannot write {path}: {e.strerror or e}') from None
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN):  # held
+            lock.seek(0)
+            holder = lock.read().strip() or 'a process that has not written its name yet'
+            lock.close()
+            raise CheckpointError(f'MODEL_DIR={os.path.abspath(settings.MODEL_DIR)!r} belongs to a training run '
+                                  f'that is still going ({holder}); stop it first, or train this experiment '
+                                  f'elsewhere') from None
+        lock.close()  # no lock to be had here (ENOLCK, EOPNOTSUPP, ENOSYS...)
+        settings.logger.warning('cannot lock %s (%s): the filesystem of MODEL_DIR does not support POSIX locks, '
+                                'so nothing stops a second run in this folder; start one at a time',
+                                path, e.strerror or e)
+    else:
+        lock.seek(0)
+        previous = lock.read().strip()
+        if previous:
+            settings.logger.warning('taking over %s from a run that ended without releasing it (%s)', path, previous)
+        lock.truncate(0)
+        lock.write(f'pid {os.getpid()} on {socket.gethostname()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+        lock.flush()
+
+        def release():  # a run that ends, even by an error or a signal, leaves an empty file: nothing to take over
+            lock.truncate(0)
+            lock.close()
+        atexit.register(release)
+    for partial in glob.glob(checkpoint_path('*.pth.tmp*')):  # saves that a kill interrupted: no run owns them now
+        os.remove(partial)
+
+
+def resume(net, optimizer, scaler):
+    """Loads MODEL_DIR/latest.pth into net, optimizer and scaler, or, if it is missing or corrupt, final.pth or
+    the newest intact step_<N>.pth; returns the step it holds, 0 for a fresh run."""
+    latest = checkpoint_path('latest.pth')
+    steps = sorted(glob.glob(checkpoint_path('step_*.pth')), key=lambda p: int(os.path.basename(p)[5:-4]))
+    candidates = [path for path in [latest, checkpoint_path('final.pth')] + steps[::-1] if os.path.exists(path)]
+    if not candidates:
+        return 0
+    if candidates[0] != latest:
+        settings.logger.warning('%s is missing: resuming from the newest other checkpoint', latest)
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(net, path, optimizer, scaler)
+            break
+        except CorruptCheckpointError as e:
+            settings.logger.warning('%s', e)
+        except CheckpointError as e:
+            raise CheckpointError(f'{e}\nMODEL_DIR={settings.MODEL_DIR!r} holds a run with other settings: '
+                                  f'use another MODEL_DIR, or clean.sh to remove it') from None
+    else:
+        raise CorruptCheckpointError(f'{latest} is truncated or corrupt. No intact step_<N>.pth to fall back on: '
+                                     f'remove it to start this experiment from scratch')
+    for name, old in ckpt.get('settings', {}).items():
+        if getattr(settings, name, None) != old:
+            settings.logger.warning('resuming with %s = %r (the checkpoint ran with %r)',
+                                    name, getattr(settings, name, None), old)
+    settings.logger.info('resumed from %s at step %d', path, ckpt['step'])
+    return ckpt['step']
+
+
+def backbone_key(key):
+    """PyTorch-Encoding / timm deep-stem ResNet name → our extractor name."""
+    head, rest = key.split('.', 1)
+    index = {'conv1': 0, 'bn1': 1, 'layer1': 4, 'layer2': 5, 'layer3': 6, 'layer4': 7}.get(head)
+    return key if index is None else f'{index}.{rest}'
+
+
+def load_pretrained(net, path):
+    """Strictly loads an ImageNet deep-stem ResNet (`conv1.0/.1/.3/.4/.6`, `bn1`, `layer1..4`,
+    `fc`) into net.extractor; the ImageNet classifier `fc` is dropped."""
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f'PRETRAINED={path!r} does not exist. Put a deep-stem ImageNet ResNet-{net.n_layers} there '
+            f"(timm's Gluon resnet{net.n_layers}s weights or PyTorch-Encoding's resnet{net.n_layers} "
+            f'file, see README "Pretrained backbones"), or set PRETRAINED = None to train from scratch')
+    state = read_weights(path, 'PRETRAINED file')
+    if not isinstance(state, dict) or 'net' in state:
+        raise CheckpointError(f'PRETRAINED file {path} is not an ImageNet ResNet state_dict '
+                              f'(an EMANet checkpoint goes to eval.py or MODEL_DIR/latest.pth instead)')
+    state = {backbone_key(k): v for k, v in state.items() if not k.startswith('fc.')}
+    load_state(net.extractor, state, path)

@@ -1,0 +1,159 @@
+"""The test-time protocol that eval.py, training's validation and export share: the prediction of one image
+(EVAL_SCALES, EVAL_FLIP, EVAL_WINDOW at EVAL_STRIDE), the confusion matrix and its metrics, and a split's
+evaluation sharded over the torchrun processes.
+
+Single scale by default, the authors' protocol: the padded image (H' × W' = k·stride + 1, as ValDataset pads)
+→ logits at that size → argmax. The paper's multi-scale + flip is EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5,
+1.75) with EVAL_FLIP = True: softmax scores of every scale (and of the mirrored image) are averaged at full
+resolution. EVAL_WINDOW (a size, or (h, w)) runs every scale that is larger than it as overlapping windows of
+that size (a step of 2/3 of the window, the last one flush with the border) whose logits are averaged where
+they overlap: memory stays that of one window, and the net sees crops as large as it was trained on.
+"""
+import math
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import dataset
+import runtime
+import settings
+
+
+def scaled_size(size, scale):
+    """The k·stride + 1 nearest to scale·(size − 1) + 1 (stride: `dataset.output_stride`). For an input of
+    k·stride + 1 pixels this keeps both the corner pixels (align_corners=True) and the output stride's grid
+    aligned, as at scale 1."""
+    stride = dataset.output_stride()
+    return max(1, round(scale * (size - 1) / stride)) * stride + 1
+
+
+def window_size():
+    """EVAL_WINDOW as (h, w), or None: whole images."""
+    window = settings.EVAL_WINDOW
+    if window is None:
+        return None
+    window = (window, window) if isinstance(window, int) else tuple(window)
+    if len(window) != 2 or not all(isinstance(n, int) and n > 0 for n in window):
+        raise ValueError(f'EVAL_WINDOW={settings.EVAL_WINDOW!r}: must be None, a size in pixels or (height, width)')
+    return window
+
+
+def window_starts(size, window):
+    """Offsets of the windows of `window` pixels that slide over `size` pixels: one at 0 when the window covers
+    them; else a step of 2/3 of the window (the usual overlap), rounded down to a multiple of the output stride,
+    the last window flush with the border. With size and window both k·stride + 1 (as ValDataset and
+    scaled_size make the image) every offset is then a multiple of the stride: each window's output grid lies
+    on the whole image's."""
+    if size <= window:
+        return [0]
+    step, stride = max(1, round(2 * window / 3)), dataset.output_stride()
+    if step >= stride:
+        step -= step % stride
+    n = math.ceil((size - window) / step) + 1
+    return [min(i * step, size - window) for i in range(n)]
+
+
+def windows(height, width):
+    """(top, left, bottom, right) of each window that slides over a height × width image: EVAL_WINDOW clipped
+    to the image, positions from `window_starts`; one, the whole image, when EVAL_WINDOW is None or covers it."""
+    window_h, window_w = window_size() or (height, width)
+    window_h, window_w = min(window_h, height), min(window_w, width)
+    return [(top, left, top + window_h, left + window_w)
+            for top in window_starts(height, window_h) for left in window_starts(width, window_w)]
+
+
+def window_logits(net, img, size):
+    """Logits of img (b × 3 × h × w) resized to size → b × classes × size float32: one pass over the whole
+    image, or, where `windows` gives several, the windows' logits summed into an h × w map, divided by how many
+    windows cover each pixel, then resized. Logits rather than softmax scores: the stitched map is the quantity
+    one whole-image pass gives, resized as EMANet resizes its logits, so a net that looks at each pixel alone
+    gives the whole-image result whatever the window; scales and flips are then averaged as softmax scores."""
+    height, width = img.shape[-2:]
+    boxes = windows(height, width)
+    if len(boxes) == 1:
+        return net(img, size=size).float()
+    total, count = None, torch.zeros(height, width, device=img.device)  # count: h × w
+    for top, left, bottom, right in boxes:
+        logits = net(img[..., top:bottom, left:right]).float()  # b × classes × window_h × window_w
+        if total is None:
+            total = logits.new_zeros(*logits.shape[:2], height, width)  # b × classes × h × w
+        total[..., top:bottom, left:right] += logits
+        count[top:bottom, left:right] += 1
+    total /= count
+    return total if total.shape[-2:] == size else \
+        F.interpolate(total, size=size, mode='bilinear', align_corners=True)
+
+
+@torch.inference_mode()
+def predict(net, img):
+    """Class scores of img (b × 3 × H × W, normalised): softmax probabilities averaged over EVAL_SCALES and,
+    with EVAL_FLIP, over the mirrored images too, all at H × W → b × classes × H × W float32. Each scale runs
+    whole or, with EVAL_WINDOW, in windows (`window_logits`)."""
+    height, width = img.shape[-2:]
+    total, count = 0, 0
+    for scale in settings.EVAL_SCALES:
+        size = (scaled_size(height, scale), scaled_size(width, scale))
+        scaled = img if size == (height, width) else \
+            F.interpolate(img, size=size, mode='bilinear', align_corners=True)  # b × 3 × h × w
+        for flip in (False, True) if settings.EVAL_FLIP else (False,):
+            with runtime.autocast(img.device, runtime.autocast_dtype(img.device)):
+                logits = window_logits(net, scaled.flip(-1) if flip else scaled, (height, width))
+            scores = F.softmax(logits, dim=1)  # b × classes × H × W
+            total = total + (scores.flip(-1) if flip else scores)  # mirrored scores back in place
+            count += 1
+    return total / count
+
+
+def confusion_matrix(pred, label):
+    """N_CLASSES × N_CLASSES int64 pixel counts, rows = ground truth, columns = prediction, over the pixels
+    whose label is not IGNORE_LABEL. pred and label: class indices of the same shape."""
+    n = settings.N_CLASSES
+    valid = label != settings.IGNORE_LABEL
+    return torch.bincount(label[valid] * n + pred[valid], minlength=n * n).view(n, n)
+
+
+def mean_or_nan(values):
+    return float(values.mean()) if values.size else math.nan
+
+
+def metrics(confusion):
+    """pAcc, mAcc, fIoU, mIoU (fractions) and per-class IoU (NaN where a class is neither in the ground truth
+    nor predicted) of a confusion matrix with rows = ground truth, columns = prediction."""
+    confusion = np.asarray(confusion, np.float64)
+    hits = np.diag(confusion)
+    truth, predicted, total = confusion.sum(1), confusion.sum(0), confusion.sum()
+    union = truth + predicted - hits
+    seen, defined = truth > 0, union > 0
+    iou = np.full(len(hits), math.nan)
+    iou[defined] = hits[defined] / union[defined]
+    return {'pAcc': float(hits.sum() / total) if total else math.nan,
+            'mAcc': mean_or_nan(hits[seen] / truth[seen]),
+            'fIoU': float((truth[defined] / total * iou[defined]).sum()) if total else math.nan,
+            'mIoU': mean_or_nan(iou[defined]),
+            'IoU': iou.tolist()}
+
+
+def evaluate(net, device, rank, world, n_images=None, each=None):
+    """(confusion matrix of the first n_images of VAL_SPLIT (None: all) summed over all processes, the number
+    of images). This process takes the images rank, rank + world, ...; each(index, image_id, img, pred), if
+    given, is called for each of them (img: 1 × 3 × H' × W' on device, pred: H' × W' class indices)."""
+    val_set = dataset.ValDataset()
+    n_images = len(val_set) if n_images is None else min(n_images, len(val_set))
+    shard = range(rank, n_images, world)
+    confusion = torch.zeros(settings.N_CLASSES, settings.N_CLASSES, dtype=torch.int64, device=device)
+    tic = time.time()
+    for done, index in enumerate(shard, 1):
+        img, label = val_set[index]  # 3 × H' × W', H' × W'
+        img = runtime.to_device(img[None], device)
+        pred = predict(net, img).argmax(dim=1)[0]  # H' × W'
+        confusion += confusion_matrix(pred, label.to(device))
+        if each is not None:
+            each(index, val_set.ids[index], img, pred)
+        if rank == 0:
+            settings.log_progress('images', done, len(shard), tic)
+    if dist.is_initialized():
+        dist.all_reduce(confusion)
+    return confusion.cpu().numpy(), n_images

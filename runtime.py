@@ -1,0 +1,56 @@
+"""What every script shares to run: the entry point that turns a bad setting or file into its message, the
+device and torchrun set-up, mixed precision and the memory layout.
+
+The all-reduce mean lives in network.py (`network.all_reduce_mean`): the bases' moving average is a mean over
+the whole global batch, and network.py imports nothing of the runtime.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+import checkpoint
+import settings
+
+
+def run_script(main):
+    """Runs an entry script's main(): a bad setting, data file or checkpoint ends it with the message that names
+    it, not a traceback."""
+    try:
+        main()
+    except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as error:
+        raise SystemExit(str(error)) from None
+
+
+def setup_runtime():
+    """(rank, world_size, device) from torchrun's environment, or a single process. Under torchrun the
+    process group is NCCL on GPUs, gloo on CPU; rank 0 alone logs."""
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    rank = int(os.environ.get('RANK', 0))
+    device = torch.device(settings.DEVICE or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    if rank:
+        settings.logger.setLevel('ERROR')
+    return rank, world, device
+
+
+def autocast_dtype(device):
+    """bfloat16 where the GPU supports it, else float16 (with a gradient scaler); None: no AMP."""
+    if device.type != 'cuda' or not settings.AMP:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device, dtype):
+    """torch.autocast to dtype on device; dtype None leaves it off."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def to_device(x, device):
+    """A module or a b × 3 × h × w batch on device, channels-last on CUDA when CHANNELS_LAST."""
+    x = x.to(device, non_blocking=True)
+    return x.to(memory_format=torch.channels_last) if device.type == 'cuda' and settings.CHANNELS_LAST else x
