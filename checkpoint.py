@@ -117,7 +117,15 @@ def lock_model_dir():
     MODEL_DIR/train.lock, which the kernel (or the file server) drops when its process dies, however it dies;
     the file names the holder for the next run's messages. Once it holds the lock it removes the temporary files
     of saves that a kill interrupted. Raises CheckpointError naming a run that holds it.
-    Where MODEL_DIR's filesystem has no POSIX locks (some NFS or Lustre mounts) it warns and goes on unlocked."""
+
+    Under torchrun the lock belongs to rank 0, the process that writes checkpoints. A run that ends normally, by
+    an error or by a signal empties the file; a run killed with -9 leaves its name in it, and the next run takes
+    the lock over with a warning that names it. On a shared filesystem the lock holds across machines only
+    where the filesystem supports POSIX locks: NFS does (NFSv3 through its lock manager, NFSv4 natively; not
+    with the `nolock` mount option, which keeps locks local to each machine; when a whole client machine dies,
+    the server frees its locks only when its lease expires or it reboots), and Lustre does when mounted with
+    `flock` (`localflock`: within one node only). Where the filesystem refuses locks altogether (ENOLCK,
+    ENOSYS, EOPNOTSUPP, e.g. Lustre with `noflock`) it warns that nothing stops a second run and goes on."""
     path = os.path.join(settings.MODEL_DIR, 'train.lock')
     try:
         lock = open(path, 'a+')

@@ -55,7 +55,12 @@ def param_groups(net):
 
 
 def poly_lr(step):
-    """LR·(1 − it/ITER_MAX)^POLY_POWER with `it` the last multiple of LR_DECAY not after step."""
+    """LR·(1 − it/ITER_MAX)^POLY_POWER with `it` the last multiple of LR_DECAY not after step.
+
+    Always from the current ITER_MAX: a finished run whose ITER_MAX is raised resumes at step N (the old
+    ITER_MAX) with the learning rate back up at LR·(1 − N/ITER_MAX)^POLY_POWER (30000 → 40000: 9e-3·0.25^0.9 ≈
+    2.6e-3), decaying to 0 again at the new end. That is a warm restart, not the schedule of a run started with
+    the larger ITER_MAX: to compare lengths fairly, train each from scratch in its own folder."""
     it = step - step % settings.LR_DECAY
     return settings.LR * max(0.0, 1 - it / settings.ITER_MAX) ** settings.POLY_POWER
 

@@ -21,7 +21,7 @@ from conftest import HANG_GUARD, ROOT
 DOCS = ('README.md', 'DATASETS.md')
 LAUNCHERS = ('python', 'torchrun', 'bash')
 SEPARATORS = {'&&', '||', ';', '|', '&', '(', ')'}
-REDIRECTS = {'>', '>>', '<', '<<', '2>', '&>'}
+REDIRECTS = {'>', '>>', '<', '<<', '<<-', '>&', '&>'}
 
 HELP_RUNNER = r'''
 import contextlib, io, json, runpy, sys, traceback
@@ -82,7 +82,7 @@ def simple_commands(text):
         if token in SEPARATORS:
             commands.append(current)
             current = []
-        elif token in REDIRECTS or token.endswith(('>', '<')) and set(token) <= set('<>&12'):
+        elif token in REDIRECTS:
             i += 1  # the file it redirects to
         else:
             current.append(token)
@@ -95,9 +95,9 @@ def script_call(command):
     any other command (cd, cp, python -c, python -m pytest, ...)."""
     if command[0] not in LAUNCHERS:
         return None
-    ending = '.sh' if command[0] == 'bash' else '.py'
-    if command[0] == 'python' and not command[1:2] or command[0] == 'python' and not command[1].endswith('.py'):
+    if command[0] == 'python' and not (command[1:] and command[1].endswith('.py')):
         return None
+    ending = '.sh' if command[0] == 'bash' else '.py'
     for i, token in enumerate(command[1:], 1):
         if token.endswith(ending):
             return token, [arg.strip('[]') for arg in command[i + 1:]]
@@ -160,7 +160,8 @@ def usage(helps, key):
     return set(re.findall(r'--[A-Za-z0-9][\w-]*', lines)), set(subcommands[0].split(',') if subcommands else ())
 
 
-@pytest.mark.parametrize('where, script, args, line', CALLS, ids=[f'{where} {os.path.basename(script or "?")}' for where, script, _, _ in CALLS])
+@pytest.mark.parametrize('where, script, args, line', CALLS,
+                         ids=[f'{where} {os.path.basename(script or "?")}' for where, script, _, _ in CALLS])
 def test_documented_command_names_a_script_and_options_it_accepts(where, script, args, line, helps):
     assert script is not None, f'{where}: `{line}` is not a shell line: {args[0]}'
     name = os.path.basename(script)
@@ -192,8 +193,14 @@ def slug(heading):
 
 
 def anchors(path):
+    """The anchors of a Markdown file's headings (a `# comment` in a code block is none)."""
+    found, fenced = set(), False
     with open(path, encoding='utf-8') as f:
-        return {slug(line.lstrip('#')) for line in f if re.match(r'#{1,6} ', line)}
+        for line in f:
+            fenced ^= line.startswith('```')
+            if not fenced and re.match(r'#{1,6} ', line):
+                found.add(slug(line.lstrip('#')))
+    return found
 
 
 @pytest.mark.parametrize('doc', DOCS)
