@@ -37,6 +37,9 @@ EM_MOM = 0.9                    # moving-average momentum of the bases; 1.0 neve
 EM_NORM = 'l2'                  # 'l2' normalises bases after each iteration (published); 'none' for the ablation
 EM_GRAD = False                 # True back-propagates through the last EM iteration (reported slightly worse)
 PRETRAINED = './models/resnet101s.pth'  # deep-stem ImageNet backbone for N_LAYERS; None trains from scratch
+INIT_FROM = None                # a whole-network checkpoint (e.g. '../exp_coco/models/final.pth') that starts a
+                                # run whose MODEL_DIR has none of its own; fresh optimizer and schedule; needs
+                                # PRETRAINED = None
 
 # loss
 LOSS = 'ce'                     # 'ce': the authors' per-image mean; 'ohem': hard pixels only (their Cityscapes result)
