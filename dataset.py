@@ -29,6 +29,11 @@ CITYSCAPES_CLASSES = (
     'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
     'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
 )
+# the regular labelId of each of the 19 trainIds, in trainId order (the same labels.py): prepare.py maps them to
+# trainIds, every other id to IGNORE_LABEL (the void ones 0-6, those not evaluated: 9 parking, 10 rail track, 14
+# guard rail, 15 bridge, 16 tunnel, 18 polegroup, 29 caravan, 30 trailer, and -1 license plate); the test server
+# takes predictions back in labelIds
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 CITYSCAPES_PALETTE = (
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153), (250, 170, 30),
     (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142),
@@ -137,6 +142,9 @@ DATASETS = {
 }
 
 
+TEST_SPLIT = 'test'  # the split of images only, as the benchmark servers' test sets are: nothing to score
+
+
 def drops_background():
     """Whether N_CLASSES leaves out the optional background class 0 of settings.DATASET (Context's 59)."""
     info = DATASETS.get(settings.DATASET, {})
@@ -198,12 +206,13 @@ def denormalise(img):
     return ((img * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0)
 
 
-def save_label_png(label, path):
-    """Writes H × W class indices as a palette PNG in the current dataset's colours, atomically (write, then
-    rename), making its folder if needed (ids may hold sub-folders)."""
+def save_label_png(label, path, grey=False):
+    """Writes H × W class indices as a palette PNG in the current dataset's colours (grey: a plain 8-bit 'L' PNG),
+    atomically (write, then rename), making its folder if needed (ids may hold sub-folders)."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     image = Image.fromarray(np.asarray(label, np.uint8))
-    image.putpalette(palette())
+    if not grey:
+        image.putpalette(palette())
     image.save(path + '.tmp', format='PNG')
     os.replace(path + '.tmp', path)
 
@@ -461,24 +470,32 @@ class TrainDataset(torch.utils.data.Dataset):
 
 class ValDataset(torch.utils.data.Dataset):
     """Whole validation samples: (3 × H' × W' float32 image, H' × W' int64 label), padded bottom/right with 0 and
-    IGNORE_LABEL to H' = stride_size(H), W' = stride_size(W)."""
+    IGNORE_LABEL to H' = stride_size(H), W' = stride_size(W). The TEST_SPLIT has images only: its labels are
+    IGNORE_LABEL everywhere, so evaluation predicts (eval.py --submit) and scores nothing."""
 
     def __init__(self, data_root=None, split=None):
         self.data_root, self.ids = open_split(data_root, split, 'VAL_SPLIT')
+        self.labelled = (settings.VAL_SPLIT if split is None else split) != TEST_SPLIT
 
     def __len__(self):
         return len(self.ids)
 
     def __getitem__(self, index):
-        image, label = load_sample(self.ids[index], self.data_root)
+        if self.labelled:
+            image, label = load_sample(self.ids[index], self.data_root)
+        else:
+            image = read_image(image_path(self.ids[index], self.data_root))
+            label = np.full((image.height, image.width), settings.IGNORE_LABEL, np.uint8)
         height, width = label.shape
         return to_tensors(image, label, stride_size(height), stride_size(width))
 
 
 # ---------------------------------------------------------------- check
 
-def check_sample(image_id, data_root):
-    """Every problem of one id's image and label, as messages naming the file."""
+def check_sample(job):
+    """Every problem of one id's image and, if it is labelled, its label, as messages naming the file.
+    job = (image_id, labelled, data_root)."""
+    image_id, labelled, data_root = job
     problems, image, label = [], None, None
     path = label_path(image_id, data_root)
     try:
@@ -486,7 +503,7 @@ def check_sample(image_id, data_root):
     except (FileNotFoundError, ValueError) as error:
         problems.append(str(error))
     try:
-        label = read_label(path)
+        label = read_label(path) if labelled else None
     except (FileNotFoundError, ValueError) as error:
         problems.append(str(error))
     if image is not None and label is not None:
@@ -499,7 +516,7 @@ def check_sample(image_id, data_root):
 
 def check():
     """Verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT; logs counts and every problem, returns the problems."""
-    problems, ids = [], set()
+    problems, labelled = [], {}  # id → whether a split with labels lists it
     for setting in ('TRAIN_SPLIT', 'VAL_SPLIT'):
         try:
             _, split_ids = open_split(None, None, setting)
@@ -508,14 +525,15 @@ def check():
                 problems.append(str(error))
             continue
         settings.logger.info('check: %s = %r: %d ids', setting, getattr(settings, setting), len(split_ids))
-        ids.update(split_ids)
-    check_one = functools.partial(check_sample, data_root=settings.DATA_ROOT)
+        for image_id in split_ids:
+            labelled[image_id] = labelled.get(image_id, False) or getattr(settings, setting) != TEST_SPLIT
+    jobs = [(image_id, labelled[image_id], settings.DATA_ROOT) for image_id in sorted(labelled)]  # in id order
     tic = time.time()
     with multiprocessing.Pool() as pool:
-        for done, found in enumerate(pool.imap(check_one, sorted(ids), chunksize=16), 1):  # in id order
+        for done, found in enumerate(pool.imap(check_sample, jobs, chunksize=16), 1):
             problems += found
-            settings.log_progress('check: images', done, len(ids), tic)
+            settings.log_progress('check: images', done, len(jobs), tic)
     for problem in problems:
         settings.logger.error('check: %s', problem)
-    settings.logger.info('check: %d images, %d problems in %s', len(ids), len(problems), settings.DATA_ROOT)
+    settings.logger.info('check: %d images, %d problems in %s', len(jobs), len(problems), settings.DATA_ROOT)
     return problems

@@ -2,14 +2,17 @@
 
     python prepare.py voc --voc data/VOC2012 --sbd data/benchmark_RELEASE/dataset
         builds SegmentationClassAug/ and ImageSets/SegmentationAug/ inside the VOC2012 folder, which then
-        is DATA_ROOT (train 1464, val 1449, trainval 2913, trainaug 10582 ids on the real data)
+        is DATA_ROOT (train 1464, val 1449, trainval 2913, trainaug 10582 ids on the real data); with
+        VOC2012test.tar unpacked into the same folder, also the test list (1456 images, no labels)
     python prepare.py cityscapes --root data/cityscapes
         writes gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png (the 19 trainIds of cityscapesScripts,
         every other id IGNORE_LABEL) and lists/{train,val}.txt (2975, 500 ids) into the folder holding
-        leftImg8bit/ and gtFine/, which then is DATA_ROOT; ids look like train/aachen/aachen_000000_000019
+        leftImg8bit/ and gtFine/, which then is DATA_ROOT; ids look like train/aachen/aachen_000000_000019;
+        with leftImg8bit/test/ there, also lists/test.txt (1525 images, no labels)
     python prepare.py ade20k --root data/ADEChallengeData2016
         writes labels/{training,validation}/ beside annotations/ (class k → k - 1, 0 'other' → IGNORE_LABEL) and
-        lists/{train,val}.txt (20210, 2000 ids); the folder is DATA_ROOT
+        lists/{train,val}.txt (20210, 2000 ids); the folder is DATA_ROOT; with release_test.zip unpacked into
+        it or beside it, also lists/test.txt (release_test/testing/: 3352 images, no labels)
     python prepare.py cocostuff --root data/cocostuff
         the 10k release (images/, annotations/*.mat, imageLists/) or the 164k one (images/train2017/, val2017/
         and the stuffthingmaps PNGs in annotations/ or stuffthingmaps_trainval2017/): writes labels/ in the 171
@@ -83,17 +86,24 @@ def found_sources(read, base, folders, suffix):
     ('train/aachen/aachen_000000_000019'), whose label is read(file). A split without any stops the command."""
     sources, lists = {}, {}
     for split, folder in folders.items():
-        found = {}
-        for directory, _, names in os.walk(os.path.join(base, folder)):
-            for name in names:
-                if name.endswith(suffix):
-                    image_id = os.path.relpath(os.path.join(directory, name[:-len(suffix)]), base)
-                    found[image_id.replace(os.sep, '/')] = (read, os.path.join(directory, name))
-        if not found:
-            raise SystemExit(f'prepare: no *{suffix} file below {os.path.join(base, folder)}')
+        found = found_files(base, folder, suffix)
         lists[split] = sorted(found)
-        sources.update(found)
+        sources.update({image_id: (read, path) for image_id, path in found.items()})
     return sources, lists
+
+
+def found_files(base, folder, suffix):
+    """{id: file} of every file <stem><suffix> in base/folder or deeper, id its path from base less the suffix;
+    none stops the command."""
+    found = {}
+    for directory, _, names in os.walk(os.path.join(base, folder)):
+        for name in names:
+            if name.endswith(suffix):
+                image_id = os.path.relpath(os.path.join(directory, name[:-len(suffix)]), base)
+                found[image_id.replace(os.sep, '/')] = os.path.join(directory, name)
+    if not found:
+        raise SystemExit(f'prepare: no *{suffix} file below {os.path.join(base, folder)}')
+    return found
 
 
 def listed_sources(read, lists, folder, extension, lists_dir):
@@ -223,18 +233,16 @@ def prepare_voc(voc_dir, sbd_dir):
     lists = {'train': sorted(voc['train']), 'val': sorted(voc['val']), 'trainval': sorted(voc['trainval']),
              'trainaug': sorted((voc['train'] | sbd['train'] | sbd['val']) - voc['val'])}
     sources = label_sources(sorted(set(lists['trainaug']) | set(lists['val'])), voc_dir, sbd_dir)
+    test_list = os.path.join(voc_dir, 'ImageSets', 'Segmentation', 'test.txt')
+    if os.path.exists(test_list):  # VOC2012test.tar unpacked into the same folder: images only
+        lists['test'] = sorted(dataset.read_list(test_list))
+        require(*(dataset.image_path(image_id, voc_dir) for image_id in lists['test']))
     from_voc = sum(read is dataset.read_label for read, _ in sources.values())
     settings.logger.info('prepare: labels: %d from VOC, %d from SBD', from_voc, len(sources) - from_voc)
     write_dataset(voc_dir, sources, lists)
 
 
 # ---------------------------------------------------------------- cityscapes
-
-# the labelId of each of the 19 trainIds, in trainId order (cityscapesScripts, cityscapesscripts/helpers/
-# labels.py); every other id is IGNORE_LABEL: the void ones (0-6), those not evaluated (9 parking, 10 rail track,
-# 14 guard rail, 15 bridge, 16 tunnel, 18 polegroup, 29 caravan, 30 trailer) and -1 license plate
-CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-
 
 @as_dataset('cityscapes')
 def prepare_cityscapes(root):
@@ -244,10 +252,13 @@ def prepare_cityscapes(root):
     require(root, *(os.path.join(root, folder) for folder in ('gtFine', 'leftImg8bit')),
             *(os.path.join(root, 'gtFine', split) for split in splits))
     lut = np.full(256, settings.IGNORE_LABEL, np.int16)
-    lut[list(CITYSCAPES_LABEL_IDS)] = np.arange(len(CITYSCAPES_LABEL_IDS))
+    lut[list(dataset.CITYSCAPES_LABEL_IDS)] = np.arange(len(dataset.CITYSCAPES_LABEL_IDS))
     read = functools.partial(read_mapped, dataset.read_label, lut)
-    write_dataset(root, *found_sources(read, os.path.join(root, 'gtFine'), {split: split for split in splits},
-                                       '_gtFine_labelIds.png'))
+    sources, lists = found_sources(read, os.path.join(root, 'gtFine'), {split: split for split in splits},
+                                   '_gtFine_labelIds.png')
+    if os.path.isdir(os.path.join(root, 'leftImg8bit', 'test')):  # images only
+        lists['test'] = sorted(found_files(os.path.join(root, 'leftImg8bit'), 'test', '_leftImg8bit.png'))
+    write_dataset(root, sources, lists)
 
 
 # ---------------------------------------------------------------- ade20k
@@ -263,7 +274,15 @@ def prepare_ade20k(root):
     lut[0] = settings.IGNORE_LABEL
     lut[1:n_classes + 1] = np.arange(n_classes)
     read = functools.partial(read_mapped, dataset.read_label, lut)
-    write_dataset(root, *found_sources(read, os.path.join(root, 'annotations'), splits, '.png'))
+    sources, lists = found_sources(read, os.path.join(root, 'annotations'), splits, '.png')
+    # release_test.zip unpacked into root or beside it: images only, ids like ../release_test/testing/ADE_test_00000001
+    for test_dir in (os.path.join(root, 'release_test'), os.path.join(os.path.dirname(os.path.abspath(root)),
+                                                                       'release_test')):
+        if os.path.isdir(os.path.join(test_dir, 'testing')):
+            images = os.path.relpath(os.path.join(test_dir, 'testing'), os.path.join(root, 'images'))
+            lists['test'] = sorted(found_files(os.path.join(root, 'images'), images, '.jpg'))
+            break
+    write_dataset(root, sources, lists)
 
 
 # ---------------------------------------------------------------- cocostuff
