@@ -119,6 +119,19 @@ CONTEXT_CLASSES = (
     'water', 'window', 'wood',
 )
 
+# COCO panoptic (the EMANet detectron2 port's 'coco_2017_*_panoptic_stuffonly'): 0 every thing, then the 53 stuff
+# categories in the order of the panoptic JSON's categories (cocodataset/panopticapi, panoptic_coco_categories.json,
+# isthing 0, ids 92..200)
+COCO_PANOPTIC_CLASSES = (
+    'things', 'banner', 'blanket', 'bridge', 'cardboard', 'counter', 'curtain', 'door-stuff', 'floor-wood', 'flower',
+    'fruit', 'gravel', 'house', 'light', 'mirror-stuff', 'net', 'pillow', 'platform', 'playingfield', 'railroad',
+    'river', 'road', 'roof', 'sand', 'sea', 'shelf', 'snow', 'stairs', 'tent', 'towel', 'wall-brick', 'wall-stone',
+    'wall-tile', 'wall-wood', 'water-other', 'window-blind', 'window-other', 'tree-merged', 'fence-merged',
+    'ceiling-merged', 'sky-other-merged', 'cabinet-merged', 'table-merged', 'floor-other-merged', 'pavement-merged',
+    'mountain-merged', 'grass-merged', 'dirt-merged', 'paper-merged', 'food-other-merged', 'building-other-merged',
+    'rock-merged', 'wall-other-merged', 'rug-merged',
+)
+
 # name → classes (names in label order), palette (RGB per class; None: the VOC colour map), the paths, relative
 # to DATA_ROOT, of an id's image and label and of a split's list, and background_optional: class 0 is a
 # background that N_CLASSES = len(classes) - 1 ignores (labels are read with 0 → IGNORE_LABEL, k → k - 1)
@@ -135,6 +148,12 @@ DATASETS = {
     # ids like COCO_train2014_000000000077 (10k release) or train2017/000000000139 (164k release)
     'cocostuff': dict(classes=COCOSTUFF_CLASSES, palette=None, image='images/{}.jpg', label='labels/{}.png',
                       list='lists/{}.txt'),
+    # DATA_ROOT is the COCO folder; ids like train2017/000000000139 or images/train2017/000000000139; each COCO
+    # dataset has its own labels and lists, so they can share the folder (and the images) with COCO-Stuff 164k
+    'coco_voc': dict(classes=VOC_CLASSES, palette=None, image='{}.jpg', label='voc_labels/{}.png',
+                     list='voc_lists/{}.txt'),
+    'coco_panoptic': dict(classes=COCO_PANOPTIC_CLASSES, palette=None, image='{}.jpg', label='panoptic_labels/{}.png',
+                          list='panoptic_lists/{}.txt'),
     # DATA_ROOT is VOC2010; ids like 2008_000002
     'context': dict(classes=CONTEXT_CLASSES, palette=None, image='JPEGImages/{}.jpg',
                     label='SegmentationClassContext/{}.png', list='ImageSets/SegmentationContext/{}.txt',
@@ -514,6 +533,13 @@ def check_sample(job):
     return problems
 
 
+def worker_pool():
+    """A multiprocessing.Pool whose workers hold this process's settings, however they start: under forkserver
+    (Python 3.14's default on Linux) or spawn (macOS) a worker imports settings.py afresh and would miss what this
+    process set since (prepare.py's dataset switch: its labels would be checked against VOC's classes)."""
+    return multiprocessing.Pool(initializer=settings.assign, initargs=(settings.effective(),))
+
+
 def check():
     """Verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT; logs counts and every problem, returns the problems."""
     problems, labelled = [], {}  # id → whether a split with labels lists it
@@ -529,7 +555,7 @@ def check():
             labelled[image_id] = labelled.get(image_id, False) or getattr(settings, setting) != TEST_SPLIT
     jobs = [(image_id, labelled[image_id], settings.DATA_ROOT) for image_id in sorted(labelled)]  # in id order
     tic = time.time()
-    with multiprocessing.Pool() as pool:
+    with worker_pool() as pool:
         for done, found in enumerate(pool.imap(check_sample, jobs, chunksize=16), 1):
             problems += found
             settings.log_progress('check: images', done, len(jobs), tic)

@@ -1,6 +1,7 @@
 """The test-server path: INIT_FROM (staged training), COCO in VOC's classes and the panoptic port's COCO, the test
 splits, and eval.py --submit's files in each benchmark server's format."""
 import fnmatch
+import json
 import os
 import tarfile
 
@@ -210,3 +211,151 @@ def test_submit_without_a_server_names_those_with_one(tmp_path, servers):
     assert result.returncode == 1
     assert "--submit: DATASET='context' has no benchmark server; those that have one: voc, cityscapes, ade20k" in result.stderr
     assert not os.path.exists(experiment / 'submit')
+
+
+# ---------------------------------------------------------------- coco-voc
+
+# COCO category id → VOC class, written out here (PyTorch-Encoding's table); 8 truck and 10 traffic light are none
+COCO_TO_VOC = {1: 15, 2: 2, 3: 7, 4: 14, 5: 1, 6: 6, 7: 19, 9: 4, 16: 3, 17: 8, 18: 12, 19: 13, 20: 17, 21: 10, 44: 5,
+               62: 9, 63: 18, 64: 16, 67: 11, 72: 20}
+
+
+def box(height, width, top, left, bottom, right):
+    mask = np.zeros((height, width), bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def uncompressed_rle(mask):
+    """COCO's uncompressed RLE of a mask, written here: run lengths in column-major order, starting with 0s."""
+    flat = mask.flatten(order='F').astype(int)
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+    return {'size': list(mask.shape), 'counts': ([0] if flat[0] else []) + runs}
+
+
+def compressed_rle(mask):
+    from pycocotools import mask as coco_mask
+    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {'size': rle['size'], 'counts': rle['counts'].decode()}
+
+
+def coco_instances_miniature(root, images_folder):
+    """instances_{train,val}2017.json and the images: a polygon, uncompressed RLE (a crowd), compressed RLE,
+    overlaps, non-VOC categories, an image of exactly 1000 VOC pixels and one of none. Returns {id: expected label}
+    for the images that must be kept, painted here by the rule: annotation order, the first VOC instance keeps a
+    pixel, other categories paint nothing."""
+    from pycocotools import mask as coco_mask
+    height, width = 40, 50
+    polygon = [[5.0, 5.0, 30.0, 5.0, 30.0, 25.0, 5.0, 25.0]]  # a rectangle, rasterised by pycocotools
+    polygon_mask = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygon, height, width))).astype(bool)
+    crowd = box(height, width, 15, 20, 40, 50)
+    dog = box(height, width, 0, 35, 40, 50)
+    truck = box(height, width, 30, 0, 40, 20)
+    small = box(height, width, 0, 0, 20, 50)  # exactly 1000 pixels: not more than 1000, dropped
+    annotations = {  # image id → [(category, segmentation, iscrowd, mask)] in annotation order
+        1: [(8, compressed_rle(truck), 0, truck),       # truck: no VOC class, paints nothing, blocks nothing
+            (1, polygon, 0, polygon_mask),               # person, first: keeps its pixels
+            (3, uncompressed_rle(crowd), 1, crowd),       # a crowd of cars: painted where person is not
+            (18, compressed_rle(dog), 0, dog),            # dog, last: only where neither is
+            (20, compressed_rle(truck), 0, truck)],       # sheep over the truck's pixels
+        2: [(72, compressed_rle(small), 0, small)],
+        3: [(10, compressed_rle(dog), 0, dog)],
+        4: [(72, polygon, 0, polygon_mask), (44, uncompressed_rle(dog), 0, dog)],
+    }
+    splits = {'train2017': (1, 2, 3), 'val2017': (4,)}
+    os.makedirs(root / 'annotations')
+    expected, number = {}, 0
+    for folder, image_ids in splits.items():
+        coco = {'images': [], 'annotations': [], 'categories': [{'id': c, 'name': str(c)} for c in range(1, 91)]}
+        for image_id in image_ids:
+            name = f'{image_id:012d}.jpg'
+            os.makedirs(root / images_folder / folder, exist_ok=True)
+            write_jpeg(np.full((height, width, 3), 9 * image_id, np.uint8), str(root / images_folder / folder / name))
+            coco['images'].append({'id': image_id, 'file_name': name, 'height': height, 'width': width})
+            label = np.zeros((height, width), np.uint8)
+            for category, segmentation, crowd, mask in annotations[image_id]:
+                number += 1
+                coco['annotations'].append({'id': number, 'image_id': image_id, 'category_id': category,
+                                            'segmentation': segmentation, 'iscrowd': crowd})
+                if category in COCO_TO_VOC:
+                    label[mask & (label == 0)] = COCO_TO_VOC[category]
+            if np.count_nonzero(label) > 1000:
+                expected[os.path.normpath(os.path.join(images_folder, folder, f'{image_id:012d}'))] = label
+        with open(root / 'annotations' / f'instances_{folder}.json', 'w') as f:
+            json.dump(coco, f)
+    return expected
+
+
+@pytest.mark.parametrize('images_folder', ['.', 'images'])
+def test_coco_voc_paints_voc_classes_by_the_rule(tmp_path, monkeypatch, images_folder):
+    root = tmp_path / 'coco'
+    expected = coco_instances_miniature(root, images_folder)
+    prefix = '' if images_folder == '.' else 'images/'
+    assert sorted(expected) == [prefix + 'train2017/000000000001', prefix + 'val2017/000000000004']
+    prepare.prepare_coco_voc(str(root))
+    assert (root / 'voc_lists' / 'train.txt').read_text().split() == [prefix + 'train2017/000000000001']
+    assert (root / 'voc_lists' / 'val.txt').read_text().split() == [prefix + 'val2017/000000000004']
+    for image_id, label in expected.items():
+        path = root / 'voc_labels' / f'{image_id}.png'
+        np.testing.assert_array_equal(dataset.read_label(str(path)), label)
+        assert Image.open(path).getpalette()[:6] == [0, 0, 0, 128, 0, 0]  # VOC's colours
+    assert set(np.unique(expected[prefix + 'train2017/000000000001']).tolist()) == {0, 7, 12, 15, 17}
+    for setting, value in dict(DATASET='coco_voc', N_CLASSES=21, DATA_ROOT=str(root), TRAIN_SPLIT='train').items():
+        monkeypatch.setattr(settings, setting, value)
+    assert dataset.check() == []
+    written = {path: path.stat().st_mtime_ns for path in root.rglob('voc_labels/**/*.png')}
+    prepare.prepare_coco_voc(str(root))  # again: every label is already right
+    assert {path: path.stat().st_mtime_ns for path in root.rglob('voc_labels/**/*.png')} == written
+
+
+# ---------------------------------------------------------------- coco-panoptic
+
+# the panoptic JSON's categories as COCO 2017 has them (panopticapi's panoptic_coco_categories.json): two of the
+# things, then the 53 stuff ids in the JSON's order
+PANOPTIC_STUFF_IDS = (92, 93, 95, 100, 107, 109, 112, 118, 119, 122, 125, 128, 130, 133, 138, 141, 144, 145, 147, 148,
+                      149, 151, 154, 155, 156, 159, 161, 166, 168, 171, 175, 176, 177, 178, 180, 181, 184, 185, 186,
+                      187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200)
+# category id → class, written out here: things 0, banner 1, road 21, tree-merged 37, rug-merged 53
+PANOPTIC_CLASSES = {1: 0, 3: 0, 92: 1, 149: 21, 184: 37, 200: 53}
+
+
+def test_coco_panoptic_maps_segments_to_things_and_stuff(tmp_path, monkeypatch):
+    root = tmp_path / 'coco'
+    categories = [{'id': 1, 'name': 'person', 'isthing': 1}, {'id': 3, 'name': 'car', 'isthing': 1}]
+    categories += [{'id': c, 'name': name, 'isthing': 0}
+                   for c, name in zip(PANOPTIC_STUFF_IDS, dataset.COCO_PANOPTIC_CLASSES[1:])]
+    height, width = 30, 40
+    expected = {}
+    for folder, image_id in (('train2017', 139), ('val2017', 285)):
+        # segments: id → category; ids use all three channels (R + 256·G + 256²·B)
+        segments = {1: 1, 2 + 256 * 1: 3, 7 + 256 * 3 + 65536 * 2: 92, 300: 149, 65536 * 255: 184,
+                    5 + 65536: 200, 9: 1}
+        ids = np.resize(np.array([0] + list(segments), np.uint32), (height, width))
+        ids = np.roll(ids, image_id % 7)
+        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], 2).astype(np.uint8)
+        os.makedirs(root / 'annotations' / f'panoptic_{folder}', exist_ok=True)
+        Image.fromarray(rgb).save(root / 'annotations' / f'panoptic_{folder}' / f'{image_id:012d}.png')
+        os.makedirs(root / folder, exist_ok=True)
+        write_jpeg(np.zeros((height, width, 3), np.uint8), str(root / folder / f'{image_id:012d}.jpg'))
+        coco = {'images': [{'id': image_id, 'file_name': f'{image_id:012d}.jpg', 'height': height, 'width': width}],
+                'annotations': [{'image_id': image_id, 'file_name': f'{image_id:012d}.png', 'segments_info': [
+                    {'id': s, 'category_id': c, 'iscrowd': int(s == 9)} for s, c in segments.items()]}],
+                'categories': categories}
+        with open(root / 'annotations' / f'panoptic_{folder}.json', 'w') as f:
+            json.dump(coco, f)
+        lut = {0: 255, **{s: PANOPTIC_CLASSES[c] for s, c in segments.items()}}
+        expected[f'{folder}/{image_id:012d}'] = np.vectorize(lut.__getitem__)(ids)
+    prepare.prepare_coco_panoptic(str(root))
+    assert (root / 'panoptic_lists' / 'train.txt').read_text().split() == ['train2017/000000000139']
+    assert (root / 'panoptic_lists' / 'val.txt').read_text().split() == ['val2017/000000000285']
+    for image_id, label in expected.items():
+        np.testing.assert_array_equal(dataset.read_label(str(root / 'panoptic_labels' / f'{image_id}.png')), label)
+    for setting, value in dict(DATASET='coco_panoptic', N_CLASSES=54, DATA_ROOT=str(root), TRAIN_SPLIT='train').items():
+        monkeypatch.setattr(settings, setting, value)
+    assert dataset.check() == []
+    # a segment id that segments_info lacks is named with its file
+    rgb[0, 0] = (4, 0, 0)
+    Image.fromarray(rgb).save(root / 'annotations' / 'panoptic_val2017' / '000000000285.png')
+    with pytest.raises(SystemExit, match='000000000285.png has segment id 4, which its segments_info lacks'):
+        prepare.prepare_coco_panoptic(str(root))
