@@ -422,8 +422,11 @@ def coco_voc_sources(root, split, folder):
             source = f'{path} (image {image["id"]})'
             reads[coco_id(root, images, image['file_name'])] = (
                 functools.partial(paint_instances, image['height'], image['width'], instances[image['id']]), source)
-    with dataset.worker_pool() as pool:  # the labels are painted again when written: the rule needs them first
-        counts = pool.map(foreground_pixels, list(reads.values()), chunksize=32)
+    try:
+        with dataset.worker_pool() as pool:  # the labels are painted again when written: the rule needs them first
+            counts = pool.map(foreground_pixels, list(reads.values()), chunksize=32)
+    except ValueError as error:
+        raise SystemExit(f'prepare: {error}') from None
     kept = {image_id: job for (image_id, job), count in zip(reads.items(), counts) if count > COCO_VOC_MIN_PIXELS}
     settings.logger.info('prepare: %s: %d images, %d with a VOC class, %d with more than %d pixels of them', split,
                          len(coco['images']), len(reads), len(kept), COCO_VOC_MIN_PIXELS)

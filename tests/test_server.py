@@ -205,6 +205,16 @@ def test_ade20k_test_submission_has_classes_plus_one(tmp_path, servers):
     assert len(values) > 1
 
 
+def test_voc_comp5_files_and_archive(monkeypatch, tmp_path):
+    """--comp 5 (VOC data only): the same layout under comp5_test_cls, in the archive too."""
+    monkeypatch.setattr(settings, 'DATASET', 'voc')
+    path = eval_script.submission_file('2008_000001', str(tmp_path), 5)
+    assert path == str(tmp_path / 'results' / 'VOC2012' / 'Segmentation' / 'comp5_test_cls' / '2008_000001.png')
+    eval_script.save_submission(np.full((4, 6), 20, np.uint8), path)
+    with tarfile.open(eval_script.write_archive(str(tmp_path), 5)) as archive:
+        assert archive.getnames()[-1] == 'results/VOC2012/Segmentation/comp5_test_cls/2008_000001.png'
+
+
 def test_submit_without_a_server_names_those_with_one(monkeypatch, tmp_path):
     monkeypatch.setattr(settings, 'DATASET', 'context')
     monkeypatch.setattr(sys, 'argv', ['eval.py', 'final.pth', '--submit', str(tmp_path / 'submit')])
@@ -308,6 +318,21 @@ def test_coco_voc_paints_voc_classes_by_the_rule(tmp_path, monkeypatch, images_f
     written = {path: path.stat().st_mtime_ns for path in root.rglob('voc_labels/**/*.png')}
     prepare.prepare_coco_voc(str(root))  # again: every label is already right
     assert {path: path.stat().st_mtime_ns for path in root.rglob('voc_labels/**/*.png')} == written
+
+
+def test_coco_voc_errors_name_the_file(tmp_path):
+    root = tmp_path / 'coco'
+    coco_instances_miniature(root, '.')
+    os.remove(root / 'val2017' / '000000000004.jpg')
+    with pytest.raises(SystemExit, match=r'missing image: .*val2017/000000000004.jpg'):
+        prepare.prepare_coco_voc(str(root))
+    path = root / 'annotations' / 'instances_train2017.json'
+    coco = json.loads(path.read_text())
+    coco['annotations'][1]['segmentation'] = compressed_rle(np.ones((10, 10), bool))  # not its image's size
+    path.write_text(json.dumps(coco))
+    with pytest.raises(SystemExit, match=r'instances_train2017.json \(image 1\): a segmentation of category 1 is '
+                                         r'10×10, its image 50×40'):
+        prepare.prepare_coco_voc(str(root))
 
 
 # ---------------------------------------------------------------- coco-panoptic
