@@ -126,6 +126,14 @@ def test_prepare_lists_the_test_splits(servers):
         assert f.read().split() == [f'../../release_test/testing/ADE_test_{index:08d}' for index in (1, 2)]
 
 
+def test_ade20k_test_release_inside_the_folder(tmp_path):
+    root = tmp_path / 'ADEChallengeData2016'
+    ade20k_miniature(root)
+    write_image(str(root / 'release_test' / 'testing' / 'ADE_test_00000007.jpg'), 7)
+    prepare.prepare_ade20k(str(root))
+    assert (root / 'lists' / 'test.txt').read_text().split() == ['../release_test/testing/ADE_test_00000007']
+
+
 def submit(tmp_path, servers, name, split, *launcher):
     """eval.py --submit (and --save-pred, the masks to compare with) of the checkpoint for name on split;
     returns (the CompletedProcess, the submission folder, the --save-pred folder)."""
