@@ -354,6 +354,7 @@ COCO_VOC_MIN_PIXELS = 1000  # an image is kept only with more non-background pix
 
 
 def read_json(path):
+    """The parsed JSON file at path; a missing or unreadable one stops the command, naming it."""
     require(path)
     try:
         with open(path) as f:
