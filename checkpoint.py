@@ -192,6 +192,17 @@ def resume(net, optimizer, scaler):
     return ckpt['step']
 
 
+def init_from(net, path):
+    """Starts net from the whole network of another run's checkpoint, or the authors' `{'net', 'step'}` file:
+    weights, BatchNorm statistics and the bases emau.mu; every key and shape must match. Nothing else of it
+    (optimizer, step) is used: the run's schedule starts fresh at step 1."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'INIT_FROM={path!r} does not exist')
+    ckpt = load_checkpoint(net, path)
+    settings.logger.info('started from the network of %s (its step %s); optimizer and schedule fresh',
+                         path, ckpt.get('step'))
+
+
 def backbone_key(key):
     """PyTorch-Encoding / timm deep-stem ResNet name → our extractor name."""
     head, rest = key.split('.', 1)

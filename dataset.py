@@ -29,6 +29,11 @@ CITYSCAPES_CLASSES = (
     'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
     'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
 )
+# the regular labelId of each of the 19 trainIds, in trainId order (the same labels.py): prepare.py maps them to
+# trainIds, every other id to IGNORE_LABEL (the void ones 0-6, those not evaluated: 9 parking, 10 rail track, 14
+# guard rail, 15 bridge, 16 tunnel, 18 polegroup, 29 caravan, 30 trailer, and -1 license plate); the test server
+# takes predictions back in labelIds
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 CITYSCAPES_PALETTE = (
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153), (250, 170, 30),
     (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142),
@@ -114,6 +119,19 @@ CONTEXT_CLASSES = (
     'water', 'window', 'wood',
 )
 
+# COCO panoptic (the EMANet detectron2 port's 'coco_2017_*_panoptic_stuffonly'): 0 every thing, then the 53 stuff
+# categories in the order of the panoptic JSON's categories (cocodataset/panopticapi, panoptic_coco_categories.json,
+# isthing 0, ids 92..200)
+COCO_PANOPTIC_CLASSES = (
+    'things', 'banner', 'blanket', 'bridge', 'cardboard', 'counter', 'curtain', 'door-stuff', 'floor-wood', 'flower',
+    'fruit', 'gravel', 'house', 'light', 'mirror-stuff', 'net', 'pillow', 'platform', 'playingfield', 'railroad',
+    'river', 'road', 'roof', 'sand', 'sea', 'shelf', 'snow', 'stairs', 'tent', 'towel', 'wall-brick', 'wall-stone',
+    'wall-tile', 'wall-wood', 'water-other', 'window-blind', 'window-other', 'tree-merged', 'fence-merged',
+    'ceiling-merged', 'sky-other-merged', 'cabinet-merged', 'table-merged', 'floor-other-merged', 'pavement-merged',
+    'mountain-merged', 'grass-merged', 'dirt-merged', 'paper-merged', 'food-other-merged', 'building-other-merged',
+    'rock-merged', 'wall-other-merged', 'rug-merged',
+)
+
 # name → classes (names in label order), palette (RGB per class; None: the VOC colour map), the paths, relative
 # to DATA_ROOT, of an id's image and label and of a split's list, and background_optional: class 0 is a
 # background that N_CLASSES = len(classes) - 1 ignores (labels are read with 0 → IGNORE_LABEL, k → k - 1)
@@ -130,11 +148,20 @@ DATASETS = {
     # ids like COCO_train2014_000000000077 (10k release) or train2017/000000000139 (164k release)
     'cocostuff': dict(classes=COCOSTUFF_CLASSES, palette=None, image='images/{}.jpg', label='labels/{}.png',
                       list='lists/{}.txt'),
+    # DATA_ROOT is the COCO folder; ids like train2017/000000000139 or images/train2017/000000000139; each COCO
+    # dataset has its own labels and lists, so they can share the folder (and the images) with COCO-Stuff 164k
+    'coco_voc': dict(classes=VOC_CLASSES, palette=None, image='{}.jpg', label='voc_labels/{}.png',
+                     list='voc_lists/{}.txt'),
+    'coco_panoptic': dict(classes=COCO_PANOPTIC_CLASSES, palette=None, image='{}.jpg', label='panoptic_labels/{}.png',
+                          list='panoptic_lists/{}.txt'),
     # DATA_ROOT is VOC2010; ids like 2008_000002
     'context': dict(classes=CONTEXT_CLASSES, palette=None, image='JPEGImages/{}.jpg',
                     label='SegmentationClassContext/{}.png', list='ImageSets/SegmentationContext/{}.txt',
                     background_optional=True),
 }
+
+
+TEST_SPLIT = 'test'  # the split of images only, as the benchmark servers' test sets are: nothing to score
 
 
 def drops_background():
@@ -198,12 +225,13 @@ def denormalise(img):
     return ((img * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0)
 
 
-def save_label_png(label, path):
-    """Writes H × W class indices as a palette PNG in the current dataset's colours, atomically (write, then
-    rename), making its folder if needed (ids may hold sub-folders)."""
+def save_label_png(label, path, grey=False):
+    """Writes H × W class indices as a palette PNG in the current dataset's colours (grey: a plain 8-bit 'L' PNG),
+    atomically (write, then rename), making its folder if needed (ids may hold sub-folders)."""
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     image = Image.fromarray(np.asarray(label, np.uint8))
-    image.putpalette(palette())
+    if not grey:
+        image.putpalette(palette())
     image.save(path + '.tmp', format='PNG')
     os.replace(path + '.tmp', path)
 
@@ -461,24 +489,32 @@ class TrainDataset(torch.utils.data.Dataset):
 
 class ValDataset(torch.utils.data.Dataset):
     """Whole validation samples: (3 × H' × W' float32 image, H' × W' int64 label), padded bottom/right with 0 and
-    IGNORE_LABEL to H' = stride_size(H), W' = stride_size(W)."""
+    IGNORE_LABEL to H' = stride_size(H), W' = stride_size(W). The TEST_SPLIT has images only: its labels are
+    IGNORE_LABEL everywhere, so evaluation predicts (eval.py --submit) and scores nothing."""
 
     def __init__(self, data_root=None, split=None):
         self.data_root, self.ids = open_split(data_root, split, 'VAL_SPLIT')
+        self.labelled = (settings.VAL_SPLIT if split is None else split) != TEST_SPLIT
 
     def __len__(self):
         return len(self.ids)
 
     def __getitem__(self, index):
-        image, label = load_sample(self.ids[index], self.data_root)
+        if self.labelled:
+            image, label = load_sample(self.ids[index], self.data_root)
+        else:
+            image = read_image(image_path(self.ids[index], self.data_root))
+            label = np.full((image.height, image.width), settings.IGNORE_LABEL, np.uint8)
         height, width = label.shape
         return to_tensors(image, label, stride_size(height), stride_size(width))
 
 
 # ---------------------------------------------------------------- check
 
-def check_sample(image_id, data_root):
-    """Every problem of one id's image and label, as messages naming the file."""
+def check_sample(job):
+    """Every problem of one id's image and, if it is labelled, its label, as messages naming the file.
+    job = (image_id, labelled, data_root)."""
+    image_id, labelled, data_root = job
     problems, image, label = [], None, None
     path = label_path(image_id, data_root)
     try:
@@ -486,7 +522,7 @@ def check_sample(image_id, data_root):
     except (FileNotFoundError, ValueError) as error:
         problems.append(str(error))
     try:
-        label = read_label(path)
+        label = read_label(path) if labelled else None
     except (FileNotFoundError, ValueError) as error:
         problems.append(str(error))
     if image is not None and label is not None:
@@ -497,9 +533,16 @@ def check_sample(image_id, data_root):
     return problems
 
 
+def worker_pool():
+    """A multiprocessing.Pool whose workers hold this process's settings, however they start: under forkserver
+    (Python 3.14's default on Linux) or spawn (macOS) a worker imports settings.py afresh and would miss what this
+    process set since (prepare.py's dataset switch: its labels would be checked against VOC's classes)."""
+    return multiprocessing.Pool(initializer=settings.assign, initargs=(settings.effective(),))
+
+
 def check():
     """Verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT; logs counts and every problem, returns the problems."""
-    problems, ids = [], set()
+    problems, labelled = [], {}  # id → whether a split with labels lists it
     for setting in ('TRAIN_SPLIT', 'VAL_SPLIT'):
         try:
             _, split_ids = open_split(None, None, setting)
@@ -508,14 +551,15 @@ def check():
                 problems.append(str(error))
             continue
         settings.logger.info('check: %s = %r: %d ids', setting, getattr(settings, setting), len(split_ids))
-        ids.update(split_ids)
-    check_one = functools.partial(check_sample, data_root=settings.DATA_ROOT)
+        for image_id in split_ids:
+            labelled[image_id] = labelled.get(image_id, False) or getattr(settings, setting) != TEST_SPLIT
+    jobs = [(image_id, labelled[image_id], settings.DATA_ROOT) for image_id in sorted(labelled)]  # in id order
     tic = time.time()
-    with multiprocessing.Pool() as pool:
-        for done, found in enumerate(pool.imap(check_one, sorted(ids), chunksize=16), 1):  # in id order
+    with worker_pool() as pool:
+        for done, found in enumerate(pool.imap(check_sample, jobs, chunksize=16), 1):
             problems += found
-            settings.log_progress('check: images', done, len(ids), tic)
+            settings.log_progress('check: images', done, len(jobs), tic)
     for problem in problems:
         settings.logger.error('check: %s', problem)
-    settings.logger.info('check: %d images, %d problems in %s', len(ids), len(problems), settings.DATA_ROOT)
+    settings.logger.info('check: %d images, %d problems in %s', len(jobs), len(problems), settings.DATA_ROOT)
     return problems

@@ -11,6 +11,10 @@
                                                 # masks <stem>.png of your images, in out or LOG_DIR/predictions
     echo 'EVAL_WINDOW = 769' >> settings.py && python eval.py
                                                 # sliding 769 × 769 windows (Cityscapes' 1024 × 2048 images)
+    echo "VAL_SPLIT = 'test'" >> settings.py && python eval.py --submit submit [--comp 5]
+                                                # the benchmark server's files of VAL_SPLIT in submit/:
+                                                # VOC submit/results.tgz (comp6, or comp5: VOC data only),
+                                                # Cityscapes and ADE20K one PNG per image (zip them)
 
 Single scale by default, the authors' protocol; EVAL_SCALES, EVAL_FLIP and EVAL_WINDOW give multi-scale + flip
 and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and
@@ -21,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import tarfile
 
 import numpy as np
 import torch
@@ -70,13 +75,56 @@ def save_attention(net, img, image, path):
     os.makedirs(os.path.dirname(path), exist_ok=True)  # ids may hold sub-folders (Cityscapes' city)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
+# the datasets whose benchmark servers take results, and their formats (submission_file, save_submission)
+SERVERS = ('voc', 'cityscapes', 'ade20k')
+
+
+def submission_file(image_id, out_dir, comp):
+    """Where a server wants the result of image_id, below out_dir."""
+    name = os.path.basename(image_id)
+    if settings.DATASET == 'voc':  # the VOC devkit's layout; comp6 may train on outside data (COCO), comp5 not
+        return os.path.join(out_dir, 'results', 'VOC2012', 'Segmentation', f'comp{comp}_test_cls', name + '.png')
+    if settings.DATASET == 'cityscapes':  # cityscapesScripts finds <city>_<seq>_<frame>*.png anywhere below
+        return os.path.join(out_dir, name + '_leftImg8bit.png')
+    return os.path.join(out_dir, name + '.png')  # ADE20K: ADE_test_00000001.png
+
+
+def save_submission(pred, path):
+    """Writes H × W class indices (at the image's size) as the server reads them: VOC palette PNGs of 0..20,
+    Cityscapes 8-bit regular labelIds (trainId → labelId), ADE20K 8-bit 1..150 (0 is 'other' there)."""
+    if settings.DATASET == 'voc':
+        dataset.save_label_png(pred, path)
+    elif settings.DATASET == 'cityscapes':
+        dataset.save_label_png(np.array(dataset.CITYSCAPES_LABEL_IDS, np.uint8)[pred], path, grey=True)
+    else:
+        dataset.save_label_png(pred + 1, path, grey=True)
+
+
+def write_archive(out_dir, comp):
+    """out_dir/results.tgz holding results/VOC2012/Segmentation/comp<comp>_test_cls/, as the VOC server takes it;
+    written atomically."""
+    folder = os.path.join('results', 'VOC2012', 'Segmentation', f'comp{comp}_test_cls')
+    path = os.path.join(out_dir, 'results.tgz')
+    with tarfile.open(path + '.tmp', 'w:gz') as archive:
+        for parent in ('results', os.path.join('results', 'VOC2012'), os.path.dirname(folder)):
+            archive.add(os.path.join(out_dir, parent), parent, recursive=False)
+        archive.add(os.path.join(out_dir, folder), folder)
+    os.replace(path + '.tmp', path)
+    return path
+
+
 def evaluate(net, device, rank, world, args):
-    """evaluation.evaluate over VAL_SPLIT, writing this process's masks and attention grids as args ask."""
+    """evaluation.evaluate over VAL_SPLIT, writing this process's masks, attention grids and server files as args
+    ask."""
     def save_outputs(index, image_id, img, pred):
-        if args.save_pred:
+        if args.save_pred or args.submit:
             with Image.open(dataset.image_path(image_id)) as image:  # reads the header only
                 width, height = image.size
+        if args.save_pred:
             save_prediction(pred, width, height, os.path.join(args.save_pred, image_id + '.png'))
+        if args.submit:
+            save_submission(pred[:height, :width].cpu().numpy().astype(np.uint8),
+                            submission_file(image_id, args.submit, args.comp))
         if args.attention and index < args.attention_images:
             image = dataset.read_image(dataset.image_path(image_id))
             save_attention(net, img, image, os.path.join(args.attention, image_id + '_attention.png'))
@@ -119,6 +167,9 @@ def report(confusion, path, step, n_images):
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
           f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}, '
           f'window {settings.EVAL_WINDOW}, stride {dataset.output_stride()}')
+    if not np.asarray(confusion).sum():
+        print(f'no labelled pixel in VAL_SPLIT={settings.VAL_SPLIT!r}: the images were predicted, nothing scored')
+        return
     print('  '.join(f'{key} {100 * result[key]:.2f}' for key in ('pAcc', 'mAcc', 'fIoU', 'mIoU')))
     width = max(map(len, names))
     for name, iou in zip(names, result['IoU']):
@@ -150,27 +201,41 @@ def parse_args():
     parser.add_argument('--image', action='append', metavar='FILE',
                         help='segment this image instead of evaluating (repeatable); masks <stem>.png go to the '
                              '--save-pred DIR, else LOG_DIR/predictions')
+    parser.add_argument('--submit', metavar='DIR',
+                        help=f'write the benchmark server\'s result files of VAL_SPLIT into DIR '
+                             f'({", ".join(SERVERS)}); on a labelled split the metrics are printed as well')
+    parser.add_argument('--comp', type=int, choices=(5, 6), default=6,
+                        help='VOC competition of --submit: 6 (outside data such as COCO; default) or 5 (VOC only)')
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
     settings.warn_unread_settings()
+    if args.submit and settings.DATASET not in SERVERS:
+        raise ValueError(f'--submit: DATASET={settings.DATASET!r} has no benchmark server; those that have one: '
+                         f'{", ".join(SERVERS)}')
     rank, world, device = runtime.setup_runtime()  # cudnn.benchmark stays off: every image has its own size
     path = checkpoint.checkpoint_path(args.checkpoint)
     # the weights trained at STRIDE run at EVAL_STRIDE: the same convolutions with other strides and dilations
     net = network.EMANet(stride=settings.EVAL_STRIDE)
     step = checkpoint.load_checkpoint(net, path).get('step')
     net = runtime.to_device(net.eval(), device)
-    for folder in (args.save_pred, args.attention):
+    for folder in (args.save_pred, args.attention, args.submit):
         if folder:
             os.makedirs(folder, exist_ok=True)
     if args.image:
         segment_images(net, device, rank, world, args)
     else:
         confusion, n_images = evaluate(net, device, rank, world, args)
+        if args.submit and dist.is_initialized():
+            dist.barrier()  # every process's files are written
         if rank == 0:
             report(confusion, path, step, n_images)
+            if args.submit and settings.DATASET == 'voc':
+                logger.info('wrote %s: upload it to the VOC server', write_archive(args.submit, args.comp))
+            elif args.submit:
+                logger.info('wrote %d files into %s: zip them for the server', n_images, args.submit)
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -2,19 +2,32 @@
 
     python prepare.py voc --voc data/VOC2012 --sbd data/benchmark_RELEASE/dataset
         builds SegmentationClassAug/ and ImageSets/SegmentationAug/ inside the VOC2012 folder, which then
-        is DATA_ROOT (train 1464, val 1449, trainval 2913, trainaug 10582 ids on the real data)
+        is DATA_ROOT (train 1464, val 1449, trainval 2913, trainaug 10582 ids on the real data); with
+        VOC2012test.tar unpacked into the same folder, also the test list (1456 images, no labels)
     python prepare.py cityscapes --root data/cityscapes
         writes gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png (the 19 trainIds of cityscapesScripts,
         every other id IGNORE_LABEL) and lists/{train,val}.txt (2975, 500 ids) into the folder holding
-        leftImg8bit/ and gtFine/, which then is DATA_ROOT; ids look like train/aachen/aachen_000000_000019
+        leftImg8bit/ and gtFine/, which then is DATA_ROOT; ids look like train/aachen/aachen_000000_000019;
+        with leftImg8bit/test/ there, also lists/test.txt (1525 images, no labels)
     python prepare.py ade20k --root data/ADEChallengeData2016
         writes labels/{training,validation}/ beside annotations/ (class k → k - 1, 0 'other' → IGNORE_LABEL) and
-        lists/{train,val}.txt (20210, 2000 ids); the folder is DATA_ROOT
+        lists/{train,val}.txt (20210, 2000 ids); the folder is DATA_ROOT; with release_test.zip unpacked into
+        it or beside it, also lists/test.txt (release_test/testing/: 3352 images, no labels)
     python prepare.py cocostuff --root data/cocostuff
         the 10k release (images/, annotations/*.mat, imageLists/) or the 164k one (images/train2017/, val2017/
         and the stuffthingmaps PNGs in annotations/ or stuffthingmaps_trainval2017/): writes labels/ in the 171
         classes (unlabeled and the 11 ids never annotated → IGNORE_LABEL) and lists/{train,val}.txt (10k: 9000
         from train.txt, 1000 from test.txt; 164k: 118287, 5000); the folder is DATA_ROOT
+    python prepare.py coco-voc --root data/coco
+        COCO 2017 in VOC's 21 classes (DATASET = 'coco_voc'): from annotations/instances_{train,val}2017.json (polygons
+        and RLE, crowds too, through pycocotools; the first instance in annotation order keeps a pixel) writes
+        voc_labels/ and voc_lists/{train,val}.txt of the images with more than 1000 pixels of VOC classes; images
+        in {train,val}2017/ or images/{train,val}2017/; the folder is DATA_ROOT
+    python prepare.py coco-panoptic --root data/coco
+        COCO 2017 panoptic as the EMANet detectron2 port trains on it (DATASET = 'coco_panoptic', 54 classes: 0 every
+        thing, 1-53 the stuff categories in the JSON's order, 255 unlabeled): from annotations/panoptic_{train,val}
+        2017.json and the PNGs of annotations/panoptic_{train,val}2017/ writes panoptic_labels/ and
+        panoptic_lists/{train,val}.txt (118287, 5000 ids); the folder is DATA_ROOT
     python prepare.py context --root data/VOCdevkit/VOC2010 --context data/pascal-context
         from trainval/<id>.mat and labels.txt (or 59_context_labels/<id>.png and 59_labels.txt): writes
         SegmentationClassContext/ (0 background, 1-59) and ImageSets/SegmentationContext/{train,val}.txt (4998,
@@ -32,7 +45,7 @@ import argparse
 import collections
 import contextlib
 import functools
-import multiprocessing
+import json
 import os
 import time
 
@@ -40,6 +53,7 @@ import numpy as np
 import scipy.io
 import scipy.ndimage
 from PIL import Image, ImageDraw
+from pycocotools import mask as coco_mask
 
 import dataset
 import settings
@@ -60,8 +74,8 @@ UNKNOWN = -1  # in a lut: an id the release does not define, an error
 @contextlib.contextmanager
 def as_dataset(name):
     """While a command writes name's files: settings.DATASET = name and N_CLASSES = its class count, so the path
-    helpers and the palette are name's whatever settings.py says (worker processes forked meanwhile inherit
-    them); the old values afterwards. Each command is decorated with it."""
+    helpers and the palette are name's whatever settings.py says (dataset.worker_pool hands them to worker
+    processes, however they start); the old values afterwards. Each command is decorated with it."""
     saved = settings.DATASET, settings.N_CLASSES
     settings.DATASET, settings.N_CLASSES = name, len(dataset.DATASETS[name]['classes'])
     try:
@@ -83,17 +97,24 @@ def found_sources(read, base, folders, suffix):
     ('train/aachen/aachen_000000_000019'), whose label is read(file). A split without any stops the command."""
     sources, lists = {}, {}
     for split, folder in folders.items():
-        found = {}
-        for directory, _, names in os.walk(os.path.join(base, folder)):
-            for name in names:
-                if name.endswith(suffix):
-                    image_id = os.path.relpath(os.path.join(directory, name[:-len(suffix)]), base)
-                    found[image_id.replace(os.sep, '/')] = (read, os.path.join(directory, name))
-        if not found:
-            raise SystemExit(f'prepare: no *{suffix} file below {os.path.join(base, folder)}')
+        found = found_files(base, folder, suffix)
         lists[split] = sorted(found)
-        sources.update(found)
+        sources.update({image_id: (read, path) for image_id, path in found.items()})
     return sources, lists
+
+
+def found_files(base, folder, suffix):
+    """{id: file} of every file <stem><suffix> in base/folder or deeper, id its path from base less the suffix;
+    none stops the command."""
+    found = {}
+    for directory, _, names in os.walk(os.path.join(base, folder)):
+        for name in names:
+            if name.endswith(suffix):
+                image_id = os.path.relpath(os.path.join(directory, name[:-len(suffix)]), base)
+                found[image_id.replace(os.sep, '/')] = os.path.join(directory, name)
+    if not found:
+        raise SystemExit(f'prepare: no *{suffix} file below {os.path.join(base, folder)}')
+    return found
 
 
 def listed_sources(read, lists, folder, extension, lists_dir):
@@ -168,7 +189,7 @@ def write_dataset(root, sources, lists):
             for image_id, (read, source) in sources.items()]
     outcomes, tic = collections.Counter(), time.time()
     try:
-        with multiprocessing.Pool() as pool:
+        with dataset.worker_pool() as pool:
             for done, outcome in enumerate(pool.imap_unordered(convert_label, jobs, chunksize=32), 1):
                 outcomes[outcome] += 1
                 settings.log_progress('prepare: labels', done, len(jobs), tic)
@@ -223,18 +244,16 @@ def prepare_voc(voc_dir, sbd_dir):
     lists = {'train': sorted(voc['train']), 'val': sorted(voc['val']), 'trainval': sorted(voc['trainval']),
              'trainaug': sorted((voc['train'] | sbd['train'] | sbd['val']) - voc['val'])}
     sources = label_sources(sorted(set(lists['trainaug']) | set(lists['val'])), voc_dir, sbd_dir)
+    test_list = os.path.join(voc_dir, 'ImageSets', 'Segmentation', 'test.txt')
+    if os.path.exists(test_list):  # VOC2012test.tar unpacked into the same folder: images only
+        lists['test'] = sorted(dataset.read_list(test_list))
+        require(*(dataset.image_path(image_id, voc_dir) for image_id in lists['test']))
     from_voc = sum(read is dataset.read_label for read, _ in sources.values())
     settings.logger.info('prepare: labels: %d from VOC, %d from SBD', from_voc, len(sources) - from_voc)
     write_dataset(voc_dir, sources, lists)
 
 
 # ---------------------------------------------------------------- cityscapes
-
-# the labelId of each of the 19 trainIds, in trainId order (cityscapesScripts, cityscapesscripts/helpers/
-# labels.py); every other id is IGNORE_LABEL: the void ones (0-6), those not evaluated (9 parking, 10 rail track,
-# 14 guard rail, 15 bridge, 16 tunnel, 18 polegroup, 29 caravan, 30 trailer) and -1 license plate
-CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-
 
 @as_dataset('cityscapes')
 def prepare_cityscapes(root):
@@ -244,10 +263,13 @@ def prepare_cityscapes(root):
     require(root, *(os.path.join(root, folder) for folder in ('gtFine', 'leftImg8bit')),
             *(os.path.join(root, 'gtFine', split) for split in splits))
     lut = np.full(256, settings.IGNORE_LABEL, np.int16)
-    lut[list(CITYSCAPES_LABEL_IDS)] = np.arange(len(CITYSCAPES_LABEL_IDS))
+    lut[list(dataset.CITYSCAPES_LABEL_IDS)] = np.arange(len(dataset.CITYSCAPES_LABEL_IDS))
     read = functools.partial(read_mapped, dataset.read_label, lut)
-    write_dataset(root, *found_sources(read, os.path.join(root, 'gtFine'), {split: split for split in splits},
-                                       '_gtFine_labelIds.png'))
+    sources, lists = found_sources(read, os.path.join(root, 'gtFine'), {split: split for split in splits},
+                                   '_gtFine_labelIds.png')
+    if os.path.isdir(os.path.join(root, 'leftImg8bit', 'test')):  # images only
+        lists['test'] = sorted(found_files(os.path.join(root, 'leftImg8bit'), 'test', '_leftImg8bit.png'))
+    write_dataset(root, sources, lists)
 
 
 # ---------------------------------------------------------------- ade20k
@@ -263,7 +285,15 @@ def prepare_ade20k(root):
     lut[0] = settings.IGNORE_LABEL
     lut[1:n_classes + 1] = np.arange(n_classes)
     read = functools.partial(read_mapped, dataset.read_label, lut)
-    write_dataset(root, *found_sources(read, os.path.join(root, 'annotations'), splits, '.png'))
+    sources, lists = found_sources(read, os.path.join(root, 'annotations'), splits, '.png')
+    # release_test.zip unpacked into root or beside it: images only, ids like ../release_test/testing/ADE_test_00000001
+    for test_dir in (os.path.join(root, 'release_test'), os.path.join(os.path.dirname(os.path.abspath(root)),
+                                                                       'release_test')):
+        if os.path.isdir(os.path.join(test_dir, 'testing')):
+            images = os.path.relpath(os.path.join(test_dir, 'testing'), os.path.join(root, 'images'))
+            lists['test'] = sorted(found_files(os.path.join(root, 'images'), images, '.jpg'))
+            break
+    write_dataset(root, sources, lists)
 
 
 # ---------------------------------------------------------------- cocostuff
@@ -311,6 +341,156 @@ def prepare_cocostuff(root):
     else:
         raise SystemExit(f'prepare: {root} is neither COCO-Stuff 10k (imageLists/, images/, annotations/) nor '
                          f'COCO-Stuff 164k (images/train2017/, images/val2017/)')
+    write_dataset(root, sources, lists)
+
+
+# ---------------------------------------------------------------- coco-voc and coco-panoptic
+
+# COCO category id → VOC class, as PyTorch-Encoding's and torchvision's reference scripts map them; every other
+# category is background 0
+COCO_VOC_CLASSES = {1: 15, 2: 2, 3: 7, 4: 14, 5: 1, 6: 6, 7: 19, 9: 4, 16: 3, 17: 8, 18: 12, 19: 13, 20: 17, 21: 10,
+                    44: 5, 62: 9, 63: 18, 64: 16, 67: 11, 72: 20}
+COCO_VOC_MIN_PIXELS = 1000  # an image is kept only with more non-background pixels than this (PyTorch-Encoding's rule)
+
+
+def read_json(path):
+    """The parsed JSON file at path; a missing or unreadable one stops the command, naming it."""
+    require(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f'prepare: unreadable {path}: {error}') from None
+
+
+def coco_images(root, folder):
+    """The folder of a COCO release's images: root/folder (the official zips) or root/images/folder."""
+    for path in (os.path.join(root, folder), os.path.join(root, 'images', folder)):
+        if os.path.isdir(path):
+            return path
+    raise SystemExit(f'prepare: missing {os.path.join(root, folder)} (or {os.path.join(root, "images", folder)})')
+
+
+def coco_id(root, images, file_name):
+    """The id of a COCO image: its path from root less '.jpg' (train2017/000000000139)."""
+    return os.path.relpath(os.path.join(images, os.path.splitext(file_name)[0]), root).replace(os.sep, '/')
+
+
+def paint_instances(height, width, instances, source):
+    """height × width uint8 VOC classes of instances ((category id, segmentation) in annotation order), as the COCO
+    API decodes them: polygons (merged), uncompressed RLE (counts a list) and compressed RLE (counts a string).
+    Every instance of a VOC class is painted, crowds too; the first one keeps a pixel. source names the
+    annotation file in errors."""
+    label = np.zeros((height, width), np.uint8)
+    for category, segmentation in instances:
+        if category not in COCO_VOC_CLASSES:
+            continue
+        try:
+            if isinstance(segmentation, list):  # polygons
+                rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
+            elif isinstance(segmentation['counts'], list):  # uncompressed RLE (crowds)
+                rle = coco_mask.frPyObjects(segmentation, height, width)
+            else:
+                rle = segmentation
+            mask = coco_mask.decode(rle).astype(bool)  # height × width
+        except (TypeError, ValueError, KeyError, IndexError) as error:
+            raise ValueError(f'{source}: a segmentation of category {category} does not decode: {error}') from None
+        if mask.shape != (height, width):
+            raise ValueError(f'{source}: a segmentation of category {category} is {mask.shape[1]}×{mask.shape[0]}, '
+                             f'its image {width}×{height}')
+        label[mask & (label == 0)] = COCO_VOC_CLASSES[category]
+    return label
+
+
+def foreground_pixels(job):
+    """The number of non-background pixels of the label read(source) paints; job = (read, source)."""
+    read, source = job
+    return int(np.count_nonzero(read(source)))
+
+
+def coco_voc_sources(root, split, folder):
+    """{id: (read, source)} of the images of instances_<folder>.json with more than COCO_VOC_MIN_PIXELS pixels of
+    VOC classes."""
+    path = os.path.join(root, 'annotations', f'instances_{folder}.json')
+    coco = read_json(path)
+    images = coco_images(root, folder)
+    instances = collections.defaultdict(list)
+    for annotation in coco['annotations']:  # in annotation order
+        instances[annotation['image_id']].append((annotation['category_id'], annotation['segmentation']))
+    reads = {}
+    for image in coco['images']:
+        if any(category in COCO_VOC_CLASSES for category, _ in instances[image['id']]):
+            source = f'{path} (image {image["id"]})'
+            reads[coco_id(root, images, image['file_name'])] = (
+                functools.partial(paint_instances, image['height'], image['width'], instances[image['id']]), source)
+    try:
+        with dataset.worker_pool() as pool:  # the labels are painted again when written: the rule needs them first
+            counts = pool.map(foreground_pixels, list(reads.values()), chunksize=32)
+    except ValueError as error:
+        raise SystemExit(f'prepare: {error}') from None
+    kept = {image_id: job for (image_id, job), count in zip(reads.items(), counts) if count > COCO_VOC_MIN_PIXELS}
+    settings.logger.info('prepare: %s: %d images, %d with a VOC class, %d with more than %d pixels of them', split,
+                         len(coco['images']), len(reads), len(kept), COCO_VOC_MIN_PIXELS)
+    return kept
+
+
+@as_dataset('coco_voc')
+def prepare_coco_voc(root):
+    """Writes voc_labels/ (VOC's 21 classes) and voc_lists/{train,val}.txt from annotations/instances_{train,val}
+    2017.json; the images stay in {train,val}2017/ or images/{train,val}2017/."""
+    sources, lists = {}, {}
+    for split, folder in (('train', 'train2017'), ('val', 'val2017')):
+        found = coco_voc_sources(root, split, folder)
+        lists[split] = sorted(found)
+        sources.update(found)
+    write_dataset(root, sources, lists)
+
+
+def read_panoptic(lut, segments, path):
+    """H × W uint8 classes of a panoptic PNG (segment id = R + 256·G + 256²·B) whose segments ({segment id:
+    category id}) map through lut ({category id: class}); 0 is unlabeled, IGNORE_LABEL; an id that segments lacks
+    is an error naming the file."""
+    rgb = dataset.open_image(path, 'panoptic PNG')
+    if rgb.mode != 'RGB':
+        raise ValueError(f'panoptic PNG {path} has mode {rgb.mode}, not RGB')
+    rgb = np.asarray(rgb, np.uint32)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]  # H × W
+    label = np.full(ids.shape, settings.IGNORE_LABEL, np.uint8)
+    for segment_id in np.unique(ids).tolist():
+        if segment_id == 0:
+            continue
+        if segment_id not in segments:
+            raise ValueError(f'{path} has segment id {segment_id}, which its segments_info lacks')
+        label[ids == segment_id] = lut[segments[segment_id]]
+    return label
+
+
+@as_dataset('coco_panoptic')
+def prepare_coco_panoptic(root):
+    """Writes panoptic_labels/ (0 things, 1..53 the stuff categories in the JSON's order, 255 unlabeled) and
+    panoptic_lists/{train,val}.txt from annotations/panoptic_{train,val}2017.json and the PNGs in
+    annotations/panoptic_{train,val}2017/; the images stay in {train,val}2017/ or images/{train,val}2017/."""
+    sources, lists = {}, {}
+    for split, folder in (('train', 'train2017'), ('val', 'val2017')):
+        path = os.path.join(root, 'annotations', f'panoptic_{folder}.json')
+        coco = read_json(path)
+        stuff = [category['name'] for category in coco['categories'] if not category['isthing']]
+        if tuple(stuff) != dataset.COCO_PANOPTIC_CLASSES[1:]:
+            raise SystemExit(f'prepare: {path} has the stuff categories {stuff}, not the 53 of COCO panoptic 2017')
+        lut = {category['id']: 0 for category in coco['categories'] if category['isthing']}
+        lut.update({category['id']: index for index, category in
+                    enumerate((c for c in coco['categories'] if not c['isthing']), 1)})
+        images = coco_images(root, folder)
+        file_names = {image['id']: image['file_name'] for image in coco['images']}
+        pngs = os.path.join(root, 'annotations', f'panoptic_{folder}')
+        require(pngs)
+        found = {}
+        for annotation in coco['annotations']:
+            segments = {segment['id']: segment['category_id'] for segment in annotation['segments_info']}
+            found[coco_id(root, images, file_names[annotation['image_id']])] = (
+                functools.partial(read_panoptic, lut, segments), os.path.join(pngs, annotation['file_name']))
+        lists[split] = sorted(found)
+        sources.update(found)
     write_dataset(root, sources, lists)
 
 
@@ -463,6 +643,10 @@ def main():
     context.add_argument('--root', required=True, help='VOC2010 folder (becomes DATA_ROOT)')
     context.add_argument('--context', required=True, help='PASCAL Context folder: trainval/ and labels.txt, or '
                                                           '59_context_labels/ and 59_labels.txt')
+    coco_voc = commands.add_parser('coco-voc', help="COCO 2017 instances in VOC's 21 classes, for pre-training")
+    coco_voc.add_argument('--root', required=True, help='COCO folder with annotations/ (becomes DATA_ROOT)')
+    coco_panoptic = commands.add_parser('coco-panoptic', help='COCO 2017 panoptic: things as one class + 53 stuff')
+    coco_panoptic.add_argument('--root', required=True, help='COCO folder with annotations/ (becomes DATA_ROOT)')
     demo = commands.add_parser('demo', help='write a small generated dataset')
     demo.add_argument('out_dir')
     demo.add_argument('--seed', type=int, default=0)
@@ -478,6 +662,10 @@ def main():
         prepare_cocostuff(args.root)
     elif args.command == 'context':
         prepare_context(args.root, args.context)
+    elif args.command == 'coco-voc':
+        prepare_coco_voc(args.root)
+    elif args.command == 'coco-panoptic':
+        prepare_coco_panoptic(args.root)
     elif args.command == 'demo':
         make_demo(args.out_dir, args.seed)
     elif dataset.check():

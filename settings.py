@@ -14,7 +14,7 @@ import os
 import time
 
 # data
-DATASET = 'voc'                 # 'voc', 'cityscapes', 'ade20k', 'cocostuff' or 'context' (README "Data")
+DATASET = 'voc'                 # 'voc', 'cityscapes', 'ade20k', 'cocostuff', 'context', 'coco_voc', 'coco_panoptic'
 DATA_ROOT = './data/VOC2012'    # the dataset's folder, as prepare.py leaves it
 MEAN = (0.485, 0.456, 0.406)    # ImageNet RGB mean, images scaled to [0, 1]
 STD = (0.229, 0.224, 0.225)     # ImageNet RGB std
@@ -37,6 +37,9 @@ EM_MOM = 0.9                    # moving-average momentum of the bases; 1.0 neve
 EM_NORM = 'l2'                  # 'l2' normalises bases after each iteration (published); 'none' for the ablation
 EM_GRAD = False                 # True back-propagates through the last EM iteration (reported slightly worse)
 PRETRAINED = './models/resnet101s.pth'  # deep-stem ImageNet backbone for N_LAYERS; None trains from scratch
+INIT_FROM = None                # a whole-network checkpoint (e.g. '../exp_coco/models/final.pth') that starts a
+                                # run whose MODEL_DIR has none of its own; fresh optimizer and schedule; needs
+                                # PRETRAINED = None
 
 # loss
 LOSS = 'ce'                     # 'ce': the authors' per-image mean; 'ohem': hard pixels only (their Cityscapes result)
@@ -92,6 +95,12 @@ def effective():
     """Every UPPER_CASE setting, in file order: what an experiment ran with. A helper global of an experiment's
     own that is no setting starts with an underscore or is lower case."""
     return {name: value for name, value in globals().items() if name.isupper() and not name.startswith('_')}
+
+
+def assign(values):
+    """Sets each setting of values ({name: value}, as effective() gives them): a worker process takes its
+    parent's settings with it."""
+    globals().update(values)
 
 
 def format_eta(seconds):

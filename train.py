@@ -11,6 +11,8 @@ A run resumes from latest.pth when it exists and then ends with exactly the
 weights of an uninterrupted run: the data order, each sample's augmentation and
 the dropout masks derive from (SEED, step, rank), so no RNG state is carried.
 A run that reached ITER_MAX says so and exits; raising ITER_MAX continues it.
+INIT_FROM starts a fresh folder from another run's whole network (staged training:
+COCO, then trainaug, then trainval), with a fresh optimizer and schedule.
 SIGTERM or SIGINT saves latest.pth and exits. One run per MODEL_DIR at a time;
 on several nodes MODEL_DIR must be a shared folder. TensorBoard: `bash tensorboard.sh`.
 """
@@ -122,6 +124,9 @@ def main():
         raise SystemExit(f'BATCH_SIZE={settings.BATCH_SIZE} is not divisible by the {world} processes')
     if settings.CROP_SIZE < settings.STRIDE:
         raise SystemExit(f'CROP_SIZE={settings.CROP_SIZE} is smaller than the output stride STRIDE={settings.STRIDE}')
+    if settings.INIT_FROM and settings.PRETRAINED:
+        raise SystemExit(f'INIT_FROM={settings.INIT_FROM!r} starts the whole network, PRETRAINED='
+                         f'{settings.PRETRAINED!r} only its backbone: set PRETRAINED = None to use INIT_FROM')
     torch.backends.cudnn.benchmark = settings.CUDNN_BENCHMARK
     refused = 0  # rank 0 makes this run the one of MODEL_DIR before any long check, or every process stops
     if rank == 0:
@@ -163,6 +168,8 @@ def main():
 
     # ---------------------------------------------------------------- resume
     start = checkpoint.resume(net, optimizer, scaler)
+    if start == 0 and settings.INIT_FROM:  # a folder's own checkpoints always win: a resumed run ignores it
+        checkpoint.init_from(net, settings.INIT_FROM)
     latest, negated_first = max_over_processes([start, -start], host_group)
     if latest != -negated_first:
         raise SystemExit(f'the processes resume from different steps ({-negated_first} to {latest}): '
