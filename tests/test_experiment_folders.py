@@ -91,18 +91,6 @@ def test_settings_that_are_no_literals_round_trip_through_checkpoints(trained, t
     assert row.startswith('exp,2,'), row
 
 
-def test_resume_with_such_settings_warns_only_about_what_changed(trained, tmp_path):
-    experiment = copy_experiment(trained[0], tmp_path / 'exp')
-    with open(experiment / 'settings.py', 'a') as f:
-        f.write('ITER_MAX = 3\n')
-    result = run_script(experiment, 'train.py')
-    assert result.returncode == 0, result.stderr
-    assert 'resumed from ./models/latest.pth at step 2' in result.stderr
-    warnings = [line for line in result.stderr.splitlines() if 'resuming with' in line]
-    assert len(warnings) == 1 and 'resuming with ITER_MAX = 3 (the checkpoint ran with 2)' in warnings[0], warnings
-    assert torch.load(experiment / 'models' / 'final.pth', weights_only=True)['step'] == 3
-
-
 def tiny_state():
     net = torch.nn.Conv2d(3, 2, 1)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -227,7 +215,9 @@ def test_step_files_follow_the_runs_own_naming_rule(tmp_path):
     assert checkpoint.step_files(str(tmp_path / 'none yet')) == {}
 
 
-def test_other_step_named_files_are_neither_resumed_nor_cleaned(trained, tmp_path):
+def test_resume_and_clean_ignore_other_step_names_and_unchanged_settings(trained, tmp_path):
+    """Files of step_*.pth names that the run does not write are neither resumed from nor removed; resuming with
+    the NON_LITERAL settings warns only about the setting that changed."""
     experiment = copy_experiment(trained[0], tmp_path / 'exp')
     models = experiment / 'models'
     os.rename(models / 'latest.pth', models / 'step_2.pth')
@@ -240,6 +230,9 @@ def test_other_step_named_files_are_neither_resumed_nor_cleaned(trained, tmp_pat
     assert result.returncode == 0, result.stderr
     assert 'resumed from ./models/step_2.pth at step 2' in result.stderr
     assert not any(name in result.stderr for name in OTHER_NAMES), result.stderr
+    warnings = [line for line in result.stderr.splitlines() if 'resuming with' in line]
+    assert len(warnings) == 1 and 'resuming with ITER_MAX = 3 (the checkpoint ran with 2)' in warnings[0], warnings
+    assert torch.load(models / 'final.pth', weights_only=True)['step'] == 3
     cleaned = subprocess.run(['bash', 'clean.sh'], cwd=experiment, capture_output=True, text=True)
     assert cleaned.returncode == 0, cleaned.stderr
     assert sorted(os.listdir(models)) == sorted([*OTHER_NAMES, 'train.lock'])
