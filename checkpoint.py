@@ -12,8 +12,8 @@ import atexit
 import errno
 import fcntl
 import glob
-import os
 import numbers
+import os
 import pickle
 import re
 import socket
@@ -116,17 +116,17 @@ def load_state(module, state, path):
         if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape):
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise MismatchError(f'{path}: key {k} has shape {shape} in the file but '
-                                  f'{tuple(own[k].shape)} in the model (N_CLASSES={settings.N_CLASSES}, '
-                                  f'N_LAYERS={settings.N_LAYERS}, EMA_CHANNELS={settings.EMA_CHANNELS}, '
-                                  f'N_BASES={settings.N_BASES})')
+                                f'{tuple(own[k].shape)} in the model (N_CLASSES={settings.N_CLASSES}, '
+                                f'N_LAYERS={settings.N_LAYERS}, EMA_CHANNELS={settings.EMA_CHANNELS}, '
+                                f'N_BASES={settings.N_BASES})')
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith('num_batches_tracked')]
     if missing:
         raise MismatchError(f'{path}: missing key {missing[0]} ({len(missing)} missing in all); '
-                              f'is it for another N_LAYERS or EMA_CHANNELS?')
+                            f'is it for another N_LAYERS or EMA_CHANNELS?')
     if unexpected:
         raise MismatchError(f'{path}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected in all); '
-                              f'is it for another N_LAYERS?')
+                            f'is it for another N_LAYERS?')
 
 
 def load_checkpoint(net, path, optimizer=None, scaler=None):
