@@ -2,14 +2,20 @@
 name the file, resume, the pretrained backbone, and the one-run-per-folder lock.
 
 A checkpoint is `{'net': state_dict, 'step': N}` (the authors' released files are exactly that) plus, in ours,
-`optimizer`, `scaler` and `settings`. Every load uses `torch.load(weights_only=True)`.
+`optimizer`, `scaler` and `settings` (as plain values, see `plain`). Every load uses `torch.load(weights_only=True)`.
+
+Two path rules. The files a run writes and resumes from (latest.pth, final.pth, step_<N>.pth, best.pth, train.lock,
+temporary files) are always `model_file(name)` = MODEL_DIR/name: a file of the same name in the working folder is
+never read nor written. A checkpoint named on the command line goes through `checkpoint_path`.
 """
 import atexit
 import errno
 import fcntl
 import glob
+import numbers
 import os
 import pickle
+import re
 import socket
 import time
 import zipfile
@@ -27,12 +33,61 @@ class CorruptCheckpointError(CheckpointError):
     """A file that is truncated or damaged, as opposed to one for other settings."""
 
 
-def checkpoint_path(name):
-    """An existing file or a name with a folder in it is a path; a bare name is MODEL_DIR/name."""
-    name = os.fspath(name)
-    if os.path.exists(name) or os.path.dirname(name):
-        return name
+class MismatchError(CheckpointError):
+    """Weights for another network: a key missing, unexpected or of another shape."""
+
+
+# step_<N>.pth as train.py names it (f'step_{step}.pth', steps from 1): a kept copy such as step_20000_best.pth,
+# step_final.pth or step_0010.pth is no file of the run's
+STEP_FILE = re.compile(r'step_([1-9][0-9]*)\.pth')
+
+
+def model_file(name):
+    """MODEL_DIR/name: where a run writes and resumes from its own files."""
     return os.path.join(settings.MODEL_DIR, name)
+
+
+def step_files(folder):
+    """{N: path} of folder's step_<N>.pth files, by N; files of other names are left out."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    steps = {int(m.group(1)): os.path.join(folder, m.group(0)) for m in map(STEP_FILE.fullmatch, names) if m}
+    return dict(sorted(steps.items()))
+
+
+def checkpoint_path(name):
+    """A checkpoint named on the command line: a name with a folder part (models/x.pth, ./x.pth) is that path; a bare
+    name is MODEL_DIR/name when that exists, else the file of that name in the working folder when that exists, else
+    MODEL_DIR/name (which read_weights then reports missing)."""
+    name = os.fspath(name)
+    if os.path.dirname(name) or (not os.path.exists(model_file(name)) and os.path.exists(name)):
+        return name
+    return model_file(name)
+
+
+def plain(value):
+    """value as what torch.load(weights_only=True) reads, `==` compares and a text file shows: None, bool, int, float,
+    str (numpy scalars and subclasses such as IntEnum become these), tuples, lists and dicts of plain values (numpy
+    arrays become lists), a path (pathlib.Path) its text, anything else its repr text. Settings are stored so: a
+    setting such as LR = 9e-3 * np.sqrt(2) or DATA_ROOT = Path(...) must not make a run's checkpoints unloadable."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if hasattr(value, 'tolist') and hasattr(value, 'dtype'):  # a numpy (or torch) scalar or array
+        return plain(value.tolist())
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
 
 
 def read_weights(path, what='checkpoint', mmap=False):
@@ -60,18 +115,18 @@ def load_state(module, state, path):
     for k, v in state.items():
         if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape):
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise CheckpointError(f'{path}: key {k} has shape {shape} in the file but '
-                                  f'{tuple(own[k].shape)} in the model (N_CLASSES={settings.N_CLASSES}, '
-                                  f'N_LAYERS={settings.N_LAYERS}, EMA_CHANNELS={settings.EMA_CHANNELS}, '
-                                  f'N_BASES={settings.N_BASES})')
+            raise MismatchError(f'{path}: key {k} has shape {shape} in the file but '
+                                f'{tuple(own[k].shape)} in the model (N_CLASSES={settings.N_CLASSES}, '
+                                f'N_LAYERS={settings.N_LAYERS}, EMA_CHANNELS={settings.EMA_CHANNELS}, '
+                                f'N_BASES={settings.N_BASES})')
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith('num_batches_tracked')]
     if missing:
-        raise CheckpointError(f'{path}: missing key {missing[0]} ({len(missing)} missing in all); '
-                              f'is it for another N_LAYERS or EMA_CHANNELS?')
+        raise MismatchError(f'{path}: missing key {missing[0]} ({len(missing)} missing in all); '
+                            f'is it for another N_LAYERS or EMA_CHANNELS?')
     if unexpected:
-        raise CheckpointError(f'{path}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected in all); '
-                              f'is it for another N_LAYERS?')
+        raise MismatchError(f'{path}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected in all); '
+                            f'is it for another N_LAYERS?')
 
 
 def load_checkpoint(net, path, optimizer=None, scaler=None):
@@ -82,6 +137,9 @@ def load_checkpoint(net, path, optimizer=None, scaler=None):
         raise CheckpointError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict')
     load_state(net, ckpt['net'], path)
     if optimizer is not None:
+        if 'optimizer' not in ckpt or 'scaler' not in ckpt:
+            raise CheckpointError(f'{path} holds weights but no optimizer state (as the authors\' released files): '
+                                  f'a run cannot resume from it; evaluate it with eval.py')
         optimizer.load_state_dict(ckpt['optimizer'])
         scaler.load_state_dict(ckpt['scaler'])
     return ckpt
@@ -95,10 +153,12 @@ def save_checkpoint(name, net, optimizer, scaler, step):
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise CheckpointError(f'step {step}: {bad} is not finite; {name} was not written')
-    path = checkpoint_path(name)
+    path = model_file(name)
     tmp = f'{path}.tmp{os.getpid()}'
-    ckpt = {'net': state, 'step': step, 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
-            'settings': settings.effective()}
+    optimizer_state = optimizer.state_dict()  # its hyper-parameters come from settings: LR may be a numpy float
+    optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
+    ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
+            'settings': plain(settings.effective())}
     try:
         with open(tmp, 'wb') as f:
             torch.save(ckpt, f)
@@ -126,7 +186,7 @@ def lock_model_dir():
     the server frees its locks only when its lease expires or it reboots), and Lustre does when mounted with
     `flock` (`localflock`: within one node only). Where the filesystem refuses locks altogether (ENOLCK,
     ENOSYS, EOPNOTSUPP, e.g. Lustre with `noflock`) it warns that nothing stops a second run and goes on."""
-    path = os.path.join(settings.MODEL_DIR, 'train.lock')
+    path = model_file('train.lock')
     try:
         lock = open(path, 'a+')
     except OSError as e:
@@ -158,16 +218,17 @@ def lock_model_dir():
             lock.truncate(0)
             lock.close()
         atexit.register(release)
-    for partial in glob.glob(checkpoint_path('*.pth.tmp*')):  # saves that a kill interrupted: no run owns them now
+    # saves that a kill interrupted: no run owns them now
+    for partial in glob.glob(os.path.join(glob.escape(os.fspath(settings.MODEL_DIR)), '*.pth.tmp*')):
         os.remove(partial)
 
 
 def resume(net, optimizer, scaler):
     """Loads MODEL_DIR/latest.pth into net, optimizer and scaler, or, if it is missing or corrupt, final.pth or
     the newest intact step_<N>.pth; returns the step it holds, 0 for a fresh run."""
-    latest = checkpoint_path('latest.pth')
-    steps = sorted(glob.glob(checkpoint_path('step_*.pth')), key=lambda p: int(os.path.basename(p)[5:-4]))
-    candidates = [path for path in [latest, checkpoint_path('final.pth')] + steps[::-1] if os.path.exists(path)]
+    latest = model_file('latest.pth')
+    steps = list(step_files(settings.MODEL_DIR).values())
+    candidates = [path for path in [latest, model_file('final.pth')] + steps[::-1] if os.path.exists(path)]
     if not candidates:
         return 0
     if candidates[0] != latest:
@@ -178,16 +239,16 @@ def resume(net, optimizer, scaler):
             break
         except CorruptCheckpointError as e:
             settings.logger.warning('%s', e)
-        except CheckpointError as e:
+        except MismatchError as e:  # only weights that do not fit: a file we cannot read is no reason to delete a run
             raise CheckpointError(f'{e}\nMODEL_DIR={settings.MODEL_DIR!r} holds a run with other settings: '
                                   f'use another MODEL_DIR, or clean.sh to remove it') from None
     else:
         raise CorruptCheckpointError(f'{latest} is truncated or corrupt. No intact step_<N>.pth to fall back on: '
                                      f'remove it to start this experiment from scratch')
     for name, old in ckpt.get('settings', {}).items():
-        if getattr(settings, name, None) != old:
-            settings.logger.warning('resuming with %s = %r (the checkpoint ran with %r)',
-                                    name, getattr(settings, name, None), old)
+        now = plain(getattr(settings, name, None))  # as save_checkpoint stored it
+        if now != old:
+            settings.logger.warning('resuming with %s = %r (the checkpoint ran with %r)', name, now, old)
     settings.logger.info('resumed from %s at step %d', path, ckpt['step'])
     return ckpt['step']
 

@@ -21,7 +21,6 @@ import csv
 import glob
 import json
 import os
-import re
 import runpy
 import sys
 
@@ -46,7 +45,8 @@ def run_settings(folder):
             namespace = runpy.run_path(os.path.abspath('settings.py'), run_name='experiment_settings')
     finally:
         os.chdir(cwd)
-    return {name: value for name, value in namespace.items() if is_setting(name)}
+    # as the checkpoints and settings.txt hold them: np.float64(0.5) is 0.5, Path('data') is 'data'
+    return {name: checkpoint.plain(value) for name, value in namespace.items() if is_setting(name)}
 
 
 def assigned_log_dir(folder):
@@ -192,7 +192,7 @@ def differing(experiments):
 def eval_order(label):
     """final first, then latest, then step_<N> by N, then the rest; each checkpoint's single scale first."""
     stem, _, mode = label.partition(' ')
-    number = re.fullmatch(r'step_(\d+)', stem)
+    number = checkpoint.STEP_FILE.fullmatch(stem + '.pth')
     rank = (0, 0, '') if stem == 'final' else (1, 0, '') if stem == 'latest' else \
         (2, int(number.group(1)), '') if number else (3, 0, stem)
     return rank, mode

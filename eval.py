@@ -1,8 +1,9 @@
 """Evaluates an EMANet checkpoint on VAL_SPLIT, or segments your own images.
 
     python eval.py                              # MODEL_DIR/final.pth on VAL_SPLIT
-    python eval.py step_10000.pth               # a bare name is looked up in MODEL_DIR
+    python eval.py step_10000.pth               # a bare name: MODEL_DIR/step_10000.pth, else ./step_10000.pth
     python eval.py path/to/EMANet101.pth        # any file (the authors' released checkpoints load unchanged)
+    python eval.py ./final.pth                  # a name with a folder part is always that path
     torchrun --nproc_per_node=4 eval.py         # each process takes every 4th image; rank 0 reports
     python eval.py --save-pred preds            # also preds/<id>.png, masks in the dataset's colours
     python eval.py --attention attn --attention-images 4
@@ -183,14 +184,15 @@ def report(confusion, path, step, n_images):
     os.makedirs(settings.LOG_DIR, exist_ok=True)
     out = os.path.join(settings.LOG_DIR, f'eval_{os.path.splitext(os.path.basename(path))[0]}.json')
     with open(out, 'w') as f:
-        json.dump(summary, f, indent=1)
+        json.dump(checkpoint.plain(summary), f, indent=1)  # settings such as EVAL_FLIP = np.bool_(True) too
     logger.info('wrote %s', out)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('checkpoint', nargs='?', default='final.pth',
-                        help='checkpoint file; a bare name is looked up in MODEL_DIR (default: final.pth)')
+                        help='checkpoint file; a bare name is MODEL_DIR/name when that exists, else the file in '
+                             'this folder; a name with a folder part is a path (default: final.pth)')
     parser.add_argument('--save-pred', metavar='DIR',
                         help="write a mask <id>.png of each image in the dataset's colours, at the image size, into DIR")
     parser.add_argument('--attention', metavar='DIR',

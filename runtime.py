@@ -22,14 +22,41 @@ def run_script(main):
         raise SystemExit(str(error)) from None
 
 
+def choose_device(name, local_rank, world, cuda_available, cuda_count):
+    """The device of one process, from DEVICE (name), torchrun's LOCAL_RANK and WORLD_SIZE (world) and the
+    machine's CUDA devices. None: 'cuda' when there is one, else 'cpu'. 'cuda' without an index: cuda:LOCAL_RANK.
+    An explicit index ('cuda:1') is honoured in a single process; under torchrun it is an error, as each process
+    takes cuda:LOCAL_RANK (CUDA_VISIBLE_DEVICES chooses the GPUs). Raises ValueError naming DEVICE."""
+    try:
+        device = torch.device(name or ('cuda' if cuda_available else 'cpu'))
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"DEVICE={name!r} is no device ({str(e).splitlines()[0]}); use None, 'cpu', 'cuda' "
+                         f"or 'cuda:1'") from None
+    if device.type != 'cuda':
+        return device
+    if not cuda_available:
+        raise ValueError(f"DEVICE={name!r}, but this machine has no CUDA device that PyTorch can use "
+                         f"(torch.cuda.is_available() is False); set DEVICE = None or 'cpu'")
+    if device.index is not None and world > 1:
+        raise ValueError(f"DEVICE={name!r} names one GPU, but under torchrun each of the {world} processes takes "
+                         f"cuda:LOCAL_RANK; set DEVICE = 'cuda' (or None) and choose the GPUs with "
+                         f"CUDA_VISIBLE_DEVICES, e.g. CUDA_VISIBLE_DEVICES=2,3 torchrun --nproc_per_node=2 ...")
+    index = local_rank if device.index is None else device.index
+    if index >= cuda_count:
+        which = f'cuda:{index}' if device.index is not None else f'cuda:{index} (LOCAL_RANK={local_rank})'
+        raise ValueError(f'DEVICE={name!r} asks for {which}, but this process sees {cuda_count} CUDA device(s)')
+    return torch.device('cuda', index)
+
+
 def setup_runtime():
-    """(rank, world_size, device) from torchrun's environment, or a single process. Under torchrun the
-    process group is NCCL on GPUs, gloo on CPU; rank 0 alone logs."""
+    """(rank, world_size, device) from torchrun's environment, or a single process (choose_device says which
+    device). Under torchrun the process group is NCCL on GPUs, gloo on CPU; rank 0 alone logs."""
     world = int(os.environ.get('WORLD_SIZE', 1))
     rank = int(os.environ.get('RANK', 0))
-    device = torch.device(settings.DEVICE or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    cuda = torch.cuda.is_available()
+    device = choose_device(settings.DEVICE, int(os.environ.get('LOCAL_RANK', 0)), world, cuda,
+                           torch.cuda.device_count() if cuda else 0)
     if device.type == 'cuda':
-        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')

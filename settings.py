@@ -119,12 +119,19 @@ def log_progress(what, done, total, tic):
 def unread_settings():
     """{name: the closest setting or None} for each UPPER_CASE name here that no module of this folder reads:
     almost always a misspelling. What the code reads is found in the code itself: `settings.NAME`, and
-    UPPER_CASE strings (names passed to getattr)."""
+    UPPER_CASE strings (names passed to getattr). A .py file that does not parse (a half-written scratch script,
+    Python 2, not text) is skipped with a warning that names it: no module that reads settings is such a file."""
     read = set()
-    for path in glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), '*.py')):
+    for path in sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(os.path.abspath(__file__))), '*.py'))):
         if os.path.basename(path) != 'settings.py':
-            with open(path) as f:
-                tree = ast.parse(f.read())
+            try:
+                with open(path, 'rb') as f:  # bytes: the parser honours a coding declaration
+                    tree = ast.parse(f.read(), path)
+            except (SyntaxError, ValueError, OSError) as e:  # ValueError: null bytes, before Python 3.12
+                reason = f'line {e.lineno}: {e.msg}' if isinstance(e, SyntaxError) else str(e) or type(e).__name__
+                logger.warning('%s is not readable Python (%s): the misspelt-setting check skips it',
+                               os.path.basename(path), reason)
+                continue
             for node in ast.walk(tree):
                 if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'settings':
                     read.add(node.attr)

@@ -174,7 +174,7 @@ def main():
     if latest != -negated_first:
         raise SystemExit(f'the processes resume from different steps ({-negated_first} to {latest}): '
                          f'MODEL_DIR={settings.MODEL_DIR!r} must be one folder that every node sees')
-    final = checkpoint.checkpoint_path('final.pth')
+    final = checkpoint.model_file('final.pth')
     if start >= settings.ITER_MAX:
         if rank == 0 and not os.path.exists(final):  # killed between the last latest.pth and final.pth
             checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, start)
@@ -197,7 +197,7 @@ def main():
     if rank == 0:
         writer = SummaryWriter(settings.LOG_DIR)
         with open(os.path.join(settings.LOG_DIR, 'settings.txt'), 'w') as f:
-            f.writelines(f'{name} = {value!r}\n' for name, value in settings.effective().items())
+            f.writelines(f'{name} = {value!r}\n' for name, value in checkpoint.plain(settings.effective()).items())
         logger.info('training EMANet-%d OS%d on %s x%d (%s), steps %d..%d, %d images',
                     settings.N_LAYERS, settings.STRIDE, device, world, dtype or torch.float32,
                     start + 1, settings.ITER_MAX, len(train_set))
