@@ -369,7 +369,8 @@ def bilinear_window(image, rows, cols, first_col):
 
     image: PIL RGB, H × W; rows, cols: linear_taps of the rescaled rows and columns the window shows, in the
     output's order (y0, y1, wy: first and second source row, weight of the second, from the source coordinate
-    r·(H − 1)/(H·s − 1) in float32 as torch's CPU kernel computes it; alike for columns) → 3 × CROP × CROP float32,
+    r·(H − 1)/(H·s − 1) in float32 as torch's CPU kernel computes it; alike for columns)
+    → 3 × CROP × CROP float32,
         out[c, i, first_col + j] = Σ a · b · (image[y, x, c] / 255 − MEAN[c]) / STD[c]
     over the taps (y, a) of row i, (y0, 1 − wy) and (y1, wy), and the taps (x, b) of column j; 0 elsewhere (the
     padding: the mean colour). Bilinear is separable: columns first, over whole rows of the transposed image, then
@@ -386,16 +387,18 @@ def bilinear_window(image, rows, cols, first_col):
     taps[content] = 2
     columns = blend_rows(torch.from_numpy(by_column.reshape(width, h * 3).astype(np.float32)),
                          np.stack([x0, x1], 1), np.stack([1 - wx, wx], 1), taps)  # crop × h·3, 0 on padding
-    # normalised, as a table whose row 3·y + c is channel c of source row y0[0] + y along the output's columns
-    table = torch.from_numpy(np.ascontiguousarray(columns.numpy().T))  # h·3 × crop
-    by_channel = table.view(h, 3, crop)[:, :, content]
-    by_channel.sub_(255 * torch.tensor(settings.MEAN)[:, None]).div_(255 * torch.tensor(settings.STD)[:, None])
+    # normalised, as a table whose row 3·y + c is channel c of source row y0[0] + y along the output's columns: the
+    # mean subtracted here on the content's columns (padding stays 0), the division by 255·STD in the rows' weights
+    table = np.zeros((h, 3, crop), np.float32)
+    np.subtract(columns.numpy().T.reshape(h, 3, crop)[:, :, content], 255 * np.float32(settings.MEAN)[:, None],
+                out=table[:, :, content])
     # rows: output row c·crop + i blends rows 3·y + c of the table, y its two taps
     indices = 3 * (np.stack([y0, y1], 1) - y0[0]) + np.arange(3)[:, None, None]  # 3 × n_rows × 2
-    weights = np.broadcast_to(np.stack([1 - wy, wy], 1), indices.shape)
+    weights = np.stack([1 - wy, wy], 1) / (255 * np.float32(settings.STD))[:, None, None]  # 3 × n_rows × 2
     taps = np.zeros((3, crop), np.int64)
     taps[:, :n_rows] = 2
-    return blend_rows(table, indices, weights, taps.reshape(-1)).view(3, crop, crop)
+    image = blend_rows(torch.from_numpy(table.reshape(h * 3, crop)), indices, weights, taps.reshape(-1))
+    return image.view(3, crop, crop)
 
 
 def augment(image, label, rng):
