@@ -391,66 +391,83 @@ def blend_rows(table, indices, weights, taps):
                            per_sample_weights=torch.from_numpy(weights.reshape(-1)))
 
 
+def bilinear_window(image, rows, cols, first_col):
+    """Gather and blend: the CROP_SIZE² window of the normalised image rescaled with F.interpolate(mode='bilinear',
+    align_corners=True), from only the source pixels it reads.
+
+    image: PIL RGB, H × W; rows, cols: linear_taps of the rescaled rows and columns the window shows, in the
+    output's order (y0, y1, wy: first and second source row, weight of the second, from the source coordinate
+    r·(H − 1)/(H·s − 1) in float32 as torch's CPU kernel computes it; alike for columns)
+    → 3 × CROP × CROP float32,
+        out[c, i, first_col + j] = Σ a · b · (image[y, x, c] / 255 − MEAN[c]) / STD[c]
+    over the taps (y, a) of row i, (y0, 1 − wy) and (y1, wy), and the taps (x, b) of column j; 0 elsewhere (the
+    padding: the mean colour). Bilinear is separable: columns first, over whole rows of the transposed image, then
+    rows; each pass gathers and blends rows of a table with F.embedding_bag (blend_rows)."""
+    crop = settings.CROP_SIZE
+    (y0, y1, wy), (x0, x1, wx) = rows, cols
+    n_rows, n_cols = len(y0), len(x0)
+    content = slice(first_col, first_col + n_cols)  # the output columns that show the image
+    # columns: source column x is row x of the transposed image (PIL transposes fast), with the h source rows the
+    # window reads
+    by_column = np.asarray(image.transpose(Image.Transpose.TRANSPOSE))[:, y0[0]:y1[-1] + 1]  # W × h × 3 uint8
+    width, h, _ = by_column.shape
+    taps = np.zeros(crop, np.int64)
+    taps[content] = 2
+    columns = blend_rows(torch.from_numpy(by_column.reshape(width, h * 3).astype(np.float32)),
+                         np.stack([x0, x1], 1), np.stack([1 - wx, wx], 1), taps)  # crop × h·3, 0 on padding
+    # normalised, as a table whose row 3·y + c is channel c of source row y0[0] + y along the output's columns: the
+    # mean subtracted here on the content's columns (padding stays 0), the division by 255·STD in the rows' weights
+    table = np.zeros((h, 3, crop), np.float32)
+    np.subtract(columns.numpy().T.reshape(h, 3, crop)[:, :, content], 255 * np.float32(settings.MEAN)[:, None],
+                out=table[:, :, content])
+    # rows: output row c·crop + i blends rows 3·y + c of the table, y its two taps
+    indices = 3 * (np.stack([y0, y1], 1) - y0[0]) + np.arange(3)[:, None, None]  # 3 × n_rows × 2
+    weights = np.stack([1 - wy, wy], 1) / (255 * np.float32(settings.STD))[:, None, None]  # 3 × n_rows × 2
+    taps = np.zeros((3, crop), np.int64)
+    taps[:, :n_rows] = 2
+    image = blend_rows(torch.from_numpy(table.reshape(h * 3, crop)), indices, weights, taps.reshape(-1))
+    return image.view(3, crop, crop)
+
+
 def augment(image, label, rng):
     """The authors' training augmentation of (PIL RGB image, H × W uint8 label), randomness from rng
     → (3 × CROP × CROP float32 image, CROP × CROP int64 label).
 
     What it computes, sample for sample (tests check it against benchmark.authors_augment, the op written
-    literally: the image to float rounding, the label exactly): it draws s = SCALES[rng.integers(len(SCALES))],
-    then top and left, each uniform over every valid offset of the padded sample, then flip = rng.random() < 0.5;
-    the image normalised ((x/255 − MEAN)/STD) and rescaled by F.interpolate(scale_factor=s, mode='bilinear',
-    align_corners=True) to floor(H·s) × floor(W·s), the label by mode='nearest'; both padded bottom/right to
-    CROP_SIZE (image 0, label IGNORE_LABEL), cropped to CROP_SIZE² at (top, left), mirrored left-right if flip.
-
-    How: only the crop window, from only the source pixels it reads. Bilinear interpolation is separable, so two
-    F.embedding_bag passes do it: output column j blends the two source columns of linear_taps (rows of the
-    transposed image: the gather takes whole rows), then output row i the two source rows, with weights that also
-    normalise and an extra bias row that subtracts MEAN/STD from the content but not the padding. The label takes
-    the rows and columns torch's nearest kernel would (nearest_taps).
+    literally: the image to float rounding, the label exactly): the image normalised ((x/255 − MEAN)/STD) and
+    rescaled by s from SCALES with F.interpolate(scale_factor=s, mode='bilinear', align_corners=True) to
+    floor(H·s) × floor(W·s), the label by mode='nearest'; both padded bottom/right to CROP_SIZE (image 0, label
+    IGNORE_LABEL), cropped to CROP_SIZE² at (top, left), mirrored left-right if flip. How: only the window, from
+    only the source pixels it reads (bilinear_window; the label takes the rows and columns torch's nearest kernel
+    would, nearest_taps).
     """
     crop = settings.CROP_SIZE
+    # the draw, in this order (authors_augment draws alike): the scale; the window's top-left corner, uniform over
+    # every valid position in the rescaled sample padded to at least crop × crop; the flip
     scale = settings.SCALES[rng.integers(len(settings.SCALES))]
     width, height = image.size
-    scaled_w, scaled_h = int(width * scale), int(height * scale)
+    scaled_h, scaled_w = int(height * scale), int(width * scale)
     top = int(rng.integers(max(scaled_h - crop, 0) + 1))
     left = int(rng.integers(max(scaled_w - crop, 0) + 1))
     flip = rng.random() < 0.5
-    out_w, out_h = min(crop, scaled_w), min(crop, scaled_h)  # the window's content; padding fills the rest
-    y0, y1, wy = linear_taps(top, out_h, height, scaled_h)
-    x0, x1, wx = linear_taps(left, out_w, width, scaled_w)
+
+    # the window's geometry: out_h × out_w rescaled pixels from (top, left); padding fills the rest of crop × crop,
+    # the bottom rows and the right columns (the left ones once mirrored)
+    out_h, out_w = min(crop, scaled_h), min(crop, scaled_w)
+    first_col = crop - out_w if flip else 0  # output column of the content's first column
+    order = slice(None, None, -1 if flip else 1)  # the content's columns left to right as the output shows them
+    rows = linear_taps(top, out_h, height, scaled_h)  # 3 arrays of out_h: first, second source row, weight
+    cols = [taps[order] for taps in linear_taps(left, out_w, width, scaled_w)]  # 3 arrays of out_w
     vectorised = scaled_h + scaled_w <= 128  # torch's choice of nearest kernel for the 1 × 1 × H × W label
-    label_rows = nearest_taps(top, out_h, height, scaled_h, scale, vectorised)
-    label_cols = nearest_taps(left, out_w, width, scaled_w, scale, vectorised)
-    if flip:  # content columns right to left, starting after the padding
-        x0, x1, wx, label_cols = x0[::-1], x1[::-1], wx[::-1], label_cols[::-1]
-    col = crop - out_w if flip else 0  # first content column of the output
+    label_rows = nearest_taps(top, out_h, height, scaled_h, scale, vectorised)  # out_h
+    label_cols = nearest_taps(left, out_w, width, scaled_w, scale, vectorised)[order]  # out_w
 
-    # columns: source column x is row x of the transposed image (PIL transposes fast), its source rows y0[0]..y1[-1]
-    # (h of them) in a row of h·3 RGB values; output column j → row j of blended, 0 on padding
-    h = y1[-1] + 1 - y0[0]
-    source = np.asarray(image.transpose(Image.Transpose.TRANSPOSE))[:, y0[0]:y1[-1] + 1].reshape(width, h * 3)
-    taps = np.zeros(crop, np.int64)
-    taps[col:col + out_w] = 2
-    blended = blend_rows(torch.from_numpy(source.astype(np.float32)), np.stack([x0, x1], 1),
-                         np.stack([1 - wx, wx], 1), taps)  # crop × h·3
-    # rows: row 3·y + c of table is channel c of source row y0[0] + y along the output columns; a last bias row is 1
-    # on content columns, 0 on padding
-    table = np.empty((h * 3 + 1, crop), np.float32)
-    np.copyto(table[:-1], blended.numpy().T)
-    table[-1] = 0
-    table[-1, col:col + out_w] = 1
-    channel = np.arange(3)[:, None]  # 3 × 1
-    mean, std = np.float32(settings.MEAN)[:, None], np.float32(settings.STD)[:, None]
-    indices = np.stack(np.broadcast_arrays(3 * (y0 - y0[0]) + channel, 3 * (y1 - y0[0]) + channel, 3 * h), 2)
-    weights = np.stack(np.broadcast_arrays((1 - wy) / (255 * std), wy / (255 * std), -mean / std), 2)  # 3 × out_h × 3
-    taps = np.zeros((3, crop), np.int64)
-    taps[:, :out_h] = 3
-    image = blend_rows(torch.from_numpy(table), indices, weights, taps.reshape(-1)).view(3, crop, crop)
-
+    # the sample: a change to the source's colours goes on the PIL image before this, one to the output after it
+    image = bilinear_window(image, rows, cols, first_col)  # 3 × crop × crop, padding 0
     # the label: columns first over the rows it reads, then rows (whole rows: cheap to gather)
     window = np.full((crop, crop), settings.IGNORE_LABEL, np.uint8)
-    window[:out_h, col:col + out_w] = (label[label_rows[0]:label_rows[-1] + 1].take(label_cols, 1)
-                                       .take(label_rows - label_rows[0], 0))
+    window[:out_h, first_col:first_col + out_w] = (label[label_rows[0]:label_rows[-1] + 1].take(label_cols, 1)
+                                                   .take(label_rows - label_rows[0], 0))
     return image, torch.from_numpy(window).long()
 
 

@@ -1,5 +1,6 @@
 import glob
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,17 @@ def demo_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('demo') / 'data'
     subprocess.run([sys.executable, 'prepare.py', 'demo', str(root)], cwd=ROOT, check=True, capture_output=True)
     return root
+
+
+@pytest.fixture(scope='session')
+def python_first(tmp_path_factory):
+    """PATH → PATH for shell scripts: a folder holding only `python`, which runs the interpreter running the tests
+    (whatever its environment, activated or not), goes first; no other program of the interpreter's folder comes
+    with it, so a test that hides one (tensorboard) still can."""
+    folder = tmp_path_factory.mktemp('python_bin')
+    (folder / 'python').write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (folder / 'python').chmod(0o755)
+    return lambda path: f'{folder}{os.pathsep}{path}'
 
 
 def copy_code(path):

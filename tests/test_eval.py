@@ -1,5 +1,6 @@
 """eval.py: metrics, confusion, multi-scale + flip prediction, and the command line run like a user runs it."""
 import json
+import logging.handlers
 import math
 import os
 import time
@@ -56,6 +57,7 @@ def test_report_json_and_table(monkeypatch, tmp_path, capsys):
     assert result['per_class'] == {'sky': pytest.approx(5 / 8), 'road': pytest.approx(3 / 7), 'car': 0.0, 'dog': None}
     assert result['step'] == 10 and result['n_images'] == 2 and result['scales'] == [1.0] and not result['flip']
     assert result['window'] == [9, 17] and result['stride'] == 8
+    assert result['confusion'] == HAND_CONFUSION  # rows: ground truth, as given
     out = capsys.readouterr().out
     assert out.splitlines()[0].endswith('scales (1.0,), flip False, window (9, 17), stride 8')
     assert 'pAcc 66.67  mAcc 66.67  fIoU 52.68  mIoU 35.12' in out and '62.50' in out
@@ -68,6 +70,29 @@ def test_confusion_ignores_ignore_label(monkeypatch):
     confusion = evaluation.confusion_matrix(pred, label)
     assert confusion.dtype == torch.int64
     assert confusion.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+
+
+def test_confusion_and_metrics_follow_their_definitions(monkeypatch):
+    monkeypatch.setattr(settings, 'N_CLASSES', 4)
+    # asymmetric on purpose: class 3 is only predicted, class 2 never predicted, 255 ignored
+    label = torch.tensor([[0, 0, 0, 1, 1, 2], [2, 2, 1, 0, 255, 255]])
+    pred = torch.tensor([[0, 1, 3, 1, 1, 0], [1, 1, 1, 0, 2, 3]])
+    confusion = evaluation.confusion_matrix(pred, label)
+    assert confusion.tolist() == [[2, 1, 0, 1], [0, 3, 0, 0], [1, 2, 0, 0], [0, 0, 0, 0]]  # rows: truth
+    valid = label != 255
+    truth, guess = label[valid], pred[valid]
+    result = evaluation.metrics(confusion)
+    assert result['pAcc'] == pytest.approx((truth == guess).float().mean().item())  # 5 / 10
+    in_truth = [c for c in range(4) if (truth == c).any()]
+    accuracy = [((guess == c) & (truth == c)).sum().item() / (truth == c).sum().item() for c in in_truth]
+    assert result['mAcc'] == pytest.approx(sum(accuracy) / len(accuracy))  # (2/4 + 3/3 + 0/3) / 3
+    iou = [((guess == c) & (truth == c)).sum().item() / ((guess == c) | (truth == c)).sum().item() for c in range(4)]
+    assert result['IoU'] == pytest.approx(iou)  # 2/5, 3/6, 0, 0: class 3 predicted only
+    assert result['mIoU'] == pytest.approx(sum(iou) / 4)
+    frequency = [(truth == c).sum().item() / len(truth) for c in range(4)]
+    assert result['fIoU'] == pytest.approx(sum(f * i for f, i in zip(frequency, iou)))
+    assert result['mAcc'] != pytest.approx(evaluation.metrics(confusion.T)['mAcc'])  # the case tells rows from columns
+    assert result['fIoU'] != pytest.approx(evaluation.metrics(confusion.T)['fIoU'])
 
 
 def test_checkpoint_path(monkeypatch, tmp_path):
@@ -269,6 +294,13 @@ def test_eval_single_process_and_torchrun_agree(experiment, demo_data):
         result = json.load(f)
     assert {'mIoU', 'pAcc', 'mAcc', 'fIoU'} <= set(result) and list(result['per_class']) == list(dataset.VOC_CLASSES)
     assert result['n_images'] == 3 and result['step'] == 7 and sum(map(sum, result['confusion'])) > 0
+    counted = np.zeros((21, 21), np.int64)  # rows: ground truth, columns: the saved predictions
+    for image_id in VAL_IDS:
+        label = dataset.read_label(dataset.label_path(image_id, demo_data))
+        pred = np.array(Image.open(experiment / 'preds' / f'{image_id}.png'))
+        valid = label != settings.IGNORE_LABEL
+        np.add.at(counted, (label[valid], pred[valid]), 1)
+    assert result['confusion'] == counted.tolist() and not np.array_equal(counted, counted.T)
     for image_id in VAL_IDS:
         with Image.open(dataset.image_path(image_id, demo_data)) as image:
             assert read_mask(experiment / 'preds' / f'{image_id}.png').size == image.size
@@ -316,18 +348,24 @@ def test_missing_or_mismatched_checkpoint_is_an_error(experiment):
     assert 'fc2.weight has shape (5, 256, 1, 1)' in other.stderr and '(21, 256, 1, 1)' in other.stderr
 
 
-def test_progress_lines_for_long_work_only(caplog):
-    caplog.set_level('INFO', logger='emanet')
-    settings.logger.propagate = True
+def test_progress_lines_for_long_work_only(monkeypatch):
+    # what the user sees: the records that reach the logger's handlers (its own writes them to stderr), whatever
+    # pytest's log capture does; a fixed clock, so a busy machine does not change the seconds per item
+    now = time.time()
+    monkeypatch.setattr(time, 'time', lambda: now)
+    seen = logging.handlers.BufferingHandler(capacity=1000)
+    level = settings.logger.level
+    settings.logger.addHandler(seen)
+    settings.logger.setLevel(logging.INFO)
     try:
-        started = time.time()
         for done in range(1, 21):
-            settings.log_progress('images', done, 20, started)  # quick: silent
-        assert not caplog.records
+            settings.log_progress('images', done, 20, now)  # quick: silent
+        assert not seen.buffer
         for done in range(1, 21):
-            settings.log_progress('images', done, 20, started - 100)  # 100 s in: every tenth and the end
-        lines = [r.getMessage() for r in caplog.records]
-        assert len(lines) == 10 and lines[-1].startswith('images 20/20, 5.000 s each, ETA 00:00:00')
-        assert lines[0].startswith('images 2/20, 50.000 s each, ETA 00:15:00')
+            settings.log_progress('images', done, 20, now - 100)  # 100 s in: every tenth and the end
     finally:
-        settings.logger.propagate = False
+        settings.logger.removeHandler(seen)
+        settings.logger.setLevel(level)
+    lines = [record.getMessage() for record in seen.buffer]
+    assert len(lines) == 10 and lines[-1].startswith('images 20/20, 5.000 s each, ETA 00:00:00')
+    assert lines[0].startswith('images 2/20, 50.000 s each, ETA 00:15:00')

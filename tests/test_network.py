@@ -98,6 +98,71 @@ def test_em_step_epsilons_keep_zero_input_finite():
     assert torch.allclose(tiny, torch.full((1, 2, 1), 1e-7 / (1e-6 + math.sqrt(2) * 1e-7)))
 
 
+def em_formula(x, bases, norm):
+    """One EM step written from the paper (DESIGN.md), independently of network.py. x: b × c × n, bases: b × c × k."""
+    z = torch.exp(torch.einsum('bcn,bck->bnk', x, bases))
+    z = z / z.sum(dim=2, keepdim=True)  # softmax over the k bases
+    weights = z / (1e-6 + z.sum(dim=1, keepdim=True))  # each basis' responsibilities sum to 1 over the n pixels
+    bases = torch.einsum('bcn,bnk->bck', x, weights)
+    if norm == 'l2':
+        bases = bases / (1e-6 + bases.pow(2).sum(dim=1, keepdim=True).sqrt())  # unit length over the c channels
+    return bases, z
+
+
+@pytest.mark.parametrize('norm', ['l2', 'none'])
+def test_em_step_iterations_and_unit_output_follow_the_formula(norm):
+    torch.manual_seed(3)
+    unit = EMAU(16, 8, stage_num=3, norm=norm).double().eval()
+    unit.conv2[1].running_mean.normal_()  # a batch norm that is not the identity
+    unit.conv2[1].running_var.uniform_(0.5, 2)
+    unit.conv2[1].weight.data.uniform_(0.5, 2)
+    unit.conv2[1].bias.data.normal_()
+    x = torch.randn(2, 16, 9, 11, dtype=torch.float64)  # b × c × h × w: 99 pixels, 8 bases
+    pixels = F.conv2d(x, unit.conv1.weight, unit.conv1.bias).flatten(2)  # b × c × n
+    bases = unit.mu.expand(2, -1, -1)
+    # one step
+    step_bases, step_z = unit.em_step(pixels, bases)
+    expected_bases, expected_z = em_formula(pixels, bases, norm)
+    assert torch.allclose(step_z, expected_z, atol=1e-12) and torch.allclose(step_bases, expected_bases, atol=1e-12)
+    # the iterations, from the running bases
+    for _ in range(3):
+        bases, z = em_formula(pixels, bases, norm)
+    em_bases, em_z = unit.em(x)
+    assert torch.allclose(em_bases, bases, atol=1e-10) and torch.allclose(em_z, z, atol=1e-10)
+    # the unit: reconstruction μ zᵀ → ReLU → 1x1 conv → BN → + input → ReLU
+    bn = unit.conv2[1]
+    reconstruction = F.relu(torch.einsum('bck,bnk->bcn', bases, z)).view_as(x)
+    y = F.conv2d(reconstruction, unit.conv2[0].weight)
+    y = (y - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+    y = y * bn.weight[:, None, None] + bn.bias[:, None, None]
+    out, out_bases = unit(x.clone())
+    assert torch.allclose(out, F.relu(y + x), atol=1e-10) and torch.allclose(out_bases, bases, atol=1e-10)
+
+
+def test_init_is_the_authors_on_convs_of_every_shape():
+    net = EMANet(21, 50)
+    shapes = set()
+    for name, module in [*net.extractor.named_modules(prefix='extractor'), *net.emau.named_modules(prefix='emau')]:
+        if isinstance(module, torch.nn.Conv2d):
+            k, c_out, c_in = module.kernel_size[0], module.out_channels, module.in_channels
+            shapes.add((k, c_in < c_out, c_in == c_out, c_in > c_out))
+            # fan-out: normal(0, sqrt(2 / (k·k·out))); 1728 weights at least, so 10% is many standard errors
+            assert module.weight.std().item() == pytest.approx(math.sqrt(2 / (k * k * c_out)), rel=0.1), name
+            assert abs(module.weight.mean().item()) < 0.1 * math.sqrt(2 / (k * k * c_out)), name
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0), name
+    # 3x3 widening (stem 3→64, 64→128), equal and narrowing, 1x1 widening (conv3, downsample), equal, narrowing
+    assert shapes == {(3, True, False, False), (3, False, True, False), (1, True, False, False),
+                      (1, False, True, False), (1, False, False, True)}
+    stem = net.extractor[0][0]
+    assert stem.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 64)), rel=0.1)  # 0.059, not fan-in's 0.27
+    # the head keeps PyTorch's default: uniform(±1/sqrt(fan_in)), std 1/sqrt(3·fan_in)
+    for name, conv in [('fc0', net.fc0.conv), ('fc1', net.fc1[0].conv), ('fc2', net.fc2)]:
+        fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.abs().max().item() <= 1 / math.sqrt(fan_in), name
+        assert conv.weight.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.1), name
+
+
 def test_em_iterations_run_without_gradient(monkeypatch):
     net = small_net(monkeypatch)
     loss, mu = net.train()(torch.randn(2, 3, 33, 33), torch.randint(0, 21, (2, 33, 33)))

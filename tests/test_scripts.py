@@ -6,14 +6,16 @@ import subprocess
 from conftest import HANG_GUARD, copy_code, make_experiment
 
 
-def bash(folder, script, env=None, timeout=HANG_GUARD):
-    return subprocess.run(['bash', script], cwd=folder, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def bash(python_first, folder, *args, env=None, timeout=HANG_GUARD):
+    """`bash args...` in folder; the scripts' `python` is the interpreter running the tests (see python_first)."""
+    env = {**os.environ, **(env or {})}
+    return subprocess.run(['bash', *args], cwd=folder, capture_output=True, text=True, timeout=timeout,
+                          env={**env, 'PATH': python_first(env['PATH'])})
 
 
-def test_demo_runs_the_whole_loop_at_a_tiny_budget(tmp_path):
+def test_demo_runs_the_whole_loop_at_a_tiny_budget(tmp_path, python_first):
     repo = copy_code(tmp_path / 'repo')
-    result = bash(repo, 'demo.sh', env={'DEMO_ITER_MAX': '2'})
+    result = bash(python_first, repo, 'demo.sh', env={'DEMO_ITER_MAX': '2'})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "> DATA_ROOT = '" in result.stdout and '> ITER_MAX = 2' in result.stdout  # the diff is shown
     assert '== demo mIoU' in result.stdout and 'predicting background everywhere scores' in result.stdout
@@ -25,7 +27,7 @@ def test_demo_runs_the_whole_loop_at_a_tiny_budget(tmp_path):
     assert (experiment / 'models' / 'final.pth').exists()
 
 
-def test_clean_removes_checkpoints_logs_and_caches_only(tmp_path, demo_data):
+def test_clean_removes_checkpoints_logs_and_caches_only(tmp_path, demo_data, python_first):
     outside = tmp_path / 'shared logs'
     outside.mkdir()
     (outside / 'keep').write_text('')
@@ -36,7 +38,7 @@ def test_clean_removes_checkpoints_logs_and_caches_only(tmp_path, demo_data):
     for name in ('latest.pth', 'final.pth', 'step_2.pth', 'latest.pth.tmp77', 'resnet50s.pth', 'README.md'):
         (models / name).write_text('x')
     (logdir / 'events.out.tfevents.1').write_text('x')
-    result = bash(experiment, 'clean.sh')
+    result = bash(python_first, experiment, 'clean.sh')
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(models)) == ['README.md', 'resnet50s.pth']
     assert not logdir.exists() and not (experiment / '__pycache__').exists()
@@ -44,12 +46,12 @@ def test_clean_removes_checkpoints_logs_and_caches_only(tmp_path, demo_data):
 
     with open(experiment / 'settings.py', 'a') as f:
         f.write(f"LOG_DIR = {str(outside)!r}\nMODEL_DIR = '..'\n")
-    result = bash(experiment, 'clean.sh')
+    result = bash(python_first, experiment, 'clean.sh')
     assert result.returncode == 0, result.stderr
     assert 'left alone' in result.stdout and (outside / 'keep').exists()
 
 
-def test_tensorboard_serves_log_dir_on_a_free_port(tmp_path, demo_data):
+def test_tensorboard_serves_log_dir_on_a_free_port(tmp_path, demo_data, python_first):
     experiment = copy_code(tmp_path / 'exp')
     with open(experiment / 'settings.py', 'a') as f:
         f.write("LOG_DIR = './runs'\n")
@@ -57,16 +59,16 @@ def test_tensorboard_serves_log_dir_on_a_free_port(tmp_path, demo_data):
     fake_bin.mkdir()
     (fake_bin / 'tensorboard').write_text('#!/bin/sh\necho "tensorboard $@"\n')
     (fake_bin / 'tensorboard').chmod(0o755)
-    result = bash(experiment, 'tensorboard.sh', env={'PATH': f"{fake_bin}:{os.environ['PATH']}"})
+    result = bash(python_first, experiment, 'tensorboard.sh', env={'PATH': f"{fake_bin}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stderr
     address, call = result.stdout.splitlines()
     port = address.split('localhost:')[1].split('/')[0]
     assert call == f'tensorboard --logdir ./runs --port {port} --bind_all' and int(port) > 0
-    missing = bash(experiment, 'tensorboard.sh', env={'PATH': '/usr/bin:/bin'})
+    missing = bash(python_first, experiment, 'tensorboard.sh', env={'PATH': '/usr/bin:/bin'})
     assert missing.returncode == 1 and 'pip install tensorboard' in missing.stderr
 
 
-def test_tensorboard_serves_several_experiments_side_by_side_named_by_folder(tmp_path):
+def test_tensorboard_serves_several_experiments_side_by_side_named_by_folder(tmp_path, python_first):
     here = tmp_path.resolve()
     for name in ('exp_a', 'exp_b'):
         copy_code(here / name)
@@ -77,16 +79,14 @@ def test_tensorboard_serves_several_experiments_side_by_side_named_by_folder(tmp
     fake_bin.mkdir()
     (fake_bin / 'tensorboard').write_text('#!/bin/sh\necho "tensorboard $@"\n')
     (fake_bin / 'tensorboard').chmod(0o755)
-    env = {**os.environ, 'PATH': f"{fake_bin}:{os.environ['PATH']}"}
+    env = {'PATH': f"{fake_bin}:{os.environ['PATH']}"}
     # run from the folder that holds the experiments, with paths relative to it, as `bash exp_a/tensorboard.sh ...`
-    result = subprocess.run(['bash', 'exp_a/tensorboard.sh', 'exp_a', './exp_b/'], cwd=here, env=env,
-                            capture_output=True, text=True, timeout=HANG_GUARD)
+    result = bash(python_first, here, 'exp_a/tensorboard.sh', 'exp_a', './exp_b/', env=env)
     assert result.returncode == 0, result.stderr
     address, call = result.stdout.splitlines()
     port = address.split('localhost:')[1].split('/')[0]
     spec = f"exp_a:{here / 'exp_a' / 'logdir'},exp_b:{here / 'exp_b' / 'runs'}"
     assert call == f'tensorboard --logdir_spec {spec} --port {port} --bind_all'
-    not_an_experiment = subprocess.run(['bash', 'exp_a/tensorboard.sh', 'exp_a', 'notes'], cwd=here, env=env,
-                                       capture_output=True, text=True, timeout=HANG_GUARD)
+    not_an_experiment = bash(python_first, here, 'exp_a/tensorboard.sh', 'exp_a', 'notes', env=env)
     assert not_an_experiment.returncode == 1 and 'tensorboard --logdir' not in not_an_experiment.stdout
     assert 'notes is not an experiment folder (no settings.py)' in not_an_experiment.stderr
