@@ -9,10 +9,13 @@ resolution. EVAL_WINDOW (a size, or (h, w)) runs every scale that is larger than
 that size (a step of 2/3 of the window, the last one flush with the border) whose logits are averaged where
 they overlap: memory stays that of one window, and the net sees crops as large as it was trained on.
 """
+import json
 import math
+import os
 import time
 
 import numpy as np
+import onnxruntime
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -105,6 +108,49 @@ def predict(net, img):
             total = total + (scores.flip(-1) if flip else scores)  # mirrored scores back in place
             count += 1
     return total / count
+
+
+def onnx_metadata(path, session):
+    """The metadata export.py wrote into the ONNX file, checked against this folder's settings."""
+    stored = session.get_modelmeta().custom_metadata_map
+    try:
+        meta = {key: json.loads(stored[key]) for key in ('n_classes', 'stride', 'mean', 'std', 'step')}
+    except (KeyError, ValueError):
+        raise ValueError(f'{path} has no export.py metadata (n_classes, stride, mean, std, step): '
+                         f'export the checkpoint with export.py') from None
+    expected = {'n_classes': (settings.N_CLASSES, 'N_CLASSES'), 'stride': (dataset.output_stride(), 'EVAL_STRIDE'),
+                'mean': (list(settings.MEAN), 'MEAN'), 'std': (list(settings.STD), 'STD')}
+    for key, (value, name) in expected.items():
+        if meta[key] != value:
+            raise ValueError(f'{path} was exported with {key} {meta[key]} but this folder\'s settings give {value} '
+                             f'({name}); export it again from these settings or evaluate it from its own folder')
+    return meta
+
+
+def onnx_net(path):
+    """(net, metadata): an export.py file run by onnxruntime on the CPU, called as EMANet's eval forward,
+    net(img, size=None) → b × classes × size logits (float32, on img's device), so `predict` and everything
+    that calls it run it unchanged. Other sizes are resized from the stride-level logits as EMANet does, so
+    multi-scale predictions match PyTorch's too."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'ONNX file {path} does not exist')
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # as PyTorch: OMP_NUM_THREADS, one per torchrun process
+    try:
+        session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    except Exception as error:  # onnxruntime's own error types: a file it cannot parse or run
+        raise ValueError(f'{path} is not an ONNX file onnxruntime can run ({str(error).splitlines()[0]})') from None
+    meta = onnx_metadata(path, session)
+
+    def net(img, size=None):
+        whole = size is None or tuple(size) == tuple(img.shape[-2:])
+        output = session.run(['logits' if whole else 'stride_logits'],
+                             {'img': img.detach().float().cpu().contiguous().numpy()})[0]
+        logits = torch.from_numpy(output)  # b × classes × (H × W or h × w)
+        if not whole:
+            logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=True)
+        return logits.to(img.device)
+    return net, meta
 
 
 def confusion_matrix(pred, label):
