@@ -158,7 +158,7 @@ def segment_images(net, device, rank, world, args, images):
     for index in range(rank, len(images), world):
         file, name, out = images[index]
         image = dataset.read_photo(file)
-        img = runtime.to_device(image_tensor(image), device)
+        img = runtime.to_device(image_tensor(image), device, inference=True)
         pred = evaluation.predict(net, img).argmax(dim=1)[0]  # H' × W'
         save_prediction(pred, *image.size, out)
         if args.attention and index < args.attention_images:
@@ -235,7 +235,7 @@ def main():
         # the weights trained at STRIDE run at EVAL_STRIDE: the same convolutions with other strides and dilations
         net = network.EMANet(stride=settings.EVAL_STRIDE)
         step = checkpoint.load_checkpoint(net, path).get('step')
-        net = runtime.to_device(net.eval(), device)
+        net = runtime.to_device(net.eval(), device, inference=True)
     for folder in (args.save_pred, args.attention):
         if folder:
             os.makedirs(folder, exist_ok=True)

@@ -15,7 +15,6 @@ import os
 import time
 
 import numpy as np
-import onnxruntime
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -134,10 +133,8 @@ def onnx_net(path):
     multi-scale predictions match PyTorch's too."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'ONNX file {path} does not exist')
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # as PyTorch: OMP_NUM_THREADS, one per torchrun process
     try:
-        session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        session = runtime.onnx_session(path)
     except Exception as error:  # onnxruntime's own error types: a file it cannot parse or run
         raise ValueError(f'{path} is not an ONNX file onnxruntime can run ({str(error).splitlines()[0]})') from None
     meta = onnx_metadata(path, session)
@@ -193,7 +190,7 @@ def evaluate(net, device, rank, world, n_images=None, each=None):
     tic = time.time()
     for done, index in enumerate(shard, 1):
         img, label = val_set[index]  # 3 × H' × W', H' × W'
-        img = runtime.to_device(img[None], device)
+        img = runtime.to_device(img[None], device, inference=True)
         pred = predict(net, img).argmax(dim=1)[0]  # H' × W'
         confusion += confusion_matrix(pred, label.to(device))
         if each is not None:

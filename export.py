@@ -21,8 +21,6 @@ import json
 import os
 
 import numpy as np
-import onnx
-import onnxruntime
 import torch
 
 import checkpoint
@@ -35,20 +33,7 @@ logger = settings.logger
 MAX_DIFFERENCE = 1e-3  # largest logit difference to PyTorch accepted (measured: ~2e-5 at 513 × 513)
 
 
-class Exported(torch.nn.Module):
-    """EMANet's eval forward with both outputs: logits at the input size and at the output stride."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, img):
-        logits, _ = self.net.stride_logits(img)  # n × classes × h × w
-        return torch.nn.functional.interpolate(logits, size=img.shape[-2:], mode='bilinear',
-                                               align_corners=True), logits
-
-
-def traced_size(k):
+def check_size(k):
     """A test-time input size, k·stride + 1."""
     return k * dataset.output_stride() + 1
 
@@ -64,25 +49,12 @@ def metadata(step, source):
     return {key: json.dumps(value) for key, value in values.items()}
 
 
-def export(net, path, step, source):
-    """Writes net (eval, CPU, float32) to path as ONNX with dynamic N, H, W and the metadata."""
-    img = torch.randn(2, 3, traced_size(8), traced_size(8))  # batch 2: a size of 1 would be traced as a constant
-    dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
-    program = torch.onnx.export(Exported(net).eval(), (img,), dynamo=True, input_names=['img'],
-                                output_names=['logits', 'stride_logits'], dynamic_shapes=(dims,),
-                                verbose=False)
-    model = program.model_proto
-    onnx.helper.set_model_props(model, metadata(step, source))
-    onnx.save(model, path)
-
-
 def max_difference(net, path, batch, height, width):
     """Largest |onnxruntime − PyTorch| logit on a random batch × 3 × height × width input."""
     img = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = net(img).numpy()
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-    logits = session.run(['logits'], {'img': img.numpy()})[0]
+    logits = runtime.onnx_session(path).run(['logits'], {'img': img.numpy()})[0]
     return float(np.abs(logits - expected).max())
 
 
@@ -106,9 +78,9 @@ def main():
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     tmp = f'{out}.tmp{os.getpid()}'
     try:
-        export(net, tmp, step, path)
-        difference = max_difference(net, tmp, 1, traced_size(6), traced_size(10))
-        print(f'onnxruntime against PyTorch on 1 x 3 x {traced_size(6)} x {traced_size(10)}: '
+        runtime.export_onnx(net, tmp, metadata(step, path))
+        difference = max_difference(net, tmp, 1, check_size(6), check_size(10))
+        print(f'onnxruntime against PyTorch on 1 x 3 x {check_size(6)} x {check_size(10)}: '
               f'max logit difference {difference:.2e}')
         if not difference <= MAX_DIFFERENCE:
             raise ValueError(f'{out}: onnxruntime differs from PyTorch by {difference:.2e} > {MAX_DIFFERENCE} '

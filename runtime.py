@@ -1,13 +1,16 @@
 """What every script shares to run: the entry point that turns a bad setting or file into its message, the
-device and torchrun set-up, mixed precision and the memory layout.
+device and torchrun set-up, mixed precision, the memory layout, and the network as an ONNX file for onnxruntime.
 
 The all-reduce mean lives in network.py (`network.all_reduce_mean`): the bases' moving average is a mean over
 the whole global batch, and network.py imports nothing of the runtime.
 """
 import os
 
+import onnx
+import onnxruntime
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import checkpoint
 import settings
@@ -50,7 +53,42 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def to_device(x, device):
-    """A module or a b × 3 × h × w batch on device, channels-last on CUDA when CHANNELS_LAST."""
+def to_device(x, device, inference=False):
+    """A module or a b × 3 × h × w batch on device, channels-last when CHANNELS_LAST on CUDA, and on the CPU for
+    inference (benchmark.py: faster there, predictions unchanged; CPU training stays contiguous, slower in it)."""
     x = x.to(device, non_blocking=True)
-    return x.to(memory_format=torch.channels_last) if device.type == 'cuda' and settings.CHANNELS_LAST else x
+    channels_last = settings.CHANNELS_LAST and (device.type == 'cuda' or inference)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+class BothLogits(torch.nn.Module):
+    """EMANet's eval forward with both outputs: logits at the input size and at the output stride."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, img):
+        logits, _ = self.net.stride_logits(img)  # n × classes × h × w
+        return F.interpolate(logits, size=img.shape[-2:], mode='bilinear', align_corners=True), logits
+
+
+def export_onnx(net, path, metadata=None):
+    """Writes net (an EMANet, eval, float32 on the CPU) to path as ONNX: input `img` N × 3 × H × W, outputs
+    `logits` N × classes × H × W and `stride_logits` N × classes × h × w, N, H and W dynamic, the EM iterations
+    unrolled; metadata (name → str) as the file's metadata_props."""
+    img = torch.randn(2, 3, 65, 65)  # batch 2: a size of 1 would be traced as a constant
+    dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    program = torch.onnx.export(BothLogits(net).eval(), (img,), dynamo=True, input_names=['img'],
+                                output_names=['logits', 'stride_logits'], dynamic_shapes=(dims,), verbose=False)
+    model = program.model_proto
+    onnx.helper.set_model_props(model, metadata or {})
+    onnx.save(model, path)
+
+
+def onnx_session(path):
+    """An onnxruntime CPU session of the ONNX file at path, with PyTorch's thread count (OMP_NUM_THREADS, one
+    per torchrun process) so that both use the same cores."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])

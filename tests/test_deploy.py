@@ -14,6 +14,7 @@ import eval
 import evaluation
 import export
 import network
+import runtime
 import settings
 from conftest import ONE_THREAD, TINY, make_experiment, run_script
 
@@ -222,3 +223,12 @@ def test_same_stems_and_masks_over_inputs(trained, tmp_path):
         assert clash.returncode != 0 and 'Traceback' not in clash.stderr
         assert f'would replace the input image {tmp_path / "cam1" / "0002.png"}' in clash.stderr
         assert {name: (tmp_path / 'cam1' / name).read_bytes() for name in os.listdir(tmp_path / 'cam1')} == before
+
+
+def test_channels_last_for_cpu_inference_only(monkeypatch):
+    cpu = torch.device('cpu')
+    img = torch.zeros(1, 3, 9, 9)
+    assert runtime.to_device(img, cpu, inference=True).is_contiguous(memory_format=torch.channels_last)
+    assert runtime.to_device(img, cpu).is_contiguous()  # training's batches
+    monkeypatch.setattr(settings, 'CHANNELS_LAST', False)
+    assert runtime.to_device(img, cpu, inference=True).is_contiguous()
