@@ -129,8 +129,9 @@ def onnx_metadata(path, session):
 def onnx_net(path):
     """(net, metadata): an export.py file run by onnxruntime on the CPU, called as EMANet's eval forward,
     net(img, size=None) → b × classes × size logits (float32, on img's device), so `predict` and everything
-    that calls it run it unchanged. Other sizes are resized from the stride-level logits as EMANet does, so
-    multi-scale predictions match PyTorch's too."""
+    that calls it run it unchanged. Logits for another size are resized from the input-size ones: for inputs of
+    k·stride + 1 pixels (all that `predict` passes) that equals EMANet's one resize from the output stride, since
+    align_corners=True keeps the stride grid's points and bilinear is linear between them."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'ONNX file {path} does not exist')
     try:
@@ -140,11 +141,8 @@ def onnx_net(path):
     meta = onnx_metadata(path, session)
 
     def net(img, size=None):
-        whole = size is None or tuple(size) == tuple(img.shape[-2:])
-        output = session.run(['logits' if whole else 'stride_logits'],
-                             {'img': img.detach().float().cpu().contiguous().numpy()})[0]
-        logits = torch.from_numpy(output)  # b × classes × (H × W or h × w)
-        if not whole:
+        logits = torch.from_numpy(session.run(['logits'], {'img': img.detach().float().cpu().contiguous().numpy()})[0])
+        if size is not None and tuple(size) != tuple(img.shape[-2:]):  # b × classes × h × w → size
             logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=True)
         return logits.to(img.device)
     return net, meta

@@ -8,10 +8,9 @@
 The network is this folder's settings' (N_CLASSES, N_LAYERS, EMA_CHANNELS, N_BASES) at EVAL_STRIDE with the
 EVAL_STAGE_NUM EM iterations unrolled, in float32. Input `img`: N × 3 × H × W float32, RGB scaled to [0, 1] and
 normalised with MEAN and STD; H and W should be k·stride + 1 (pad bottom/right with 0, as eval.py does) so that
-the features align with the output stride. Outputs `logits`: N × N_CLASSES × H × W, and `stride_logits`:
-N × N_CLASSES × h × w at the output stride (what eval.py resizes for other scales, as EMANet does). N, H and W
-are dynamic. The file's metadata (metadata_props, JSON values) carries `classes`, `n_classes`, `mean`, `std`,
-`stride`, `padding`, `step`, `dataset`, `n_layers`, `eval_stage_num`, `checkpoint`.
+the features align with the output stride. Output `logits`: N × N_CLASSES × H × W. N, H and W are dynamic.
+The file's metadata (metadata_props, JSON values) carries `classes`, `n_classes`, `mean`, `std`, `stride`,
+`padding`, `step`, `dataset`, `n_layers`, `eval_stage_num`, `checkpoint`.
 
 After writing, the file runs with onnxruntime on a random input of another size and batch than the traced
 one; a maximum logit difference to PyTorch above MAX_DIFFERENCE is an error and no file is left behind.

@@ -231,14 +231,10 @@ class EMANet(nn.Module):
         """The EM unit's input: b × EMA_CHANNELS × h × w at the output stride."""
         return self.fc0(self.extractor(img))
 
-    def stride_logits(self, img):
-        """(logits at the output stride, b × n_classes × h × w float32; the bases b × c × k)."""
-        x, bases = self.emau(self.features(img))
-        return upcast(self.fc2(self.fc1(x))), bases
-
     def forward(self, img, lbl=None, size=None):
-        logits, bases = self.stride_logits(img)
-        logits = F.interpolate(logits, size=size or img.shape[-2:], mode='bilinear', align_corners=True)
+        x, bases = self.emau(self.features(img))
+        logits = self.fc2(self.fc1(x))
+        logits = F.interpolate(upcast(logits), size=size or img.shape[-2:], mode='bilinear', align_corners=True)
         if self.training and lbl is not None:
             return per_image_loss(logits, lbl), bases
         return logits

@@ -10,7 +10,6 @@ import onnx
 import onnxruntime
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import checkpoint
 import settings
@@ -61,26 +60,14 @@ def to_device(x, device, inference=False):
     return x.to(memory_format=torch.channels_last) if channels_last else x
 
 
-class BothLogits(torch.nn.Module):
-    """EMANet's eval forward with both outputs: logits at the input size and at the output stride."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, img):
-        logits, _ = self.net.stride_logits(img)  # n × classes × h × w
-        return F.interpolate(logits, size=img.shape[-2:], mode='bilinear', align_corners=True), logits
-
-
 def export_onnx(net, path, metadata=None):
-    """Writes net (an EMANet, eval, float32 on the CPU) to path as ONNX: input `img` N × 3 × H × W, outputs
-    `logits` N × classes × H × W and `stride_logits` N × classes × h × w, N, H and W dynamic, the EM iterations
-    unrolled; metadata (name → str) as the file's metadata_props."""
+    """Writes net (an EMANet, eval, float32 on the CPU) to path as ONNX: input `img` N × 3 × H × W, output
+    `logits` N × classes × H × W, N, H and W dynamic, the EM iterations unrolled; metadata (name → str) as the
+    file's metadata_props."""
     img = torch.randn(2, 3, 65, 65)  # batch 2: a size of 1 would be traced as a constant
     dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
-    program = torch.onnx.export(BothLogits(net).eval(), (img,), dynamo=True, input_names=['img'],
-                                output_names=['logits', 'stride_logits'], dynamic_shapes=(dims,), verbose=False)
+    program = torch.onnx.export(net, (img,), dynamo=True, input_names=['img'], output_names=['logits'],
+                                dynamic_shapes=(dims,), verbose=False)
     model = program.model_proto
     onnx.helper.set_model_props(model, metadata or {})
     onnx.save(model, path)
