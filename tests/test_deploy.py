@@ -88,9 +88,9 @@ def test_onnx_net_predicts_as_pytorch_with_scales_flip_and_windows(trained, tiny
     ort_net, meta = evaluation.onnx_net(str(trained / 'models' / 'final.onnx'))
     assert meta['step'] == 2
     img = torch.randn(1, 3, 57, 73, generator=torch.Generator().manual_seed(1))
-    monkeypatch.setattr(settings, 'EVAL_SCALES', (0.75, 1.0))
+    monkeypatch.setattr(settings, 'EVAL_SCALES', (0.5, 1.0))
     monkeypatch.setattr(settings, 'EVAL_FLIP', True)
-    monkeypatch.setattr(settings, 'EVAL_WINDOW', 49)  # scale 1 in 4 windows; 0.75 (41 × 57) whole
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', 49)  # scale 1 in 4 windows; 0.5 (33 × 33) whole, resized
     expected, scores = evaluation.predict(net, img), evaluation.predict(ort_net, img)
     assert scores.shape == expected.shape == (1, 21, 57, 73)
     assert (scores - expected).abs().max() < 1e-5
