@@ -127,14 +127,14 @@ def mask_names(files):
     """A name for each input's mask (relative, without .png) such that no two inputs share one: the file's stem
     where the stems differ; else the shortest tail of the folders that tells them apart, the same depth for all
     ('cam1/0001', 'cam2/0001'); files that differ only by their extension keep it ('0001.jpg', '0001.tif')."""
-    parts = [os.path.realpath(file).split(os.sep)[1:] for file in files]
+    parts = [os.path.abspath(file).split(os.sep)[1:] for file in files]  # a link keeps its own name
     for keep_extension in (False, True):
         for depth in range(1, max(map(len, parts)) + 1):
             names = ['/'.join(p[-depth:]) if keep_extension else os.path.splitext('/'.join(p[-depth:]))[0]
                      for p in parts]
             if len(set(names)) == len(names):
                 return names
-    raise AssertionError('realpaths are unique')
+    raise AssertionError('image_files gives each path once')
 
 
 def own_images(args):
