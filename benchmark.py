@@ -14,7 +14,9 @@ Sections:
   table1     paper Table 1: parameters and multiply-adds at 513x513 of the ResNet-101 OS8 backbone and of the
              head (fc0 + EMA unit) for EMA_CHANNELS 512 and 256, counted on the meta device (no compute)
   train      training images/s and peak memory of network.train_step: float32 against AMP + channels-last
-  infer      inference images/s (eval, no_grad; AMP + channels-last on CUDA as the settings say)
+  infer      inference images/s (eval, inference_mode): on CUDA the settings' AMP + channels-last; on CPU eager
+             float32, eager channels-last (what eval.py runs) and onnxruntime on an export_onnx file; the
+             variants take turns within each repeat, and each row gives its speed-up over eager
   attention  the EM unit against a non-local block of the same width as the feature map grows
   data       training samples/s of one data worker: dataset.TrainDataset against the authors' whole-image
              pipeline, on generated 500x375 JPEGs at CROP_SIZE
@@ -215,32 +217,86 @@ def run_train(device, args):
     return results
 
 
-def measure_inference(device, args, height, width):
-    """images/s and peak MiB of the eval-mode forward; AMP and channels-last as the settings say (CUDA only)."""
-    channels_last = device.type == 'cuda' and settings.CHANNELS_LAST
+def interleaved_seconds(calls, device, args):
+    """{name: median over args.repeats of the mean seconds per call over args.iters calls} after args.warmup calls
+    of each. The calls take turns within each repeat, so a load that comes and goes on a shared machine slows
+    each of them alike and their ratios hold."""
+    for call in calls.values():
+        for _ in range(args.warmup):
+            call()
+    synchronize(device)
+    times = {name: [] for name in calls}
+    for _ in range(args.repeats):
+        for name, call in calls.items():
+            tic = time.perf_counter()
+            for _ in range(args.iters):
+                call()
+            synchronize(device)
+            times[name].append((time.perf_counter() - tic) / args.iters)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+def inference_variants(device, args, onnx_path):
+    """{name: (label, net(img), channels_last)} of the eval-mode forwards to time. On CUDA: the settings' AMP and
+    channels-last, and torch.compile with --compile. On CPU (float32): eager as stored (contiguous), eager
+    channels-last (what eval.py runs on CPU), onnxruntime on the export_onnx file, torch.compile with --compile."""
     dtype = runtime.autocast_dtype(device)
-    baseline = start_peak_memory(device)
-    net = build_net(device, channels_last).eval()
-    img = random_images(args.eval_batch, height, width, device, channels_last)
 
-    def forward():
-        with torch.no_grad(), runtime.autocast(device, dtype):
-            net(img)
+    def eager(net):
+        def forward(img):
+            with torch.inference_mode(), runtime.autocast(device, dtype):
+                return net(img)
+        return forward
+    if device.type == 'cuda':
+        layout = settings.CHANNELS_LAST
+        variants = {'eager': (dtype_name(dtype) + (' + channels-last' if layout else ''),
+                              eager(build_net(device, layout).eval()), layout)}
+    else:
+        session = runtime.onnx_session(onnx_path)
+        variants = {'eager': ('float32', eager(build_net(device, False).eval()), False),
+                    'channels_last': ('float32 + channels-last', eager(build_net(device, True).eval()), True),
+                    'onnxruntime': ('onnxruntime float32', lambda img: session.run(['logits'], {'img': img.numpy()}),
+                                    False)}
+    if args.compile:
+        label, _, layout = variants['channels_last' if device.type == 'cpu' else 'eager']
+        variants['compiled'] = (label + ' + torch.compile',
+                                eager(torch.compile(build_net(device, layout).eval())), layout)
+    return variants
 
-    seconds = median_seconds(forward, device, args)
-    return {'dtype': dtype_name(dtype), 'channels_last': channels_last,
-            'images_per_s': args.eval_batch / seconds, 'peak_mib': peak_mib(device, baseline)}
+
+def measure_inference(device, args, variants, height, width):
+    """{variant: images/s, peak MiB and speed-up over eager} of each eval-mode forward on a random
+    eval_batch × 3 × height × width input."""
+    inputs, peaks = {}, {}
+    for name, (_, forward, channels_last) in variants.items():
+        inputs[name] = random_images(args.eval_batch, height, width, device, channels_last)
+        baseline = start_peak_memory(device)
+        forward(inputs[name])
+        peaks[name] = peak_mib(device, baseline)
+    seconds = interleaved_seconds({name: lambda name=name: variants[name][1](inputs[name]) for name in variants},
+                                  device, args)
+    return {name: {'images_per_s': args.eval_batch / seconds[name], 'peak_mib': peaks[name],
+                   'vs_eager': seconds['eager'] / seconds[name]} for name in variants}
 
 
 def run_infer(device, args):
     results, rows = {'config': model_config(args.eval_batch)}, []
-    for height, width in args.infer_sizes:
-        result = results[f'{height}x{width}'] = measure_inference(device, args, height, width)
-        layout = ' + channels-last' if result['channels_last'] else ''
-        rows.append([f'{height}x{width}', result['dtype'] + layout, f"{result['images_per_s']:.2f}",
-                     format_mib(result['peak_mib'])])
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = None
+        if device.type == 'cpu':  # the onnxruntime package runs on the CPU
+            onnx_path = os.path.join(folder, 'emanet.onnx')
+            torch.manual_seed(settings.SEED)  # build_net's weights
+            runtime.export_onnx(network.EMANet().eval(), onnx_path)
+        variants = inference_variants(device, args, onnx_path)
+        for height, width in args.infer_sizes:
+            measured = measure_inference(device, args, variants, height, width)
+            # the eager forward's numbers stay where they were; the other variants beside them
+            results[f'{height}x{width}'] = {**measured['eager'], **{k: v for k, v in measured.items() if k != 'eager'}}
+            for name, result in measured.items():
+                rows.append([f'{height}x{width}', variants[name][0], f"{result['images_per_s']:.3f}",
+                             format_mib(result['peak_mib']), f"{result['vs_eager']:.2f}x"])
     print_table(f'Inference, {describe_model()}, batch {args.eval_batch}',
-                ['input', 'precision', 'images/s', 'peak MiB'], rows)
+                ['input', 'variant', 'images/s', 'peak MiB', 'vs eager'], rows)
     return results
 
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 import settings
 
@@ -287,6 +287,27 @@ def read_image(path):
     """The RGB PIL image at path."""
     image = open_image(path, 'image')
     return image if image.mode == 'RGB' else image.convert('RGB')
+
+
+def read_photo(path):
+    """The RGB PIL image at path as an image viewer shows it (for the user's own files; the datasets' images are
+    read as stored, by read_image): EXIF orientation applied, so a phone's portrait photo is upright at its shown
+    size; transparent pixels composited on the MEAN colour, what the network sees as "no content" (the colour
+    of its padding: 0 after normalising); 16-bit grayscale scaled to 8 bits (÷ 257); grayscale, palette, CMYK
+    and other modes converted to RGB."""
+    with open_image(path, 'image') as stored:
+        image = ImageOps.exif_transpose(stored)
+    if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grayscale PNG or TIFF: 0..65535
+        levels = np.clip(np.asarray(image, np.float64), 0, 65535) / 257
+        image = Image.fromarray(np.round(levels).astype(np.uint8))
+    elif image.mode == 'F':  # 32-bit float grayscale (TIFF): taken as 0..1
+        image = Image.fromarray(np.round(np.clip(np.asarray(image), 0, 1) * 255).astype(np.uint8))
+    if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in image.info:
+        image = image.convert('RGBA')
+        background = Image.new('RGB', image.size, tuple(round(255 * m) for m in settings.MEAN))
+        background.paste(image, mask=image.getchannel('A'))
+        return background
+    return image.convert('RGB')
 
 
 def read_label(path):

@@ -10,6 +10,10 @@
                                                 # also attn/<id>_attention.png for the first 4 images
     python eval.py final.pth --image a.jpg --image b.jpg [--save-pred out]
                                                 # masks <stem>.png of your images, in out or LOG_DIR/predictions
+    python eval.py --image photos/ --image cam1/0001.jpg --image cam2/0001.jpg
+                                                # every image in photos/; cam1/0001.png and cam2/0001.png
+    python eval.py --onnx models/final.onnx [--image ...] [--save-pred preds]
+                                                # the same with onnxruntime on an export.py file
     echo 'EVAL_WINDOW = 769' >> settings.py && python eval.py
                                                 # sliding 769 × 769 windows (Cityscapes' 1024 × 2048 images)
     echo "VAL_SPLIT = 'test'" >> settings.py && python eval.py --submit submit [--comp 5]
@@ -19,8 +23,13 @@
 
 Single scale by default, the authors' protocol; EVAL_SCALES, EVAL_FLIP and EVAL_WINDOW give multi-scale + flip
 and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and
-per-class IoU; writes LOG_DIR/eval_<checkpoint stem>.json. A missing checkpoint or one for other settings is
-an error: random weights are never scored.
+per-class IoU; writes LOG_DIR/eval_<checkpoint stem>.json (eval_<stem>_onnx.json with --onnx). A missing
+checkpoint or one for other settings is an error: random weights are never scored.
+
+Your own images are segmented as a viewer shows them (dataset.read_photo): camera orientation (EXIF) applied,
+transparency composited on the MEAN colour, 16-bit grayscale scaled to 8 bits, CMYK and palettes converted; each
+mask has the size of the upright image. Masks are named by the input's stem, or by as much of its path as tells
+inputs apart; a mask that would replace an input image is an error before anything is written.
 """
 import argparse
 import json
@@ -140,21 +149,70 @@ def image_tensor(image):
     return img[None]
 
 
-def segment_images(net, device, rank, world, args):
-    """Writes <stem>.png masks of the user's images (this process's share: rank, rank + world, ...)."""
+def image_files(paths):
+    """The files to segment: each FILE as given, each DIR's image files (sorted; other files skipped with a
+    note; not recursive). The same file given twice is segmented once."""
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        for name in sorted(os.listdir(path)):
+            file = os.path.join(path, name)
+            try:
+                with Image.open(file):  # reads the header only
+                    files.append(file)
+            except (OSError, SyntaxError, ValueError):  # a folder, or not a format PIL reads
+                logger.info('skipping %s: not an image file', file)
+    if not files:
+        raise FileNotFoundError(f'no image files in {", ".join(paths)}')
+    unique = {}
+    for file in files:
+        unique.setdefault(os.path.realpath(file), file)
+    return list(unique.values())
+
+
+def mask_names(files):
+    """A name for each input's mask (relative, without .png) such that no two inputs share one: the file's stem
+    where the stems differ; else the shortest tail of the folders that tells them apart, the same depth for all
+    ('cam1/0001', 'cam2/0001'); files that differ only by their extension keep it ('0001.jpg', '0001.tif')."""
+    parts = [os.path.abspath(file).split(os.sep)[1:] for file in files]  # a link keeps its own name
+    for keep_extension in (False, True):
+        for depth in range(1, max(map(len, parts)) + 1):
+            names = ['/'.join(p[-depth:]) if keep_extension else os.path.splitext('/'.join(p[-depth:]))[0]
+                     for p in parts]
+            if len(set(names)) == len(names):
+                return names
+    raise AssertionError('image_files gives each path once')
+
+
+def own_images(args):
+    """(input file, mask name, mask path) of each image --image names, masks in --save-pred or
+    LOG_DIR/predictions; an error, before anything is loaded or written, if a mask would replace an input."""
+    files = image_files(args.image)
+    names = mask_names(files)
     out_dir = args.save_pred or os.path.join(settings.LOG_DIR, 'predictions')
-    os.makedirs(out_dir, exist_ok=True)
-    for index in range(rank, len(args.image), world):
-        path = args.image[index]
-        image = dataset.read_image(path)
-        img = runtime.to_device(image_tensor(image), device)
+    outs = [os.path.join(out_dir, name + '.png') for name in names]
+    inputs = {os.path.realpath(file): file for file in files}
+    for out in outs:
+        if os.path.realpath(out) in inputs:
+            raise ValueError(f'the mask {out} would replace the input image {inputs[os.path.realpath(out)]}: '
+                             f'give another --save-pred folder')
+    return list(zip(files, names, outs))
+
+
+def segment_images(net, device, rank, world, args, images):
+    """Writes the mask of each of `own_images` (this process's share: rank, rank + world, ...) at the size a
+    viewer shows the image."""
+    for index in range(rank, len(images), world):
+        file, name, out = images[index]
+        image = dataset.read_photo(file)
+        img = runtime.to_device(image_tensor(image), device, inference=True)
         pred = evaluation.predict(net, img).argmax(dim=1)[0]  # H' × W'
-        stem = os.path.splitext(os.path.basename(path))[0]
-        out = os.path.join(out_dir, stem + '.png')
         save_prediction(pred, *image.size, out)
         if args.attention and index < args.attention_images:
-            save_attention(net, img, image, os.path.join(args.attention, stem + '_attention.png'))
-        logger.info('%s -> %s', path, out)
+            save_attention(net, img, image, os.path.join(args.attention, name + '_attention.png'))
+        logger.info('%s -> %s', file, out)
 
 
 def finite_or_none(value):
@@ -162,7 +220,8 @@ def finite_or_none(value):
 
 
 def report(confusion, path, step, n_images):
-    """Prints the metrics and the per-class IoU table; writes LOG_DIR/eval_<checkpoint stem>.json."""
+    """Prints the metrics and the per-class IoU table; writes LOG_DIR/eval_<checkpoint stem>.json
+    (eval_<stem>_onnx.json for an ONNX file, so that it never replaces its checkpoint's)."""
     result = evaluation.metrics(confusion)
     names = list(dataset.current()['classes'])
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
@@ -182,7 +241,8 @@ def report(confusion, path, step, n_images):
                    window=settings.EVAL_WINDOW, stride=dataset.output_stride(),
                    confusion=np.asarray(confusion).tolist())
     os.makedirs(settings.LOG_DIR, exist_ok=True)
-    out = os.path.join(settings.LOG_DIR, f'eval_{os.path.splitext(os.path.basename(path))[0]}.json')
+    stem, extension = os.path.splitext(os.path.basename(path))
+    out = os.path.join(settings.LOG_DIR, f'eval_{stem}{"_onnx" if extension == ".onnx" else ""}.json')
     with open(out, 'w') as f:
         json.dump(checkpoint.plain(summary), f, indent=1)  # settings such as EVAL_FLIP = np.bool_(True) too
     logger.info('wrote %s', out)
@@ -190,9 +250,11 @@ def report(confusion, path, step, n_images):
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('checkpoint', nargs='?', default='final.pth',
+    parser.add_argument('checkpoint', nargs='?',
                         help='checkpoint file; a bare name is MODEL_DIR/name when that exists, else the file in '
                              'this folder; a name with a folder part is a path (default: final.pth)')
+    parser.add_argument('--onnx', metavar='FILE.onnx',
+                        help='run this export.py file with onnxruntime instead of a checkpoint with PyTorch')
     parser.add_argument('--save-pred', metavar='DIR',
                         help="write a mask <id>.png of each image in the dataset's colours, at the image size, into DIR")
     parser.add_argument('--attention', metavar='DIR',
@@ -200,15 +262,21 @@ def parse_args():
                              f'{ATTENTION_BASES} bases it uses most')
     parser.add_argument('--attention-images', type=int, default=4, metavar='N',
                         help='how many images, the first ones, get --attention grids (default: 4)')
-    parser.add_argument('--image', action='append', metavar='FILE',
-                        help='segment this image instead of evaluating (repeatable); masks <stem>.png go to the '
+    parser.add_argument('--image', action='append', metavar='FILE|DIR',
+                        help='segment this image, or every image in this folder, instead of evaluating '
+                             '(repeatable); masks <stem>.png (more of the path where stems repeat) go to the '
                              '--save-pred DIR, else LOG_DIR/predictions')
     parser.add_argument('--submit', metavar='DIR',
                         help=f'write the benchmark server\'s result files of VAL_SPLIT into DIR '
                              f'({", ".join(SERVERS)}); on a labelled split the metrics are printed as well')
     parser.add_argument('--comp', type=int, choices=(5, 6), default=6,
                         help='VOC competition of --submit: 6 (outside data such as COCO; default) or 5 (VOC only)')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.onnx and args.checkpoint:
+        parser.error('give a checkpoint or --onnx FILE, not both')
+    if args.onnx and args.attention:
+        parser.error('--attention needs the PyTorch network (the EM unit\'s responsibilities): not with --onnx')
+    return args
 
 
 def main():
@@ -218,16 +286,22 @@ def main():
         raise ValueError(f'--submit: DATASET={settings.DATASET!r} has no benchmark server; those that have one: '
                          f'{", ".join(SERVERS)}')
     rank, world, device = runtime.setup_runtime()  # cudnn.benchmark stays off: every image has its own size
-    path = checkpoint.checkpoint_path(args.checkpoint)
-    # the weights trained at STRIDE run at EVAL_STRIDE: the same convolutions with other strides and dilations
-    net = network.EMANet(stride=settings.EVAL_STRIDE)
-    step = checkpoint.load_checkpoint(net, path).get('step')
-    net = runtime.to_device(net.eval(), device)
+    images = own_images(args) if args.image else None  # a mask over an input stops the run before anything
+    if args.onnx:
+        path = args.onnx
+        net, meta = evaluation.onnx_net(path)
+        step = meta['step']
+    else:
+        path = checkpoint.checkpoint_path(args.checkpoint or 'final.pth')
+        # the weights trained at STRIDE run at EVAL_STRIDE: the same convolutions with other strides and dilations
+        net = network.EMANet(stride=settings.EVAL_STRIDE)
+        step = checkpoint.load_checkpoint(net, path).get('step')
+        net = runtime.to_device(net.eval(), device, inference=True)
     for folder in (args.save_pred, args.attention, args.submit):
         if folder:
             os.makedirs(folder, exist_ok=True)
-    if args.image:
-        segment_images(net, device, rank, world, args)
+    if images:
+        segment_images(net, device, rank, world, args, images)
     else:
         confusion, n_images = evaluate(net, device, rank, world, args)
         if args.submit and dist.is_initialized():

@@ -9,7 +9,9 @@ resolution. EVAL_WINDOW (a size, or (h, w)) runs every scale that is larger than
 that size (a step of 2/3 of the window, the last one flush with the border) whose logits are averaged where
 they overlap: memory stays that of one window, and the net sees crops as large as it was trained on.
 """
+import json
 import math
+import os
 import time
 
 import numpy as np
@@ -107,6 +109,45 @@ def predict(net, img):
     return total / count
 
 
+def onnx_metadata(path, session):
+    """The metadata export.py wrote into the ONNX file, checked against this folder's settings."""
+    stored = session.get_modelmeta().custom_metadata_map
+    try:
+        meta = {key: json.loads(stored[key]) for key in ('n_classes', 'stride', 'mean', 'std', 'step')}
+    except (KeyError, ValueError):
+        raise ValueError(f'{path} has no export.py metadata (n_classes, stride, mean, std, step): '
+                         f'export the checkpoint with export.py') from None
+    expected = {'n_classes': (settings.N_CLASSES, 'N_CLASSES'), 'stride': (dataset.output_stride(), 'EVAL_STRIDE'),
+                'mean': (list(settings.MEAN), 'MEAN'), 'std': (list(settings.STD), 'STD')}
+    for key, (value, name) in expected.items():
+        if meta[key] != value:
+            raise ValueError(f'{path} was exported with {key} {meta[key]} but this folder\'s settings give {value} '
+                             f'({name}); export it again from these settings or evaluate it from its own folder')
+    return meta
+
+
+def onnx_net(path):
+    """(net, metadata): an export.py file run by onnxruntime on the CPU, called as EMANet's eval forward,
+    net(img, size=None) → b × classes × size logits (float32, on img's device), so `predict` and everything
+    that calls it run it unchanged. Logits for another size are resized from the input-size ones: for inputs of
+    k·stride + 1 pixels (all that `predict` passes) that equals EMANet's one resize from the output stride, since
+    align_corners=True keeps the stride grid's points and bilinear is linear between them."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'ONNX file {path} does not exist')
+    try:
+        session = runtime.onnx_session(path)
+    except Exception as error:  # onnxruntime's own error types: a file it cannot parse or run
+        raise ValueError(f'{path} is not an ONNX file onnxruntime can run ({str(error).splitlines()[0]})') from None
+    meta = onnx_metadata(path, session)
+
+    def net(img, size=None):
+        logits = torch.from_numpy(session.run(['logits'], {'img': img.detach().float().cpu().contiguous().numpy()})[0])
+        if size is not None and tuple(size) != tuple(img.shape[-2:]):  # b × classes × h × w → size
+            logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=True)
+        return logits.to(img.device)
+    return net, meta
+
+
 def confusion_matrix(pred, label):
     """N_CLASSES × N_CLASSES int64 pixel counts, rows = ground truth, columns = prediction, over the pixels
     whose label is not IGNORE_LABEL. pred and label: class indices of the same shape."""
@@ -147,7 +188,7 @@ def evaluate(net, device, rank, world, n_images=None, each=None):
     tic = time.time()
     for done, index in enumerate(shard, 1):
         img, label = val_set[index]  # 3 × H' × W', H' × W'
-        img = runtime.to_device(img[None], device)
+        img = runtime.to_device(img[None], device, inference=True)
         pred = predict(net, img).argmax(dim=1)[0]  # H' × W'
         confusion += confusion_matrix(pred, label.to(device))
         if each is not None:

@@ -1,5 +1,5 @@
 """What every script shares to run: the entry point that turns a bad setting or file into its message, the
-device and torchrun set-up, mixed precision and the memory layout.
+device and torchrun set-up, mixed precision, the memory layout, and the network as an ONNX file for onnxruntime.
 
 The all-reduce mean lives in network.py (`network.all_reduce_mean`): the bases' moving average is a mean over
 the whole global batch, and network.py imports nothing of the runtime.
@@ -77,7 +77,32 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def to_device(x, device):
-    """A module or a b × 3 × h × w batch on device, channels-last on CUDA when CHANNELS_LAST."""
+def to_device(x, device, inference=False):
+    """A module or a b × 3 × h × w batch on device, channels-last when CHANNELS_LAST on CUDA, and on the CPU for
+    inference (benchmark.py: faster there, predictions unchanged; CPU training stays contiguous, slower in it)."""
     x = x.to(device, non_blocking=True)
-    return x.to(memory_format=torch.channels_last) if device.type == 'cuda' and settings.CHANNELS_LAST else x
+    channels_last = settings.CHANNELS_LAST and (device.type == 'cuda' or inference)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+def export_onnx(net, path, metadata=None):
+    """Writes net (an EMANet, eval, float32 on the CPU) to path as ONNX: input `img` N × 3 × H × W, output
+    `logits` N × classes × H × W, N, H and W dynamic, the EM iterations unrolled; metadata (name → str) as the
+    file's metadata_props."""
+    import onnx  # here, not at the top: training and evaluation need neither package, and they cost a second
+    img = torch.randn(2, 3, 65, 65)  # batch 2: a size of 1 would be traced as a constant
+    dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    program = torch.onnx.export(net, (img,), dynamo=True, input_names=['img'], output_names=['logits'],
+                                dynamic_shapes=(dims,), verbose=False)
+    model = program.model_proto
+    onnx.helper.set_model_props(model, metadata or {})
+    onnx.save(model, path)
+
+
+def onnx_session(path):
+    """An onnxruntime CPU session of the ONNX file at path, with PyTorch's thread count (OMP_NUM_THREADS, one
+    per torchrun process) so that both use the same cores."""
+    import onnxruntime  # here, not at the top: see export_onnx
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])

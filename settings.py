@@ -71,7 +71,7 @@ EVAL_WINDOW = None              # None: whole image; a size (int or (h, w)) slid
 # runtime
 DEVICE = None                   # None: 'cuda' when available, else 'cpu'
 AMP = True                      # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
-CHANNELS_LAST = True            # channels-last memory format on CUDA
+CHANNELS_LAST = True            # channels-last memory format on CUDA, and for inference on CPU
 COMPILE = False                 # torch.compile the network
 CUDNN_BENCHMARK = True          # let cuDNN pick the fastest convolution algorithms
 

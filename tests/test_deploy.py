@@ -1,0 +1,227 @@
+"""Deployment: export.py to ONNX, eval.py --onnx through onnxruntime, and your own images as a viewer shows them."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+import checkpoint
+import dataset
+import eval
+import evaluation
+import export
+import network
+import runtime
+import settings
+from conftest import ONE_THREAD, TINY, make_experiment, run_script
+
+VAL_IDS = ['000300', '000301']  # the first ids of the demo's val list
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, demo_data):
+    """A tiny experiment trained for 2 steps (models/final.pth) and exported by export.py (models/final.onnx),
+    evaluating the demo data's first 2 val images."""
+    with open(dataset.list_path('val_deploy', str(demo_data)), 'w') as f:
+        f.write(''.join(image_id + '\n' for image_id in VAL_IDS))
+    folder = tmp_path_factory.mktemp('deploy') / 'exp'
+    make_experiment(folder, demo_data, VAL_SPLIT='val_deploy', ITER_MAX=2, MODEL_DIR='models', LOG_DIR='logdir')
+    for script in (('train.py',), ('export.py',)):
+        done = run_script(folder, *script)
+        assert done.returncode == 0, done.stderr
+    assert 'max logit difference' in done.stdout
+    return folder
+
+
+@pytest.fixture
+def tiny_settings(monkeypatch, trained):
+    """This process's settings as the trained experiment's."""
+    for name, value in TINY.items():
+        monkeypatch.setattr(settings, name, value)
+
+
+def trained_net(trained):
+    net = network.EMANet()
+    checkpoint.load_checkpoint(net, trained / 'models' / 'final.pth')
+    return net.eval()
+
+
+# ---------------------------------------------------------------- export.py
+
+def test_export_matches_pytorch_at_other_sizes_and_batches(trained, tiny_settings):
+    net = trained_net(trained)
+    path = str(trained / 'models' / 'final.onnx')
+    for batch, height, width in ((1, 49, 81), (3, 33, 57)):  # traced: 2 × 65 × 65
+        assert export.max_difference(net, path, batch, height, width) < 1e-4
+
+
+def test_export_metadata(trained):
+    model = onnx.load(str(trained / 'models' / 'final.onnx'))
+    meta = {prop.key: json.loads(prop.value) for prop in model.metadata_props}
+    assert meta['classes'] == list(dataset.VOC_CLASSES) and meta['n_classes'] == 21 and meta['dataset'] == 'voc'
+    assert meta['mean'] == [0.485, 0.456, 0.406] and meta['std'] == [0.229, 0.224, 0.225]
+    assert meta['stride'] == 8 and 'k*8+1' in meta['padding'] and meta['step'] == 2 and meta['eval_stage_num'] == 3
+    assert [i.name for i in model.graph.input] == ['img']
+    assert [o.name for o in model.graph.output] == ['logits']
+    assert [d.dim_param != '' for d in model.graph.input[0].type.tensor_type.shape.dim] == [True, False, True, True]
+
+
+# ---------------------------------------------------------------- eval.py --onnx
+
+def test_eval_onnx_equals_eval(trained):
+    results = {}
+    for args, name in ((('final.pth',), 'eval_final.json'), (('--onnx', 'models/final.onnx'), 'eval_final_onnx.json')):
+        done = run_script(trained, 'eval.py', *args, env=ONE_THREAD)
+        assert done.returncode == 0, done.stderr
+        with open(trained / 'logdir' / name) as f:
+            results[name] = json.load(f)
+    pytorch, ort = results['eval_final.json'], results['eval_final_onnx.json']
+    assert abs(pytorch['mIoU'] - ort['mIoU']) <= 1e-4 and ort['step'] == pytorch['step'] == 2
+    assert ort['n_images'] == 2 and np.abs(np.subtract(pytorch['confusion'], ort['confusion'])).sum() <= 10
+
+
+def test_onnx_net_predicts_as_pytorch_with_scales_flip_and_windows(trained, tiny_settings, monkeypatch):
+    net = trained_net(trained)
+    ort_net, meta = evaluation.onnx_net(str(trained / 'models' / 'final.onnx'))
+    assert meta['step'] == 2
+    img = torch.randn(1, 3, 57, 73, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(settings, 'EVAL_SCALES', (0.5, 1.0))
+    monkeypatch.setattr(settings, 'EVAL_FLIP', True)
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', 49)  # scale 1 in 4 windows; 0.5 (33 × 33) whole, resized
+    expected, scores = evaluation.predict(net, img), evaluation.predict(ort_net, img)
+    assert scores.shape == expected.shape == (1, 21, 57, 73)
+    assert (scores - expected).abs().max() < 1e-5
+
+
+def test_onnx_file_for_other_settings_is_an_error(trained, tiny_settings, monkeypatch):
+    path = str(trained / 'models' / 'final.onnx')
+    monkeypatch.setattr(settings, 'EVAL_STRIDE', 16)
+    with pytest.raises(ValueError, match='stride 8 .* give 16 .*EVAL_STRIDE'):
+        evaluation.onnx_net(path)
+    monkeypatch.setattr(settings, 'EVAL_STRIDE', None)
+    monkeypatch.setattr(settings, 'N_CLASSES', 5)
+    with pytest.raises(ValueError, match='n_classes 21 .* give 5 .*N_CLASSES'):
+        evaluation.onnx_net(path)
+    with pytest.raises(ValueError, match='no export.py metadata'):
+        plain = onnx.load(path)
+        del plain.metadata_props[:]
+        onnx.save(plain, str(trained / 'plain.onnx'))
+        evaluation.onnx_net(str(trained / 'plain.onnx'))
+
+
+# ---------------------------------------------------------------- your own images
+
+MEAN_COLOUR = np.round(255 * np.array(settings.MEAN))
+RED, BLUE = np.array([220, 30, 30]), np.array([30, 30, 220])
+
+
+def upright_photo(height=48, width=64):
+    """H × W × 3 uint8: the left half red, the right half blue, as a person should see it."""
+    photo = np.empty((height, width, 3), np.uint8)
+    photo[:, :width // 2], photo[:, width // 2:] = RED, BLUE
+    return photo
+
+
+def exif_rotated_jpeg(path, photo):
+    """A JPEG storing photo turned 90° clockwise, with the EXIF orientation 8 (rotate 90° anticlockwise to show)
+    that a phone writes for it."""
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(np.rot90(photo, -1).copy()).save(path, quality=100, subsampling=0, exif=exif)
+
+
+def own_images(folder):
+    """{file name: the RGB a viewer shows, H × W × 3} of one file of each kind, written into folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = upright_photo()
+    exif_rotated_jpeg(folder / 'phone.jpg', photo)
+    alpha = np.tile(np.linspace(0, 255, 64).round().astype(np.uint8), (48, 1))  # transparent → opaque
+    Image.fromarray(np.dstack([photo, alpha])).save(folder / 'rgba.png')
+    gray = np.tile(np.arange(48, dtype=np.uint8)[:, None] * 5, (1, 64))
+    Image.fromarray(np.dstack([gray, alpha]), 'LA').save(folder / 'la.png')
+    palette = Image.fromarray((np.arange(48 * 64) % 3).reshape(48, 64).astype(np.uint8), 'P')
+    palette.putpalette([*RED, *BLUE, 0, 200, 0])
+    palette.save(folder / 'palette.png')
+    palette.save(folder / 'palette_transparent.png', transparency=2)  # green is see-through
+    Image.fromarray(gray, 'L').save(folder / 'gray.png')
+    gray16 = np.tile(np.arange(64, dtype=np.uint16) * 1000, (48, 1))  # 0 .. 63000 of 65535
+    Image.fromarray(gray16).save(folder / 'gray16.png')
+    Image.new('CMYK', (64, 48), (0, 255, 255, 64)).save(folder / 'cmyk.jpg', quality=100)
+    blend = alpha[..., None] / 255
+    rgb_of = lambda grey: np.repeat(grey[..., None], 3, axis=2)  # noqa: E731
+    colours = np.array([RED, BLUE, (0, 200, 0)])[(np.arange(48 * 64) % 3).reshape(48, 64)]
+    return {'phone.jpg': photo,
+            'rgba.png': blend * photo + (1 - blend) * MEAN_COLOUR,
+            'la.png': blend * rgb_of(gray) + (1 - blend) * MEAN_COLOUR,
+            'palette.png': colours,
+            'palette_transparent.png': np.where(colours == (0, 200, 0), MEAN_COLOUR, colours),
+            'gray.png': rgb_of(gray),
+            'gray16.png': rgb_of(np.round(gray16 / 257)),
+            'cmyk.jpg': np.broadcast_to(np.array([255, 0, 0]) * 191 / 255, (48, 64, 3))}
+
+
+def test_read_photo_gives_what_a_viewer_shows(tmp_path, monkeypatch):
+    for name, shown in own_images(tmp_path).items():
+        read = np.asarray(dataset.read_photo(tmp_path / name), np.float64)
+        assert read.shape == (48, 64, 3), name  # the EXIF-rotated JPEG is stored 64 × 48
+        tolerance = 4 if name.endswith('.jpg') else 0.5  # JPEG's rounding; PNGs exact
+        assert np.abs(read - shown).max() <= tolerance, name
+
+
+def test_segment_folder_of_own_images(trained, tmp_path):
+    photos = tmp_path / 'photos'
+    own_images(photos)
+    (photos / 'notes.txt').write_text('not an image')
+    (photos / 'sub').mkdir()
+    upright = tmp_path / 'upright' / 'phone.png'  # the pixels read_photo shows for phone.jpg, stored plainly
+    upright.parent.mkdir()
+    dataset.read_photo(photos / 'phone.jpg').save(upright)
+    done = run_script(trained, 'eval.py', '--onnx', 'models/final.onnx', '--image', str(photos),
+                      '--image', str(upright), '--save-pred', str(tmp_path / 'masks'), env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    assert 'notes.txt: not an image' in done.stderr and 'sub: not an image' in done.stderr
+    masks = tmp_path / 'masks'
+    # phone.jpg and upright/phone.png share the stem: their folders tell them apart
+    names = sorted(os.listdir(masks / 'photos')) + sorted(os.listdir(masks / 'upright'))
+    assert names == sorted(f.split('.')[0] + '.png' for f in own_images(tmp_path / 'again')) + ['phone.png']
+    for name in names[:-1]:
+        assert Image.open(masks / 'photos' / name).size == (64, 48), name
+    assert np.array_equal(np.array(Image.open(masks / 'photos' / 'phone.png')),
+                          np.array(Image.open(masks / 'upright' / 'phone.png')))
+
+
+# ---------------------------------------------------------------- mask names (issue 21, item 3)
+
+def test_mask_names_tell_inputs_apart(tmp_path):
+    assert eval.mask_names(['a/x.jpg', 'b/y.png']) == ['x', 'y']
+    assert eval.mask_names(['cam1/0001.jpg', 'cam2/0001.jpg', 'cam2/0002.jpg']) == \
+        ['cam1/0001', 'cam2/0001', 'cam2/0002']
+    assert eval.mask_names(['s/cam/0001.jpg', 't/cam/0001.jpg']) == ['s/cam/0001', 't/cam/0001']
+    assert eval.mask_names(['a/0001.jpg', 'a/0001.tif']) == ['0001.jpg', '0001.tif']
+
+
+def test_masks_never_replace_inputs(trained, tmp_path):
+    """(Two inputs with one stem get two masks: test_segment_folder_of_own_images.)"""
+    photo = upright_photo()
+    (tmp_path / 'cam1').mkdir()
+    Image.fromarray(photo).save(tmp_path / 'cam1' / '0001.jpg')
+    Image.fromarray(photo).save(tmp_path / 'cam1' / '0002.png')
+    before = {name: (tmp_path / 'cam1' / name).read_bytes() for name in os.listdir(tmp_path / 'cam1')}
+    for inputs in ([str(tmp_path / 'cam1')], [str(tmp_path / 'cam1' / '0002.png')]):
+        clash = run_script(trained, 'eval.py', *sum((['--image', i] for i in inputs), []),
+                           '--save-pred', str(tmp_path / 'cam1'), env=ONE_THREAD)
+        assert clash.returncode != 0 and 'Traceback' not in clash.stderr
+        assert f'would replace the input image {tmp_path / "cam1" / "0002.png"}' in clash.stderr
+        assert {name: (tmp_path / 'cam1' / name).read_bytes() for name in os.listdir(tmp_path / 'cam1')} == before
+
+
+def test_channels_last_for_cpu_inference_only(monkeypatch):
+    cpu = torch.device('cpu')
+    img = torch.zeros(1, 3, 9, 9)
+    assert runtime.to_device(img, cpu, inference=True).is_contiguous(memory_format=torch.channels_last)
+    assert runtime.to_device(img, cpu).is_contiguous()  # training's batches
+    monkeypatch.setattr(settings, 'CHANNELS_LAST', False)
+    assert runtime.to_device(img, cpu, inference=True).is_contiguous()
