@@ -10,6 +10,7 @@ import fcntl
 import glob
 import os
 import pickle
+import re
 import socket
 import time
 import zipfile
@@ -33,6 +34,14 @@ def checkpoint_path(name):
     if os.path.exists(name) or os.path.dirname(name):
         return name
     return os.path.join(settings.MODEL_DIR, name)
+
+
+def step_checkpoints():
+    """MODEL_DIR's step_<N>.pth files, in step order."""
+    paths = glob.glob(checkpoint_path('step_*.pth'))
+    numbered = [(int(m.group(1)), path) for path in paths
+                if (m := re.fullmatch(r'step_(\d+)\.pth', os.path.basename(path)))]
+    return [path for _, path in sorted(numbered)]
 
 
 def read_weights(path, what='checkpoint', mmap=False):
@@ -87,10 +96,10 @@ def load_checkpoint(net, path, optimizer=None, scaler=None):
     return ckpt
 
 
-def save_checkpoint(name, net, optimizer, scaler, step):
-    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} atomically: a temporary
-    file, synced, then renamed over the old one, so a kill at any moment leaves the previous complete file
-    or the new one. Refuses non-finite weights."""
+def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} and the entries of extra (e.g.
+    best.pth's 'best_mIoU') atomically: a temporary file, synced, then renamed over the old one, so a kill at
+    any moment leaves the previous complete file or the new one. Refuses non-finite weights."""
     state = net.state_dict()
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
@@ -98,7 +107,7 @@ def save_checkpoint(name, net, optimizer, scaler, step):
     path = checkpoint_path(name)
     tmp = f'{path}.tmp{os.getpid()}'
     ckpt = {'net': state, 'step': step, 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
-            'settings': settings.effective()}
+            'settings': settings.effective(), **(extra or {})}
     try:
         with open(tmp, 'wb') as f:
             torch.save(ckpt, f)
@@ -158,8 +167,8 @@ def resume(net, optimizer, scaler):
     """Loads MODEL_DIR/latest.pth into net, optimizer and scaler, or, if it is missing or corrupt, final.pth or
     the newest intact step_<N>.pth; returns the step it holds, 0 for a fresh run."""
     latest = checkpoint_path('latest.pth')
-    steps = sorted(glob.glob(checkpoint_path('step_*.pth')), key=lambda p: int(os.path.basename(p)[5:-4]))
-    candidates = [path for path in [latest, checkpoint_path('final.pth')] + steps[::-1] if os.path.exists(path)]
+    candidates = [path for path in [latest, checkpoint_path('final.pth')] + step_checkpoints()[::-1]
+                  if os.path.exists(path)]
     if not candidates:
         return 0
     if candidates[0] != latest:

@@ -11,11 +11,16 @@
                                                 # masks <stem>.png of your images, in out or LOG_DIR/predictions
     echo 'EVAL_WINDOW = 769' >> settings.py && python eval.py
                                                 # sliding 769 × 769 windows (Cityscapes' 1024 × 2048 images)
+    python eval.py --all                        # every MODEL_DIR/step_<N>.pth not yet evaluated with this
+                                                # protocol, in step order: the validation curve after a run
 
 Single scale by default, the authors' protocol; EVAL_SCALES, EVAL_FLIP and EVAL_WINDOW give multi-scale + flip
-and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and
-per-class IoU; writes LOG_DIR/eval_<checkpoint stem>.json. A missing checkpoint or one for other settings is
-an error: random weights are never scored.
+and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and per-class IoU; writes
+LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint stem>_<protocol>.json for
+another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it), and the metrics as
+TensorBoard scalars at the checkpoint's step in LOG_DIR: val/mIoU, val/pAcc, val/mAcc, val/images,
+val_class/<name>, or val_<protocol>/... (the curve that training's EVAL_EVERY draws, and eval.py --all fills).
+A missing checkpoint or one for other settings is an error: random weights are never scored.
 """
 import argparse
 import json
@@ -27,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
+from tensorboardX import SummaryWriter
 
 import checkpoint
 import dataset
@@ -108,38 +114,42 @@ def segment_images(net, device, rank, world, args):
         logger.info('%s -> %s', path, out)
 
 
-def finite_or_none(value):
-    return value if math.isfinite(value) else None
+def result_path(path):
+    """LOG_DIR/eval_<checkpoint stem>.json, or eval_<checkpoint stem>_<protocol>.json for another protocol than
+    the authors' (evaluation.protocol): each protocol keeps its own file."""
+    name = '_'.join(filter(None, (os.path.splitext(os.path.basename(path))[0], evaluation.protocol())))
+    return os.path.join(settings.LOG_DIR, f'eval_{name}.json')
 
 
-def report(confusion, path, step, n_images):
-    """Prints the metrics and the per-class IoU table; writes LOG_DIR/eval_<checkpoint stem>.json."""
-    result = evaluation.metrics(confusion)
-    names = list(dataset.current()['classes'])
+def report(confusion, path, step, n_images, writer=None):
+    """Prints the metrics and the per-class IoU table; writes `result_path(path)` and, given a writer and a
+    step, the TensorBoard scalars at that step."""
+    result = evaluation.summary(confusion, n_images)
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
           f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}, '
           f'window {settings.EVAL_WINDOW}, stride {dataset.output_stride()}')
-    print('  '.join(f'{key} {100 * result[key]:.2f}' for key in ('pAcc', 'mAcc', 'fIoU', 'mIoU')))
-    width = max(map(len, names))
-    for name, iou in zip(names, result['IoU']):
-        print(f'  {name:<{width}}  {100 * iou:6.2f}')
-    summary = {key: finite_or_none(result[key]) for key in ('mIoU', 'pAcc', 'mAcc', 'fIoU')}
-    summary['per_class'] = {name: finite_or_none(iou) for name, iou in zip(names, result['IoU'])}
-    summary.update(checkpoint=path, step=step, split=settings.VAL_SPLIT, n_images=n_images,
-                   scales=list(settings.EVAL_SCALES), flip=settings.EVAL_FLIP,
-                   window=settings.EVAL_WINDOW, stride=dataset.output_stride(),
-                   confusion=np.asarray(confusion).tolist())
+    print('  '.join(f'{key} {100 * (math.nan if result[key] is None else result[key]):.2f}'
+                    for key in ('pAcc', 'mAcc', 'fIoU', 'mIoU')))
+    width = max(map(len, result['per_class']))
+    for name, iou in result['per_class'].items():
+        print(f'  {name:<{width}}  {100 * (math.nan if iou is None else iou):6.2f}')
+    result.update(checkpoint=path, step=step, confusion=np.asarray(confusion).tolist())
     os.makedirs(settings.LOG_DIR, exist_ok=True)
-    out = os.path.join(settings.LOG_DIR, f'eval_{os.path.splitext(os.path.basename(path))[0]}.json')
+    out = result_path(path)
     with open(out, 'w') as f:
-        json.dump(summary, f, indent=1)
+        json.dump(result, f, indent=1)
     logger.info('wrote %s', out)
+    if writer is not None and step is not None:
+        evaluation.write_scalars(writer, result, step)
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('checkpoint', nargs='?', default='final.pth',
+    parser.add_argument('checkpoint', nargs='?',
                         help='checkpoint file; a bare name is looked up in MODEL_DIR (default: final.pth)')
+    parser.add_argument('--all', action='store_true',
+                        help="evaluate every MODEL_DIR/step_<N>.pth in step order, but those this protocol's "
+                             "JSON already exists for: the validation curve in TensorBoard after a run")
     parser.add_argument('--save-pred', metavar='DIR',
                         help="write a mask <id>.png of each image in the dataset's colours, at the image size, into DIR")
     parser.add_argument('--attention', metavar='DIR',
@@ -150,27 +160,39 @@ def parse_args():
     parser.add_argument('--image', action='append', metavar='FILE',
                         help='segment this image instead of evaluating (repeatable); masks <stem>.png go to the '
                              '--save-pred DIR, else LOG_DIR/predictions')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.all and (args.checkpoint or args.image or args.save_pred or args.attention):
+        parser.error('--all evaluates the step_<N>.pth files (metrics, JSON, TensorBoard): no CHECKPOINT, '
+                     '--image, --save-pred or --attention with it')
+    return args
 
 
 def main():
     args = parse_args()
     settings.warn_unread_settings()
     rank, world, device = runtime.setup_runtime()  # cudnn.benchmark stays off: every image has its own size
-    path = checkpoint.checkpoint_path(args.checkpoint)
+    if args.all:  # decided before any file is written, so every process has the same list
+        paths = [p for p in checkpoint.step_checkpoints() if not os.path.exists(result_path(p))]
+        logger.info('%d step_<N>.pth in %s to evaluate', len(paths), settings.MODEL_DIR)
+    else:
+        paths = [checkpoint.checkpoint_path(args.checkpoint or 'final.pth')]
     # the weights trained at STRIDE run at EVAL_STRIDE: the same convolutions with other strides and dilations
     net = network.EMANet(stride=settings.EVAL_STRIDE)
-    step = checkpoint.load_checkpoint(net, path).get('step')
-    net = runtime.to_device(net.eval(), device)
+    writer = SummaryWriter(settings.LOG_DIR) if rank == 0 and not args.image and paths else None
     for folder in (args.save_pred, args.attention):
         if folder:
             os.makedirs(folder, exist_ok=True)
-    if args.image:
-        segment_images(net, device, rank, world, args)
-    else:
-        confusion, n_images = evaluate(net, device, rank, world, args)
-        if rank == 0:
-            report(confusion, path, step, n_images)
+    for path in paths:
+        step = checkpoint.load_checkpoint(net, path).get('step')
+        net = runtime.to_device(net.eval(), device)
+        if args.image:
+            segment_images(net, device, rank, world, args)
+        else:
+            confusion, n_images = evaluate(net, device, rank, world, args)
+            if rank == 0:
+                report(confusion, path, step, n_images, writer)
+    if writer is not None:
+        writer.close()
     if dist.is_initialized():
         dist.destroy_process_group()
 
