@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Removes this experiment's checkpoints (latest.pth, step_<N>.pth, final.pth and partial saves;
+# Removes this experiment's checkpoints (latest.pth, step_<N>.pth, final.pth, best.pth and partial saves;
 # pretrained backbones stay), its LOG_DIR and Python caches. Nothing outside this folder is touched:
 # a MODEL_DIR or LOG_DIR that lies elsewhere is reported and left alone.
 #
@@ -18,7 +18,7 @@ inside() {  # is $1 this folder or below it?
 }
 
 if inside "$model_dir"; then
-    rm -fv "$model_dir"/latest.pth "$model_dir"/final.pth "$model_dir"/step_*.pth \
+    rm -fv "$model_dir"/latest.pth "$model_dir"/final.pth "$model_dir"/best.pth "$model_dir"/step_*.pth \
         "$model_dir"/*.pth.tmp* "$model_dir"/*.corrupt
 else
     echo "MODEL_DIR=$model_dir is outside $here: left alone"
