@@ -178,7 +178,7 @@ def main():
         paths = [checkpoint.checkpoint_path(args.checkpoint or 'final.pth')]
     # the weights trained at STRIDE run at EVAL_STRIDE: the same convolutions with other strides and dilations
     net = network.EMANet(stride=settings.EVAL_STRIDE)
-    writer = SummaryWriter(settings.LOG_DIR) if rank == 0 and not args.image and paths else None
+    writer = None  # TensorBoard, opened by the first report
     for folder in (args.save_pred, args.attention):
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -190,6 +190,7 @@ def main():
         else:
             confusion, n_images = evaluate(net, device, rank, world, args)
             if rank == 0:
+                writer = writer or SummaryWriter(settings.LOG_DIR)
                 report(confusion, path, step, n_images, writer)
     if writer is not None:
         writer.close()
