@@ -145,10 +145,10 @@ def load_checkpoint(net, path, optimizer=None, scaler=None):
     return ckpt
 
 
-def save_checkpoint(name, net, optimizer, scaler, step):
-    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} atomically: a temporary
-    file, synced, then renamed over the old one, so a kill at any moment leaves the previous complete file
-    or the new one. Refuses non-finite weights."""
+def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} and the entries of extra (e.g.
+    best.pth's 'best_mIoU') atomically: a temporary file, synced, then renamed over the old one, so a kill at
+    any moment leaves the previous complete file or the new one. Refuses non-finite weights."""
     state = net.state_dict()
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
@@ -158,7 +158,7 @@ def save_checkpoint(name, net, optimizer, scaler, step):
     optimizer_state = optimizer.state_dict()  # its hyper-parameters come from settings: LR may be a numpy float
     optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
     ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
-            'settings': plain(settings.effective())}
+            'settings': plain(settings.effective()), **(extra or {})}
     try:
         with open(tmp, 'wb') as f:
             torch.save(ckpt, f)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Removes this experiment's checkpoints (latest.pth, step_<N>.pth, final.pth and partial saves;
+# Removes this experiment's checkpoints (latest.pth, step_<N>.pth, final.pth, best.pth and partial saves;
 # pretrained backbones and files of other names, such as a kept step_20000_best.pth, stay), its LOG_DIR
 # and Python caches. Nothing outside this folder is touched:
 # a MODEL_DIR or LOG_DIR that lies elsewhere is reported and left alone.
@@ -21,7 +21,7 @@ inside() {  # is $1 this folder or below it?
 }
 
 if inside "$model_dir"; then
-    rm -fv "$model_dir"/latest.pth "$model_dir"/final.pth "${step_files[@]}" \
+    rm -fv "$model_dir"/latest.pth "$model_dir"/final.pth "$model_dir"/best.pth "${step_files[@]}" \
         "$model_dir"/*.pth.tmp* "$model_dir"/*.corrupt
 else
     echo "MODEL_DIR=$model_dir is outside $here: left alone"

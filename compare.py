@@ -9,10 +9,11 @@ One row per folder. A folder's settings are what its settings.py assigns, run on
 as working directory (no other module of the folder is imported); when settings.py does not run, the
 LOG_DIR/settings.txt its last training wrote. Only the settings whose values differ between the folders
 are columns. The step is that of the newer of MODEL_DIR/final.pth and MODEL_DIR/latest.pth, read without
-loading the weights. Each LOG_DIR/eval_<checkpoint>.json gives two columns, '<checkpoint> mIoU' and
-'<checkpoint> pAcc', in percent; '<checkpoint> ms+flip ...' when it was evaluated at several scales and
-with flipping ('ms' or 'flip' when only one of them). Missing results are '-' (empty cells in --csv) and
-the last column says why. A folder without settings.py is no experiment: it is named on stderr and skipped.
+loading the weights. Each LOG_DIR/eval_<name>.json gives two columns, '<name> mIoU' and '<name> pAcc', in
+percent: eval.py names them by checkpoint and protocol ('final', 'final_ms_flip', 'step_2000_window769', see
+evaluation.protocol). 'best val mIoU' and 'best val step' are the best evaluation while training (EVAL_EVERY),
+from LOG_DIR/val.jsonl, else MODEL_DIR/best.pth. Missing results are '-' (empty cells in --csv) and the last
+column says why. A folder without settings.py is no experiment: it is named on stderr and skipped.
 """
 import argparse
 import ast
@@ -21,10 +22,12 @@ import csv
 import glob
 import json
 import os
+import re
 import runpy
 import sys
 
 import checkpoint
+import evaluation
 import settings
 
 logger = settings.logger
@@ -127,30 +130,40 @@ def step_reached(model_dir, iter_max, notes):
     return None
 
 
-def eval_label(result, stem):
-    """'final', 'final ms+flip', 'final ms', 'final flip', or 'final x0.75' for one other single scale."""
-    scales, flip = list(result.get('scales') or [1.0]), bool(result.get('flip'))
-    mode = ('ms' if len(scales) > 1 else '') + ('+' if len(scales) > 1 and flip else '') + ('flip' if flip else '')
-    if len(scales) == 1 and scales[0] != 1.0:
-        mode = f'x{scales[0]:g}' + ('+flip' if flip else '')
-    return f'{stem} {mode}' if mode else stem
-
-
 def read_evals(log_dir, notes):
-    """{column label: (mIoU, pAcc) as fractions or None} from LOG_DIR/eval_*.json."""
+    """{column label: (mIoU, pAcc) as fractions or None} from LOG_DIR/eval_*.json, each labelled by its file:
+    eval_final.json → 'final', eval_final_ms_flip.json → 'final_ms_flip' (eval.py names files by checkpoint
+    and protocol)."""
     evals = {}
     for path in sorted(glob.glob(os.path.join(glob.escape(log_dir), 'eval_*.json'))):
-        stem = os.path.basename(path)[len('eval_'):-len('.json')]
+        label = os.path.basename(path)[len('eval_'):-len('.json')]
         try:
             with open(path) as f:
                 result = json.load(f)
-            label = eval_label(result, stem)
             evals[label] = tuple(result.get(key) for key in ('mIoU', 'pAcc'))
         except (OSError, ValueError, TypeError, AttributeError):
             notes.append(f'{os.path.basename(path)} is unreadable')
     if not evals:
         notes.append('no eval yet')
     return evals
+
+
+def best_validation(log_dir, model_dir, notes):
+    """(the best validation mIoU while training, its step) from LOG_DIR/val.jsonl, else from MODEL_DIR/best.pth
+    (read without its weights); None when the run evaluated nothing while training."""
+    entries = [e for e in evaluation.read_val_log(os.path.join(log_dir, evaluation.VAL_LOG))
+               if isinstance(e.get('mIoU'), (int, float))]
+    if entries:
+        best = max(entries, key=lambda e: e['mIoU'])  # the first of equals: the earliest step
+        return best['mIoU'], best['step']
+    path = os.path.join(model_dir, 'best.pth')
+    if os.path.isfile(path):
+        try:
+            ckpt = checkpoint.read_weights(path, mmap=True)
+            return ckpt['best_mIoU'], ckpt['step']
+        except (checkpoint.CheckpointError, KeyError, TypeError) as e:
+            notes.append(f'best.pth is unreadable ({e})')
+    return None
 
 
 def read_experiment(folder):
@@ -161,7 +174,8 @@ def read_experiment(folder):
                           for name in ('MODEL_DIR', 'LOG_DIR'))
     step = step_reached(model_dir, values.get('ITER_MAX'), notes)
     evals = read_evals(log_dir, notes)
-    return {'settings': values, 'step': step, 'evals': evals, 'notes': notes}
+    best = best_validation(log_dir, model_dir, notes)
+    return {'settings': values, 'step': step, 'evals': evals, 'best': best, 'notes': notes}
 
 
 MISSING = object()  # a setting that a folder does not have
@@ -190,12 +204,13 @@ def differing(experiments):
 
 
 def eval_order(label):
-    """final first, then latest, then step_<N> by N, then the rest; each checkpoint's single scale first."""
-    stem, _, mode = label.partition(' ')
-    number = checkpoint.STEP_FILE.fullmatch(stem + '.pth')
-    rank = (0, 0, '') if stem == 'final' else (1, 0, '') if stem == 'latest' else \
-        (2, int(number.group(1)), '') if number else (3, 0, stem)
-    return rank, mode
+    """final first, then latest, then step_<N> by N, then the rest; each checkpoint's authors' protocol first."""
+    known = re.fullmatch(r'(final|latest|step_([1-9][0-9]*))(?:_(.+))?', label)
+    if not known:
+        return (3, 0, label), ''
+    stem, number, protocol = known.groups()
+    return ((0, 0, '') if stem == 'final' else (1, 0, '') if stem == 'latest' else (2, int(number), '')), \
+        protocol or ''
 
 
 def table(folders, experiments):
@@ -204,7 +219,7 @@ def table(folders, experiments):
     labels = sorted({label for e in experiments for label in e['evals']}, key=eval_order)
     header = ['experiment', *setting_names, 'step']
     header += [f'{label} {metric}' for label in labels for metric in ('mIoU', 'pAcc')]
-    header.append('notes')
+    header += ['best val mIoU', 'best val step', 'notes']
     rows = []
     for name, experiment in zip(folders, experiments):
         row = [name]
@@ -215,9 +230,11 @@ def table(folders, experiments):
         for label in labels:
             metrics = experiment['evals'].get(label, (None, None))
             row += [None if m is None else f'{100 * m:.2f}' for m in metrics]
+        best = experiment['best']
+        row += [None, None] if best is None else [f'{100 * best[0]:.2f}', str(best[1])]
         row.append('; '.join(experiment['notes']))
         rows.append(row)
-    numeric = [False] * (1 + len(setting_names)) + [True] * (1 + 2 * len(labels)) + [False]
+    numeric = [False] * (1 + len(setting_names)) + [True] * (3 + 2 * len(labels)) + [False]
     return header, rows, numeric
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole research loop on a generated dataset, on CPU, in about 4 minutes on 2 cores:
 # generate data, make an experiment folder (a copy of the code with a few settings appended),
-# train, evaluate, and show what the experiment changed.
+# train (evaluating every 50 steps: TensorBoard's val/mIoU curve, models/best.pth), evaluate,
+# and show what the experiment changed.
 #
 #   bash demo.sh                       # writes demo_data/ and demo_exp/ in this folder
 #   DEMO_ITER_MAX=3 bash demo.sh       # the same at a tiny budget (a smoke test; it learns nothing)
@@ -32,6 +33,8 @@ ITER_SAVE = 100
 LOG_EVERY = 20
 IMAGE_EVERY = 50
 NUM_WORKERS = 1
+EVAL_EVERY = 50    # TensorBoard's val/mIoU curve, on the first 12 val images (eval.py below takes all of them)
+EVAL_IMAGES = 12
 SETTINGS
 
 echo "== the experiment differs from this folder by:"
@@ -43,6 +46,9 @@ python eval.py --save-pred logdir/predictions --attention logdir/attention
 python - <<'SUMMARY'
 import json
 result = json.load(open('logdir/eval_final.json'))
+curve = [json.loads(line) for line in open('logdir/val.jsonl')]
+print('== validation while training (first 12 val images): ' +
+      ', '.join(f"step {entry['step']} {100 * entry['mIoU']:.1f}%" for entry in curve))
 truth = [sum(row) for row in result['confusion']]
 present = sum(t > 0 for t in truth)
 background_only = truth[0] / sum(truth) / present  # mIoU of predicting background everywhere

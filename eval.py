@@ -20,11 +20,16 @@
                                                 # the benchmark server's files of VAL_SPLIT in submit/:
                                                 # VOC submit/results.tgz (comp6, or comp5: VOC data only),
                                                 # Cityscapes and ADE20K one PNG per image (zip them)
+    python eval.py --all                        # every MODEL_DIR/step_<N>.pth not yet evaluated with this
+                                                # protocol, in step order: the validation curve after a run
 
 Single scale by default, the authors' protocol; EVAL_SCALES, EVAL_FLIP and EVAL_WINDOW give multi-scale + flip
-and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and
-per-class IoU; writes LOG_DIR/eval_<checkpoint stem>.json (eval_<stem>_onnx.json with --onnx). A missing
-checkpoint or one for other settings is an error: random weights are never scored.
+and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and per-class IoU; writes
+LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint stem>_<protocol>.json for
+another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _onnx is added for an
+ONNX file), and the metrics as TensorBoard scalars at the checkpoint's step in LOG_DIR: val/mIoU, val/pAcc,
+val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the curve that training's EVAL_EVERY draws, and
+eval.py --all fills). A missing checkpoint or one for other settings is an error: random weights are never scored.
 
 Your own images are segmented as a viewer shows them (dataset.read_photo): camera orientation (EXIF) applied,
 transparency composited on the MEAN colour, 16-bit grayscale scaled to 8 bits, CMYK and palettes converted; each
@@ -42,6 +47,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
+from tensorboardX import SummaryWriter
 
 import checkpoint
 import dataset
@@ -215,37 +221,37 @@ def segment_images(net, device, rank, world, args, images):
         logger.info('%s -> %s', file, out)
 
 
-def finite_or_none(value):
-    return value if math.isfinite(value) else None
+def result_path(path):
+    """LOG_DIR/eval_<checkpoint stem>.json, or eval_<checkpoint stem>_<protocol>.json for another protocol than
+    the authors' (evaluation.protocol), and _onnx after it for an ONNX file: each keeps its own file."""
+    stem, extension = os.path.splitext(os.path.basename(path))
+    name = '_'.join(filter(None, (stem, evaluation.protocol(), 'onnx' if extension == '.onnx' else '')))
+    return os.path.join(settings.LOG_DIR, f'eval_{name}.json')
 
 
-def report(confusion, path, step, n_images):
-    """Prints the metrics and the per-class IoU table; writes LOG_DIR/eval_<checkpoint stem>.json
-    (eval_<stem>_onnx.json for an ONNX file, so that it never replaces its checkpoint's)."""
-    result = evaluation.metrics(confusion)
-    names = list(dataset.current()['classes'])
+def report(confusion, path, step, n_images, writer=None):
+    """Prints the metrics and the per-class IoU table; writes `result_path(path)` and, given a writer and a
+    step, the TensorBoard scalars at that step. An images-only split (VAL_SPLIT = 'test') is predicted, not scored."""
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
           f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}, '
           f'window {settings.EVAL_WINDOW}, stride {dataset.output_stride()}')
     if not np.asarray(confusion).sum():
         print(f'no labelled pixel in VAL_SPLIT={settings.VAL_SPLIT!r}: the images were predicted, nothing scored')
         return
-    print('  '.join(f'{key} {100 * result[key]:.2f}' for key in ('pAcc', 'mAcc', 'fIoU', 'mIoU')))
-    width = max(map(len, names))
-    for name, iou in zip(names, result['IoU']):
-        print(f'  {name:<{width}}  {100 * iou:6.2f}')
-    summary = {key: finite_or_none(result[key]) for key in ('mIoU', 'pAcc', 'mAcc', 'fIoU')}
-    summary['per_class'] = {name: finite_or_none(iou) for name, iou in zip(names, result['IoU'])}
-    summary.update(checkpoint=path, step=step, split=settings.VAL_SPLIT, n_images=n_images,
-                   scales=list(settings.EVAL_SCALES), flip=settings.EVAL_FLIP,
-                   window=settings.EVAL_WINDOW, stride=dataset.output_stride(),
-                   confusion=np.asarray(confusion).tolist())
+    result = evaluation.summary(confusion, n_images)
+    print('  '.join(f'{key} {100 * (math.nan if result[key] is None else result[key]):.2f}'
+                    for key in ('pAcc', 'mAcc', 'fIoU', 'mIoU')))
+    width = max(map(len, result['per_class']))
+    for name, iou in result['per_class'].items():
+        print(f'  {name:<{width}}  {100 * (math.nan if iou is None else iou):6.2f}')
+    result.update(checkpoint=path, step=step, confusion=np.asarray(confusion).tolist())
     os.makedirs(settings.LOG_DIR, exist_ok=True)
-    stem, extension = os.path.splitext(os.path.basename(path))
-    out = os.path.join(settings.LOG_DIR, f'eval_{stem}{"_onnx" if extension == ".onnx" else ""}.json')
+    out = result_path(path)
     with open(out, 'w') as f:
-        json.dump(checkpoint.plain(summary), f, indent=1)  # settings such as EVAL_FLIP = np.bool_(True) too
+        json.dump(checkpoint.plain(result), f, indent=1)  # settings such as EVAL_FLIP = np.bool_(True) too
     logger.info('wrote %s', out)
+    if writer is not None and step is not None:
+        evaluation.write_scalars(writer, result, step)
 
 
 def parse_args():
@@ -255,6 +261,9 @@ def parse_args():
                              'this folder; a name with a folder part is a path (default: final.pth)')
     parser.add_argument('--onnx', metavar='FILE.onnx',
                         help='run this export.py file with onnxruntime instead of a checkpoint with PyTorch')
+    parser.add_argument('--all', action='store_true',
+                        help="evaluate every MODEL_DIR/step_<N>.pth in step order, but those this protocol's "
+                             "JSON already exists for: the validation curve in TensorBoard after a run")
     parser.add_argument('--save-pred', metavar='DIR',
                         help="write a mask <id>.png of each image in the dataset's colours, at the image size, into DIR")
     parser.add_argument('--attention', metavar='DIR',
@@ -276,6 +285,9 @@ def parse_args():
         parser.error('give a checkpoint or --onnx FILE, not both')
     if args.onnx and args.attention:
         parser.error('--attention needs the PyTorch network (the EM unit\'s responsibilities): not with --onnx')
+    if args.all and (args.checkpoint or args.onnx or args.image or args.save_pred or args.attention or args.submit):
+        parser.error('--all evaluates the step_<N>.pth files (metrics, JSON, TensorBoard): no CHECKPOINT, '
+                     '--onnx, --image, --save-pred, --attention or --submit with it')
     return args
 
 
@@ -287,31 +299,40 @@ def main():
                          f'{", ".join(SERVERS)}')
     rank, world, device = runtime.setup_runtime()  # cudnn.benchmark stays off: every image has its own size
     images = own_images(args) if args.image else None  # a mask over an input stops the run before anything
-    if args.onnx:
-        path = args.onnx
-        net, meta = evaluation.onnx_net(path)
-        step = meta['step']
+    if args.all:  # decided before any file is written, so every process has the same list
+        paths = [p for p in checkpoint.step_files(settings.MODEL_DIR).values() if not os.path.exists(result_path(p))]
+        logger.info('%d step_<N>.pth in %s to evaluate', len(paths), settings.MODEL_DIR)
     else:
-        path = checkpoint.checkpoint_path(args.checkpoint or 'final.pth')
-        # the weights trained at STRIDE run at EVAL_STRIDE: the same convolutions with other strides and dilations
-        net = network.EMANet(stride=settings.EVAL_STRIDE)
-        step = checkpoint.load_checkpoint(net, path).get('step')
-        net = runtime.to_device(net.eval(), device, inference=True)
+        paths = [args.onnx or checkpoint.checkpoint_path(args.checkpoint or 'final.pth')]
+    # the weights trained at STRIDE run at EVAL_STRIDE: the same convolutions with other strides and dilations
+    net = None if args.onnx else network.EMANet(stride=settings.EVAL_STRIDE)
+    writer = None  # TensorBoard, opened by the first report
     for folder in (args.save_pred, args.attention, args.submit):
         if folder:
             os.makedirs(folder, exist_ok=True)
-    if images:
-        segment_images(net, device, rank, world, args, images)
-    else:
+    for path in paths:
+        if args.onnx:
+            net, meta = evaluation.onnx_net(path)
+            step = meta['step']
+        else:
+            step = checkpoint.load_checkpoint(net, path).get('step')
+            net = runtime.to_device(net.eval(), device, inference=True)
+        if images:
+            segment_images(net, device, rank, world, args, images)
+            continue
         confusion, n_images = evaluate(net, device, rank, world, args)
         if args.submit and dist.is_initialized():
             dist.barrier()  # every process's files are written
         if rank == 0:
-            report(confusion, path, step, n_images)
+            if writer is None and not args.onnx:  # an ONNX file's scalars would overlay its checkpoint's curve
+                writer = SummaryWriter(settings.LOG_DIR)
+            report(confusion, path, step, n_images, writer)
             if args.submit and settings.DATASET == 'voc':
                 logger.info('wrote %s: upload it to the VOC server', write_archive(args.submit, args.comp))
             elif args.submit:
                 logger.info('wrote %d files into %s: zip them for the server', n_images, args.submit)
+    if writer is not None:
+        writer.close()
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -1,6 +1,7 @@
 """The test-time protocol that eval.py, training's validation and export share: the prediction of one image
-(EVAL_SCALES, EVAL_FLIP, EVAL_WINDOW at EVAL_STRIDE), the confusion matrix and its metrics, and a split's
-evaluation sharded over the torchrun processes.
+(EVAL_SCALES, EVAL_FLIP, EVAL_WINDOW at EVAL_STRIDE), the confusion matrix and its metrics, a split's
+evaluation sharded over the torchrun processes, the protocol's name, and the results as eval.py and training
+record them (a summary dict for JSON, TensorBoard scalars).
 
 Single scale by default, the authors' protocol: the padded image (H' × W' = k·stride + 1, as ValDataset pads)
 → logits at that size → argmax. The paper's multi-scale + flip is EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5,
@@ -22,6 +23,9 @@ import torch.nn.functional as F
 import dataset
 import runtime
 import settings
+
+PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale test (with EVAL_FLIP)
+VAL_LOG = 'val.jsonl'  # in LOG_DIR: a line per evaluation while training (a summary with step and seconds)
 
 
 def scaled_size(size, scale):
@@ -198,3 +202,82 @@ def evaluate(net, device, rank, world, n_images=None, each=None):
     if dist.is_initialized():
         dist.all_reduce(confusion)
     return confusion.cpu().numpy(), n_images
+
+
+def protocol():
+    """The name of the protocol the EVAL_* settings give: '' for the authors' (single scale, whole image, at the
+    training stride, the training's EM iterations), else its parts joined by '_': 'ms' (PAPER_SCALES) or
+    'ms0.75-1-1.25' (other scales) or 'x0.5' (one other scale), 'flip', 'window769' or 'window513x1025',
+    'os8' (EVAL_STRIDE other than STRIDE), 'stages5' (EVAL_STAGE_NUM). It names the TensorBoard tags
+    (`scalar_prefix`) and eval.py's files, so no protocol's results replace another's."""
+    scales = tuple(float(s) for s in settings.EVAL_SCALES)
+    parts = []
+    if scales == PAPER_SCALES:
+        parts.append('ms')
+    elif len(scales) > 1:
+        parts.append('ms' + '-'.join(f'{s:g}' for s in scales))
+    elif scales != (1.0,):
+        parts.append(f'x{scales[0]:g}')
+    if settings.EVAL_FLIP:
+        parts.append('flip')
+    window = window_size()
+    if window:
+        parts.append(f'window{window[0]}' if window[0] == window[1] else f'window{window[0]}x{window[1]}')
+    if dataset.output_stride() != settings.STRIDE:
+        parts.append(f'os{dataset.output_stride()}')
+    if settings.EVAL_STAGE_NUM not in (None, settings.STAGE_NUM):
+        parts.append(f'stages{settings.EVAL_STAGE_NUM}')
+    return '_'.join(parts)
+
+
+def scalar_prefix():
+    """'val' for the authors' protocol, else 'val_<protocol>': TensorBoard tags <prefix>/mIoU, <prefix>_class/<name>."""
+    return '_'.join(filter(None, ('val', protocol())))
+
+
+def finite_or_none(value):
+    return value if math.isfinite(value) else None
+
+
+def summary(confusion, n_images):
+    """What eval.py's JSON and training's val.jsonl record of an evaluation: mIoU, pAcc, mAcc, fIoU (fractions,
+    None where undefined), per_class (class name → IoU), split, n_images and the protocol with its settings."""
+    result = metrics(confusion)
+    names = dataset.current()['classes']
+    return {**{key: finite_or_none(result[key]) for key in ('mIoU', 'pAcc', 'mAcc', 'fIoU')},
+            'per_class': {name: finite_or_none(iou) for name, iou in zip(names, result['IoU'])},
+            'split': settings.VAL_SPLIT, 'n_images': n_images, 'protocol': protocol(),
+            'scales': list(settings.EVAL_SCALES), 'flip': settings.EVAL_FLIP, 'window': settings.EVAL_WINDOW,
+            'stride': dataset.output_stride()}
+
+
+def write_scalars(writer, result, step):
+    """A summary's metrics as TensorBoard scalars at step: <prefix>/mIoU, /pAcc, /mAcc, /images (how many were
+    evaluated) and <prefix>_class/<name> for each class with an IoU; prefix from `scalar_prefix`."""
+    prefix = scalar_prefix()
+    for key in ('mIoU', 'pAcc', 'mAcc'):
+        if result[key] is not None:
+            writer.add_scalar(f'{prefix}/{key}', result[key], step)
+    writer.add_scalar(f'{prefix}/images', result['n_images'], step)
+    for name, iou in result['per_class'].items():
+        if iou is not None:
+            writer.add_scalar(f'{prefix}_class/{name}', iou, step)
+    writer.flush()  # visible in TensorBoard now, not when the run ends
+
+
+def read_val_log(path):
+    """The entries of a VAL_LOG file, in order; [] when there is none. A line that a kill cut short is left out."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith('\n') and isinstance(entry, dict) and isinstance(entry.get('step'), int):
+            entries.append(entry)
+    return entries

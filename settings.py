@@ -67,6 +67,10 @@ EVAL_SCALES = (1.0,)            # (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) with EVAL_FL
 EVAL_FLIP = False               # also average the horizontally flipped prediction
 EVAL_STRIDE = None              # output stride at test time; None = STRIDE (the paper's ablations: 16 → 8)
 EVAL_WINDOW = None              # None: whole image; a size (int or (h, w)) slides a window of it over larger images
+EVAL_EVERY = 2000               # steps between evaluations while training (and one at the end); 0: none. VOC val's
+                                # 1449 images take a few GPU minutes, shared by the processes: every ITER_SAVE steps
+                                # costs a few percent of the recipe's run for a 15-point curve, best.pth a step_<N>.pth
+EVAL_IMAGES = None              # evaluate only the first N images of VAL_SPLIT while training; None: all
 
 # runtime
 DEVICE = None                   # None: 'cuda' when available, else 'cpu'

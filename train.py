@@ -10,12 +10,17 @@ every ITER_SAVE // 10 steps, step_<N>.pth every ITER_SAVE, final.pth at the end.
 A run resumes from latest.pth when it exists and then ends with exactly the
 weights of an uninterrupted run: the data order, each sample's augmentation and
 the dropout masks derive from (SEED, step, rank), so no RNG state is carried.
-A run that reached ITER_MAX says so and exits; raising ITER_MAX continues it.
+Every EVAL_EVERY steps and at the end the weights are evaluated on VAL_SPLIT as eval.py evaluates them
+(EVAL_IMAGES first images; sharded over the processes): TensorBoard val/mIoU, val/pAcc, val/mAcc, val/images,
+val_class/<name>, a line in LOG_DIR/val.jsonl, and MODEL_DIR/best.pth, the checkpoint of the best val mIoU;
+training goes on with exactly the weights it would have without. A resumed run does not repeat an evaluation
+that val.jsonl holds. A run that reached ITER_MAX says so and exits; raising ITER_MAX continues it.
 INIT_FROM starts a fresh folder from another run's whole network (staged training:
 COCO, then trainaug, then trainval), with a fresh optimizer and schedule.
 SIGTERM or SIGINT saves latest.pth and exits. One run per MODEL_DIR at a time;
 on several nodes MODEL_DIR must be a shared folder. TensorBoard: `bash tensorboard.sh`.
 """
+import json
 import math
 import os
 import signal
@@ -31,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import checkpoint
 import dataset
+import evaluation
 import network
 import runtime
 import settings
@@ -113,6 +119,67 @@ def colour_panel(img, label, pred):
     return panel.permute(2, 0, 1).numpy()
 
 
+def validation_history(start):
+    """(the last step LOG_DIR/val.jsonl holds an evaluation of, the best mIoU that MODEL_DIR/best.pth holds) for
+    a run that resumes at step start. A fresh run (start 0) starts val.jsonl anew and replaces an earlier run's
+    best.pth at its first evaluation; a line that a kill cut short is dropped."""
+    path = os.path.join(settings.LOG_DIR, evaluation.VAL_LOG)
+    entries = evaluation.read_val_log(path) if start else []
+    if os.path.exists(path):
+        with open(path) as f:
+            intact = f.read().endswith('\n')
+        if not (start and intact):
+            with open(path, 'w') as f:
+                f.writelines(json.dumps(entry) + '\n' for entry in entries)
+    best, best_path = -math.inf, checkpoint.model_file('best.pth')
+    if os.path.exists(best_path):
+        if start:
+            best = checkpoint.read_weights(best_path, mmap=True).get('best_mIoU', best)
+        else:
+            logger.warning('%s is of an earlier run: the first evaluation of this one replaces it', best_path)
+    return max((entry['step'] for entry in entries), default=0), best
+
+
+def evaluation_due(step, validated):
+    """Every EVAL_EVERY steps and at the end, but not a step up to `validated`, the last that val.jsonl holds."""
+    return settings.EVAL_EVERY > 0 and step > validated and \
+        (step % settings.EVAL_EVERY == 0 or step >= settings.ITER_MAX)
+
+
+def validate(net, optimizer, scaler, device, rank, world, step, writer, best):
+    """Evaluates net (not DDP's wrapper) on the first EVAL_IMAGES of VAL_SPLIT as eval.py does (one shard per
+    process), BN and dropout in eval mode; no random number is drawn and the data loader is left alone, so the
+    training goes on exactly as without it. Rank 0 writes the TensorBoard scalars, best.pth when the mIoU beats
+    best, the val.jsonl line and a log line. Returns the best mIoU so far."""
+    tic = time.time()
+    if dist.is_initialized():  # each process's BN statistics are its own until DDP's next forward sends rank 0's:
+        for buffer in net.buffers():  # evaluate rank 0's, those the checkpoints hold
+            dist.broadcast(buffer, 0)
+    evaluated = net
+    if dataset.output_stride() != settings.STRIDE:  # the weights at EVAL_STRIDE, as eval.py runs them
+        with torch.random.fork_rng(devices=[]):  # building a net draws its initial weights
+            evaluated = network.EMANet(stride=settings.EVAL_STRIDE)
+        evaluated.load_state_dict(net.state_dict())
+        evaluated = runtime.to_device(evaluated, device)
+    net.eval()
+    torch.backends.cudnn.benchmark = False  # every image has its own size
+    confusion, n_images = evaluation.evaluate(evaluated.eval(), device, rank, world, settings.EVAL_IMAGES)
+    torch.backends.cudnn.benchmark = settings.CUDNN_BENCHMARK
+    net.train()
+    if rank == 0:
+        result = dict(step=step, **evaluation.summary(confusion, n_images), seconds=round(time.time() - tic, 1))
+        evaluation.write_scalars(writer, result, step)
+        if result['mIoU'] is not None and result['mIoU'] > best:  # before val.jsonl: a run killed in between
+            best = result['mIoU']                                 # evaluates this step again
+            checkpoint.save_checkpoint('best.pth', net, optimizer, scaler, step, {'best_mIoU': best})
+        with open(os.path.join(settings.LOG_DIR, evaluation.VAL_LOG), 'a') as f:
+            f.write(json.dumps(result) + '\n')
+        miou = math.nan if result['mIoU'] is None else result['mIoU']
+        logger.info('step %d: %s mIoU %.2f%% (best %.2f%%), %d %s images in %.1f s', step, evaluation.scalar_prefix(),
+                    100 * miou, 100 * best, n_images, settings.VAL_SPLIT, result['seconds'])
+    return best
+
+
 def main():
     # ---------------------------------------------------------------- set-up
     rank, world, device = runtime.setup_runtime()
@@ -174,10 +241,15 @@ def main():
     if latest != -negated_first:
         raise SystemExit(f'the processes resume from different steps ({-negated_first} to {latest}): '
                          f'MODEL_DIR={settings.MODEL_DIR!r} must be one folder that every node sees')
+    validated, best = validation_history(start) if rank == 0 else (0, -math.inf)
+    validated, = max_over_processes([validated], host_group)  # LOG_DIR may be rank 0's alone
     final = checkpoint.model_file('final.pth')
     if start >= settings.ITER_MAX:
         if rank == 0 and not os.path.exists(final):  # killed between the last latest.pth and final.pth
             checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, start)
+        if evaluation_due(start, validated):  # killed during its last evaluation
+            validate(net, optimizer, scaler, device, rank, world, start,
+                     SummaryWriter(settings.LOG_DIR) if rank == 0 else None, best)
         logger.info('this run is finished: step %d of ITER_MAX=%d, %s. Raise ITER_MAX to train on',
                     start, settings.ITER_MAX, final)
         if dist.is_initialized():
@@ -194,13 +266,15 @@ def main():
                                                          start + 1),
                              prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
                              worker_init_fn=ignore_interrupts))
+    writer = SummaryWriter(settings.LOG_DIR) if rank == 0 else None
     if rank == 0:
-        writer = SummaryWriter(settings.LOG_DIR)
         with open(os.path.join(settings.LOG_DIR, 'settings.txt'), 'w') as f:
             f.writelines(f'{name} = {value!r}\n' for name, value in checkpoint.plain(settings.effective()).items())
         logger.info('training EMANet-%d OS%d on %s x%d (%s), steps %d..%d, %d images',
                     settings.N_LAYERS, settings.STRIDE, device, world, dtype or torch.float32,
                     start + 1, settings.ITER_MAX, len(train_set))
+    if evaluation_due(start, validated):  # stopped or killed after the latest.pth of this step, before evaluating it
+        best = validate(net, optimizer, scaler, device, rank, world, start, writer, best)
 
     # ---------------------------------------------------------------- the loop
     signals = []  # SIGTERM / SIGINT: save latest.pth and exit at the end of the step
@@ -218,8 +292,9 @@ def main():
         save_step = step % settings.ITER_SAVE == 0
         save_latest = step % max(1, settings.ITER_SAVE // 10) == 0 or step == settings.ITER_MAX or stopping
         log_line = step % settings.LOG_EVERY == 0 or step == settings.ITER_MAX
+        evaluate = evaluation_due(step, validated)
         timed_steps += 1
-        if not (save_step or save_latest or log_line):
+        if not (save_step or save_latest or log_line or evaluate):
             continue  # nothing to read back: the GPU queue keeps running ahead
         # the global mean loss of each step since the last sync; a non-finite one stops the run before
         # anything of it is written
@@ -256,8 +331,10 @@ def main():
                 raise SystemExit(str(e)) from None
         if stopping:
             logger.info('stopped by a signal: latest.pth holds step %d; rerun to resume', step)
-            sys.exit(128 + (signals[0] if signals else signal.SIGTERM))
-        if step == start + 1:  # restart the clock: the first step's warm-up is not throughput
+            sys.exit(128 + (signals[0] if signals else signal.SIGTERM))  # a due evaluation is done on resuming
+        if evaluate:
+            best = validate(net, optimizer, scaler, device, rank, world, step, writer, best)
+        if step == start + 1 or evaluate:  # restart the clock: warm-up and evaluations are not throughput
             tic, timed_steps = time.time(), 0
 
     # ---------------------------------------------------------------- the final save

@@ -19,7 +19,7 @@ import settings  # noqa: E402
 
 # an experiment small enough for a 2-core CPU: ResNet-50 from scratch on tiny crops
 TINY = dict(N_LAYERS=50, PRETRAINED=None, CROP_SIZE=33, BATCH_SIZE=2, ITER_MAX=4, ITER_SAVE=2, LOG_EVERY=1,
-            IMAGE_EVERY=2, NUM_WORKERS=0, BN_MOM=0.1, LR=1e-3)
+            IMAGE_EVERY=2, NUM_WORKERS=0, BN_MOM=0.1, LR=1e-3, EVAL_EVERY=0)
 HANG_GUARD = 900  # seconds: only a hung run takes this long, however loaded the machine is
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # processes that must compute the same numbers bit for bit
 TORCHRUN = ('-m', 'torch.distributed.run')  # python's arguments that launch a script under torchrun

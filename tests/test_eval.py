@@ -51,7 +51,7 @@ def test_report_json_and_table(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(settings, 'STRIDE', 16)
     monkeypatch.setattr(settings, 'EVAL_STRIDE', 8)  # the stride at test time is what is reported
     eval.report(np.array(HAND_CONFUSION), 'models/step_10.pth', 10, 2)
-    with open(tmp_path / 'logs' / 'eval_step_10.json') as f:
+    with open(tmp_path / 'logs' / 'eval_step_10_window9x17_os8.json') as f:  # named by checkpoint and protocol
         result = json.load(f)
     assert result['mIoU'] == pytest.approx(59 / 168) and result['fIoU'] == pytest.approx(59 / 112)
     assert result['per_class'] == {'sky': pytest.approx(5 / 8), 'road': pytest.approx(3 / 7), 'car': 0.0, 'dog': None}

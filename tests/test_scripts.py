@@ -19,12 +19,13 @@ def test_demo_runs_the_whole_loop_at_a_tiny_budget(tmp_path, python_first):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "> DATA_ROOT = '" in result.stdout and '> ITER_MAX = 2' in result.stdout  # the diff is shown
     assert '== demo mIoU' in result.stdout and 'predicting background everywhere scores' in result.stdout
+    assert '== validation while training (first 12 val images): step 2 ' in result.stdout  # the end of the run
     experiment = repo / 'demo_exp'
     assert json.load(open(experiment / 'logdir' / 'eval_final.json'))['mIoU'] >= 0
     assert len(os.listdir(experiment / 'logdir' / 'predictions')) == len(
         open(repo / 'demo_data' / 'ImageSets' / 'SegmentationAug' / 'val.txt').read().split())
     assert os.listdir(experiment / 'logdir' / 'attention')
-    assert (experiment / 'models' / 'final.pth').exists()
+    assert (experiment / 'models' / 'final.pth').exists() and (experiment / 'models' / 'best.pth').exists()
 
 
 def test_clean_removes_checkpoints_logs_and_caches_only(tmp_path, demo_data, python_first):
@@ -35,7 +36,7 @@ def test_clean_removes_checkpoints_logs_and_caches_only(tmp_path, demo_data, pyt
     models, logdir = experiment / 'models', experiment / 'logdir'
     for folder in (models, logdir, experiment / '__pycache__'):
         folder.mkdir()
-    for name in ('latest.pth', 'final.pth', 'step_2.pth', 'latest.pth.tmp77', 'resnet50s.pth', 'README.md'):
+    for name in ('latest.pth', 'final.pth', 'best.pth', 'step_2.pth', 'latest.pth.tmp77', 'resnet50s.pth', 'README.md'):
         (models / name).write_text('x')
     (logdir / 'events.out.tfevents.1').write_text('x')
     result = bash(python_first, experiment, 'clean.sh')

@@ -195,11 +195,16 @@ def compare_folders(tmp_path):
     fake_eval(base / 'logdir' / 'eval_final.json', './models/final.pth', 30000, 0.80512, 0.95)
     k32 = experiment('exp_k32', EMA_CHANNELS=256, N_BASES=32)  # multi-scale + flip
     fake_checkpoint(k32 / 'models' / 'final.pth', 30000)
-    fake_eval(k32 / 'logdir' / 'eval_final.json', './models/final.pth', 30000, 0.81234, 0.96106,
+    fake_eval(k32 / 'logdir' / 'eval_final_ms_flip.json', './models/final.pth', 30000, 0.81234, 0.96106,
               scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)
+    # validation while training: the best line of val.jsonl (the first of equals; a line cut short is left out)
+    (k32 / 'logdir' / 'val.jsonl').write_text(''.join(json.dumps({'step': step, 'mIoU': miou}) + '\n' for step, miou
+                                                      in ((2000, 0.6), (4000, 0.7913), (6000, 0.7913), (8000, 0.7)))
+                                              + '{"step": 10000, "mIoU": 0.9')
     k16 = experiment('exp_k16', N_BASES=16, LOG_DIR='./runs')  # still training; its LOG_DIR elsewhere
     fake_checkpoint(k16 / 'models' / 'latest.pth', 1200)
     fake_eval(k16 / 'runs' / 'eval_latest.json', './models/latest.pth', 1200, 0.5, 0.9)
+    torch.save({'net': {}, 'step': 1000, 'best_mIoU': 0.4567}, k16 / 'models' / 'best.pth')  # no val.jsonl
     fresh = experiment('exp_fresh', N_BASES=8)  # no results yet
     broken = experiment('exp_broken', N_BASES=4)
     (broken / 'models').mkdir()
@@ -221,14 +226,16 @@ def compare_folders(tmp_path):
 
 
 EXPECTED_COLUMNS = ['experiment', 'EMA_CHANNELS', 'N_BASES', 'LOG_DIR', 'DEVICE', 'step', 'final mIoU', 'final pAcc',
-                    'final ms+flip mIoU', 'final ms+flip pAcc', 'latest mIoU', 'latest pAcc', 'notes']
+                    'final_ms_flip mIoU', 'final_ms_flip pAcc', 'latest mIoU', 'latest pAcc', 'best val mIoU',
+                    'best val step', 'notes']
 EXPECTED = {  # None: missing ('-' in the tables, an empty cell in csv)
-    'emanet': ['512', '64', './logdir', 'None', '30000', '80.51', '95.00', None, None, None, None],
-    'exp_k32': ['256', '32', './logdir', 'None', '30000', None, None, '81.23', '96.11', None, None],
-    'exp_k16': ['512', '16', './runs', 'None', '1200', None, None, None, None, '50.00', '90.00'],
-    'exp_fresh': ['512', '8', './logdir', 'None', None, None, None, None, None, None, None],
-    'exp_broken': ['512', '4', './logdir', 'None', None, None, None, None, None, None, None],
-    'exp_cluster': ['512', '48', './logdir', "device(type='cuda', index=0)", None, None, None, None, None, None, None],
+    'emanet': ['512', '64', './logdir', 'None', '30000', '80.51', '95.00', None, None, None, None, None, None],
+    'exp_k32': ['256', '32', './logdir', 'None', '30000', None, None, '81.23', '96.11', None, None, '79.13', '4000'],
+    'exp_k16': ['512', '16', './runs', 'None', '1200', None, None, None, None, '50.00', '90.00', '45.67', '1000'],
+    'exp_fresh': ['512', '8', './logdir', 'None', None, None, None, None, None, None, None, None, None],
+    'exp_broken': ['512', '4', './logdir', 'None', None, None, None, None, None, None, None, None, None],
+    'exp_cluster': ['512', '48', './logdir', "device(type='cuda', index=0)", None, None, None, None, None, None, None,
+                    None, None],
 }
 EXPECTED_NOTES = {'emanet': [], 'exp_k32': [], 'exp_k16': ['not finished'],
                   'exp_fresh': ['no checkpoint yet', 'no eval yet'],
