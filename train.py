@@ -20,6 +20,7 @@ COCO, then trainaug, then trainval), with a fresh optimizer and schedule.
 SIGTERM or SIGINT saves latest.pth and exits. One run per MODEL_DIR at a time;
 on several nodes MODEL_DIR must be a shared folder. TensorBoard: `bash tensorboard.sh`.
 """
+import argparse
 import json
 import math
 import os
@@ -173,7 +174,7 @@ def validate(net, optimizer, scaler, device, rank, world, step, writer, best):
             best = result['mIoU']                                 # evaluates this step again
             checkpoint.save_checkpoint('best.pth', net, optimizer, scaler, step, {'best_mIoU': best})
         with open(os.path.join(settings.LOG_DIR, evaluation.VAL_LOG), 'a') as f:
-            f.write(json.dumps(result) + '\n')
+            f.write(json.dumps(checkpoint.plain(result)) + '\n')  # settings such as numpy scales too
         miou = math.nan if result['mIoU'] is None else result['mIoU']
         logger.info('step %d: %s mIoU %.2f%% (best %.2f%%), %d %s images in %.1f s', step, evaluation.scalar_prefix(),
                     100 * miou, 100 * best, n_images, settings.VAL_SPLIT, result['seconds'])
@@ -182,6 +183,8 @@ def validate(net, optimizer, scaler, device, rank, world, step, writer, best):
 
 def main():
     # ---------------------------------------------------------------- set-up
+    # every knob is in settings.py: --help prints the docstring, any argument is an error
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rank, world, device = runtime.setup_runtime()
     host_group = dist.new_group(backend='gloo') if dist.is_initialized() else None
     if settings.warn_unread_settings():

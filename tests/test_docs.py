@@ -4,7 +4,7 @@ at a heading, that exists; the README's test command is the one .ci/run runs.
 
 A script's accepted options are what `python SCRIPT --help` (`python prepare.py SUBCOMMAND --help`) lists.
 All of them run in one subprocess, once per test session: each script runs as `__main__` with that argv,
-as `python` would run it, so torch is imported once. A script with no argument parser (train.py) accepts
+as `python` would run it, so torch is imported once. A script with no argument parser accepts
 no arguments at all and is not run.
 """
 import json
