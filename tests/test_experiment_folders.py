@@ -87,7 +87,7 @@ def test_settings_that_are_no_literals_round_trip_through_checkpoints(trained, t
     compared = run_script(tmp_path, 'twin/compare.py', '--csv', str(experiment), str(twin))
     assert compared.returncode == 0, compared.stderr
     header, row, _ = compared.stdout.splitlines()
-    assert header == 'experiment,step,final mIoU,final pAcc,notes', header  # no setting differs
+    assert header == 'experiment,step,final mIoU,final pAcc,best val mIoU,best val step,notes', header  # no setting differs
     assert row.startswith('exp,2,'), row
 
 
