@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole research loop on a generated dataset, on CPU, in about 4 minutes on 2 cores:
+# The whole research loop on a generated dataset, on CPU, in 4 to 8 minutes on 2 cores:
 # generate data, make an experiment folder (a copy of the code with a few settings appended),
 # train (evaluating every 50 steps: TensorBoard's val/mIoU curve, models/best.pth), evaluate,
 # and show what the experiment changed.
