@@ -183,8 +183,6 @@ def validate(net, optimizer, scaler, device, rank, world, step, writer, best):
 
 def main():
     # ---------------------------------------------------------------- set-up
-    # every knob is in settings.py: --help prints the docstring, any argument is an error
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rank, world, device = runtime.setup_runtime()
     host_group = dist.new_group(backend='gloo') if dist.is_initialized() else None
     if settings.warn_unread_settings():
@@ -350,4 +348,6 @@ def main():
 
 
 if __name__ == '__main__':
+    # every knob is in settings.py: --help prints the docstring, any argument is an error
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     runtime.run_script(main)
