@@ -15,7 +15,7 @@ Sections:
              head (fc0 + EMA unit) for EMA_CHANNELS 512 and 256, counted on the meta device (no compute)
   train      training images/s and peak memory of network.train_step: float32 against AMP + channels-last
   infer      inference images/s (eval, inference_mode): on CUDA the settings' AMP + channels-last; on CPU eager
-             float32, eager channels-last (what eval.py runs) and onnxruntime on an export_onnx file; the
+             float32, its runtime.freeze graph (what eval.py runs) and onnxruntime on an export_onnx file; the
              variants take turns within each repeat, and each row gives its speed-up over eager
   attention  the EM unit against a non-local block of the same width as the feature map grows
   data       training samples/s of one data worker: dataset.TrainDataset against the authors' whole-image
@@ -238,8 +238,8 @@ def interleaved_seconds(calls, device, args):
 
 def inference_variants(device, args, onnx_path):
     """{name: (label, net(img), channels_last)} of the eval-mode forwards to time. On CUDA: the settings' AMP and
-    channels-last, and torch.compile with --compile. On CPU (float32): eager as stored (contiguous), eager
-    channels-last (what eval.py runs on CPU), onnxruntime on the export_onnx file, torch.compile with --compile."""
+    channels-last, and torch.compile with --compile. On CPU (float32): eager, its runtime.freeze graph (what
+    eval.py runs on CPU), onnxruntime on the export_onnx file, torch.compile with --compile."""
     dtype = runtime.autocast_dtype(device)
 
     def eager(net):
@@ -253,12 +253,13 @@ def inference_variants(device, args, onnx_path):
                               eager(build_net(device, layout).eval()), layout)}
     else:
         session = runtime.onnx_session(onnx_path)
-        variants = {'eager': ('float32', eager(build_net(device, False).eval()), False),
-                    'channels_last': ('float32 + channels-last', eager(build_net(device, True).eval()), True),
+        net = build_net(device, False).eval()
+        variants = {'eager': ('float32', eager(net), False),
+                    'frozen': ('float32 frozen TorchScript', eager(runtime.freeze(net)), False),
                     'onnxruntime': ('onnxruntime float32', lambda img: session.run(['logits'], {'img': img.numpy()}),
                                     False)}
     if args.compile:
-        label, _, layout = variants['channels_last' if device.type == 'cpu' else 'eager']
+        label, _, layout = variants['eager']
         variants['compiled'] = (label + ' + torch.compile',
                                 eager(torch.compile(build_net(device, layout).eval())), layout)
     return variants

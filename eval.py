@@ -129,9 +129,9 @@ def write_archive(out_dir, comp):
     return path
 
 
-def evaluate(net, device, rank, world, args):
-    """evaluation.evaluate over VAL_SPLIT, writing this process's masks, attention grids and server files as args
-    ask."""
+def evaluate(forward, net, device, rank, world, args):
+    """evaluation.evaluate of forward (what `evaluation.predict` runs) over VAL_SPLIT, writing this process's
+    masks, attention grids (of net, the EMANet) and server files as args ask."""
     def save_outputs(index, image_id, img, pred):
         if args.save_pred or args.submit:
             with Image.open(dataset.image_path(image_id)) as image:  # reads the header only
@@ -144,7 +144,7 @@ def evaluate(net, device, rank, world, args):
         if args.attention and index < args.attention_images:
             image = dataset.read_image(dataset.image_path(image_id))
             save_attention(net, img, image, os.path.join(args.attention, image_id + '_attention.png'))
-    return evaluation.evaluate(net, device, rank, world, each=save_outputs)
+    return evaluation.evaluate(forward, device, rank, world, each=save_outputs)
 
 
 def image_tensor(image):
@@ -207,14 +207,14 @@ def own_images(args):
     return list(zip(files, names, outs))
 
 
-def segment_images(net, device, rank, world, args, images):
+def segment_images(forward, net, device, rank, world, args, images):
     """Writes the mask of each of `own_images` (this process's share: rank, rank + world, ...) at the size a
-    viewer shows the image."""
+    viewer shows the image: forward's prediction, the attention grids of net (the EMANet)."""
     for index in range(rank, len(images), world):
         file, name, out = images[index]
         image = dataset.read_photo(file)
-        img = runtime.to_device(image_tensor(image), device, inference=True)
-        pred = evaluation.predict(net, img).argmax(dim=1)[0]  # H' × W'
+        img = runtime.to_device(image_tensor(image), device)
+        pred = evaluation.predict(forward, img).argmax(dim=1)[0]  # H' × W'
         save_prediction(pred, *image.size, out)
         if args.attention and index < args.attention_images:
             save_attention(net, img, image, os.path.join(args.attention, name + '_attention.png'))
@@ -312,15 +312,16 @@ def main():
             os.makedirs(folder, exist_ok=True)
     for path in paths:
         if args.onnx:
-            net, meta = evaluation.onnx_net(path)
+            forward, meta = evaluation.onnx_net(path)
             step = meta['step']
         else:
             step = checkpoint.load_checkpoint(net, path).get('step')
-            net = runtime.to_device(net.eval(), device, inference=True)
+            net = runtime.to_device(net.eval(), device)
+            forward = evaluation.inference_net(net, device)
         if images:
-            segment_images(net, device, rank, world, args, images)
+            segment_images(forward, net, device, rank, world, args, images)
             continue
-        confusion, n_images = evaluate(net, device, rank, world, args)
+        confusion, n_images = evaluate(forward, net, device, rank, world, args)
         if args.submit and dist.is_initialized():
             dist.barrier()  # every process's files are written
         if rank == 0:

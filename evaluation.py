@@ -130,12 +130,29 @@ def onnx_metadata(path, session):
     return meta
 
 
+def input_size_net(forward):
+    """EMANet's eval forward, net(img, size=None) → b × classes × size logits (float32, on img's device), from
+    forward(img) → logits at img's size, so that `predict` and everything that calls it run it unchanged. Logits
+    for another size are resized from the input-size ones: for inputs of k·stride + 1 pixels (all that `predict`
+    passes) that equals EMANet's one resize from the output stride, since align_corners=True keeps the stride
+    grid's points and bilinear is linear between them."""
+    def net(img, size=None):
+        logits = forward(img)  # b × classes × h × w
+        if size is not None and tuple(size) != tuple(img.shape[-2:]):
+            logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=True)
+        return logits
+    return net
+
+
+def inference_net(net, device):
+    """What `predict` runs for net (an EMANet in eval mode on device): on the CPU its `runtime.freeze` graph,
+    traced anew at each call (training's validation passes weights that change), on CUDA net itself."""
+    return input_size_net(runtime.freeze(net)) if device.type == 'cpu' else net
+
+
 def onnx_net(path):
-    """(net, metadata): an export.py file run by onnxruntime on the CPU, called as EMANet's eval forward,
-    net(img, size=None) → b × classes × size logits (float32, on img's device), so `predict` and everything
-    that calls it run it unchanged. Logits for another size are resized from the input-size ones: for inputs of
-    k·stride + 1 pixels (all that `predict` passes) that equals EMANet's one resize from the output stride, since
-    align_corners=True keeps the stride grid's points and bilinear is linear between them."""
+    """(net, metadata): an export.py file run by onnxruntime on the CPU, as EMANet's eval forward
+    (`input_size_net`)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'ONNX file {path} does not exist')
     try:
@@ -144,12 +161,10 @@ def onnx_net(path):
         raise ValueError(f'{path} is not an ONNX file onnxruntime can run ({str(error).splitlines()[0]})') from None
     meta = onnx_metadata(path, session)
 
-    def net(img, size=None):
-        logits = torch.from_numpy(session.run(['logits'], {'img': img.detach().float().cpu().contiguous().numpy()})[0])
-        if size is not None and tuple(size) != tuple(img.shape[-2:]):  # b × classes × h × w → size
-            logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=True)
-        return logits.to(img.device)
-    return net, meta
+    def forward(img):
+        logits = session.run(['logits'], {'img': img.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(logits).to(img.device)
+    return input_size_net(forward), meta
 
 
 def confusion_matrix(pred, label):
@@ -183,8 +198,9 @@ def metrics(confusion):
 
 def evaluate(net, device, rank, world, n_images=None, each=None):
     """(confusion matrix of the first n_images of VAL_SPLIT (None: all) summed over all processes, the number
-    of images). This process takes the images rank, rank + world, ...; each(index, image_id, img, pred), if
-    given, is called for each of them (img: 1 × 3 × H' × W' on device, pred: H' × W' class indices)."""
+    of images) of net, what `predict` runs (`inference_net`, `onnx_net`). This process takes the images rank,
+    rank + world, ...; each(index, image_id, img, pred), if given, is called for each of them (img: 1 × 3 × H' × W'
+    on device, pred: H' × W' class indices)."""
     val_set = dataset.ValDataset()
     n_images = len(val_set) if n_images is None else min(n_images, len(val_set))
     shard = range(rank, n_images, world)
@@ -192,7 +208,7 @@ def evaluate(net, device, rank, world, n_images=None, each=None):
     tic = time.time()
     for done, index in enumerate(shard, 1):
         img, label = val_set[index]  # 3 × H' × W', H' × W'
-        img = runtime.to_device(img[None], device, inference=True)
+        img = runtime.to_device(img[None], device)
         pred = predict(net, img).argmax(dim=1)[0]  # H' × W'
         confusion += confusion_matrix(pred, label.to(device))
         if each is not None:

@@ -75,7 +75,7 @@ EVAL_IMAGES = None              # evaluate only the first N images of VAL_SPLIT 
 # runtime
 DEVICE = None                   # None: 'cuda' when available, else 'cpu'
 AMP = True                      # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
-CHANNELS_LAST = True            # channels-last memory format on CUDA, and for inference on CPU
+CHANNELS_LAST = True            # channels-last memory format on CUDA
 COMPILE = False                 # torch.compile the network
 CUDNN_BENCHMARK = True          # let cuDNN pick the fastest convolution algorithms
 

@@ -164,7 +164,8 @@ def validate(net, optimizer, scaler, device, rank, world, step, writer, best):
         evaluated = runtime.to_device(evaluated, device)
     net.eval()
     torch.backends.cudnn.benchmark = False  # every image has its own size
-    confusion, n_images = evaluation.evaluate(evaluated.eval(), device, rank, world, settings.EVAL_IMAGES)
+    forward = evaluation.inference_net(evaluated.eval(), device)
+    confusion, n_images = evaluation.evaluate(forward, device, rank, world, settings.EVAL_IMAGES)
     torch.backends.cudnn.benchmark = settings.CUDNN_BENCHMARK
     net.train()
     if rank == 0:

@@ -116,7 +116,7 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
     assert train['float32']['images_per_s'] > 0 and train['speedup'] > 0
     assert results['infer']['33x33']['images_per_s'] > 0
     assert results['infer']['33x33']['onnxruntime']['images_per_s'] > 0 and 'onnxruntime float32' in run.stdout
-    assert results['infer']['33x33']['channels_last']['images_per_s'] > 0
+    assert results['infer']['33x33']['frozen']['images_per_s'] > 0 and 'frozen TorchScript' in run.stdout
     assert [row['size'] for row in results['attention']['sizes']] == [17, 33]
     for row in results['attention']['sizes']:
         assert row['emau_ms'] > 0 and row['nonlocal_ms'] > 0 and row['nonlocal_gmacs'] > row['emau_gmacs'] > 0

@@ -83,17 +83,37 @@ def test_eval_onnx_equals_eval(trained):
     assert ort['n_images'] == 2 and np.abs(np.subtract(pytorch['confusion'], ort['confusion'])).sum() <= 10
 
 
-def test_onnx_net_predicts_as_pytorch_with_scales_flip_and_windows(trained, tiny_settings, monkeypatch):
+@pytest.mark.parametrize('deployed', ['frozen', 'onnxruntime'])
+def test_deployed_nets_predict_as_pytorch_with_scales_flip_and_windows(deployed, trained, tiny_settings, monkeypatch):
+    """What eval.py runs on the CPU (the frozen TorchScript graph) and with --onnx, against the eager EMANet."""
     net = trained_net(trained)
-    ort_net, meta = evaluation.onnx_net(str(trained / 'models' / 'final.onnx'))
-    assert meta['step'] == 2
+    if deployed == 'onnxruntime':
+        other, meta = evaluation.onnx_net(str(trained / 'models' / 'final.onnx'))
+        assert meta['step'] == 2
+    else:
+        other = evaluation.inference_net(net, torch.device('cpu'))
     img = torch.randn(1, 3, 57, 73, generator=torch.Generator().manual_seed(1))
     monkeypatch.setattr(settings, 'EVAL_SCALES', (0.5, 1.0))
     monkeypatch.setattr(settings, 'EVAL_FLIP', True)
     monkeypatch.setattr(settings, 'EVAL_WINDOW', 49)  # scale 1 in 4 windows; 0.5 (33 × 33) whole, resized
-    expected, scores = evaluation.predict(net, img), evaluation.predict(ort_net, img)
+    expected, scores = evaluation.predict(net, img), evaluation.predict(other, img)
     assert scores.shape == expected.shape == (1, 21, 57, 73)
     assert (scores - expected).abs().max() < 1e-5
+
+
+def test_frozen_graph_follows_batch_and_size_and_leaves_the_net_alone(trained, tiny_settings):
+    net = trained_net(trained)
+    weights = {name: tensor.clone() for name, tensor in net.state_dict().items()}
+    frozen = runtime.freeze(net)  # traced on 1 × 3 × 33 × 33
+    for batch, height, width in ((1, 49, 81), (3, 41, 57)):
+        img = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(batch))
+        with torch.inference_mode():
+            expected, logits = net(img), frozen(img)
+        assert logits.shape == expected.shape == (batch, 21, height, width)
+        assert (logits - expected).abs().max() < 1e-4 * expected.abs().max()
+        assert torch.equal(logits.argmax(dim=1), expected.argmax(dim=1))
+    for name, tensor in net.state_dict().items():  # BN folded into the frozen graph's copy, not into net
+        assert torch.equal(tensor, weights[name]), name
 
 
 def test_onnx_file_for_other_settings_is_an_error(trained, tiny_settings, monkeypatch):
@@ -218,10 +238,9 @@ def test_masks_never_replace_inputs(trained, tmp_path):
         assert {name: (tmp_path / 'cam1' / name).read_bytes() for name in os.listdir(tmp_path / 'cam1')} == before
 
 
-def test_channels_last_for_cpu_inference_only(monkeypatch):
+def test_cpu_batches_and_modules_stay_contiguous():
+    """CHANNELS_LAST is a CUDA layout: CPU inference runs runtime.freeze's oneDNN layout, and CPU training stays
+    contiguous (its tests compare sums bit for bit)."""
     cpu = torch.device('cpu')
-    img = torch.zeros(1, 3, 9, 9)
-    assert runtime.to_device(img, cpu, inference=True).is_contiguous(memory_format=torch.channels_last)
-    assert runtime.to_device(img, cpu).is_contiguous()  # training's batches
-    monkeypatch.setattr(settings, 'CHANNELS_LAST', False)
-    assert runtime.to_device(img, cpu, inference=True).is_contiguous()
+    assert runtime.to_device(torch.zeros(1, 3, 9, 9), cpu).is_contiguous()
+    assert runtime.to_device(torch.nn.Conv2d(3, 4, 3), cpu).weight.is_contiguous()
