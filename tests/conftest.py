@@ -26,6 +26,11 @@ TORCHRUN = ('-m', 'torch.distributed.run')  # python's arguments that launch a s
 TWO_PROCESSES = (*TORCHRUN, '--standalone', '--nproc_per_node=2')  # DDP with 2 processes on this machine
 
 
+if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: a core per worker, for its own and its subprocesses' torch
+    os.environ['OMP_NUM_THREADS'] = '1'    # (more threads than cores spin against each other)
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

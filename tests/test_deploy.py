@@ -18,6 +18,8 @@ import runtime
 import settings
 from conftest import ONE_THREAD, TINY, make_experiment, run_script
 
+pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
+
 VAL_IDS = ['000300', '000301']  # the first ids of the demo's val list
 
 

@@ -20,6 +20,8 @@ import network
 import settings
 from conftest import ONE_THREAD, TWO_PROCESSES, make_experiment, run_script
 
+pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
+
 VAL_IDS = ['000300', '000301', '000302']  # the first ids of the demo's val list
 
 

@@ -16,6 +16,8 @@ import checkpoint
 import runtime
 import settings
 
+pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
+
 # what a user may append to settings.py: values computed with numpy, a pathlib.Path, a torch object
 NON_LITERAL = """import numpy as np
 import torch

@@ -23,6 +23,8 @@ from conftest import HANG_GUARD, ROOT, TWO_PROCESSES, make_experiment, run_scrip
 from test_datasets import ade20k_miniature, cityscapes_miniature, write_image
 from test_prepare import voc_sbd_miniature
 
+pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
+
 # VOC test ids of VOC2012test.tar, with their sizes (H, W): several, so a mix-up of sizes shows
 VOC_TEST = {'2008_000001': (37, 50), '2008_000011': (45, 31), '2010_003789': (29, 41)}
 # Cityscapes' test release: leftImg8bit/test/<city>/ (and gtFine/test/ with labels that mean nothing)

@@ -16,6 +16,8 @@ import settings
 import train
 from conftest import ONE_THREAD, TWO_PROCESSES, make_experiment, run_script
 
+pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
+
 METRICS = ('mIoU', 'pAcc', 'mAcc', 'fIoU', 'per_class', 'n_images')
 
 
