@@ -203,9 +203,13 @@ def differing(experiments):
     return columns
 
 
+# an eval_*.json label: a checkpoint's stem (step_<N> by checkpoint.STEP_FILE's rule), then _<protocol> if any
+EVAL_LABEL = re.compile(r'(final|latest|%s)(?:_(.+))?' % checkpoint.STEP_FILE.pattern.removesuffix(r'\.pth'))
+
+
 def eval_order(label):
     """final first, then latest, then step_<N> by N, then the rest; each checkpoint's authors' protocol first."""
-    known = re.fullmatch(r'(final|latest|step_([1-9][0-9]*))(?:_(.+))?', label)
+    known = EVAL_LABEL.fullmatch(label)
     if not known:
         return (3, 0, label), ''
     stem, number, protocol = known.groups()
