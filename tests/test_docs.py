@@ -222,7 +222,7 @@ def test_relative_links_point_at_files_and_headings_that_exist(doc):
 def test_readme_shows_the_test_command_that_ci_runs():
     with open(os.path.join(ROOT, '.ci', 'run')) as f:
         ci = [line.strip() for line in f if line.startswith('python -m pytest')]
-    assert ci == ['python -m pytest -q tests']
+    assert ci == ['python -m pytest -q -n auto --dist loadgroup tests']
     assert any(words(text) == words(ci[0]) for _, text in code_lines('README.md'))
 
 
