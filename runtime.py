@@ -115,7 +115,7 @@ def export_onnx(net, path, metadata=None):
 def onnx_session(path):
     """An onnxruntime CPU session of the ONNX file at path, with PyTorch's thread count (OMP_NUM_THREADS, one
     per torchrun process) so that both use the same cores, and threads that sleep rather than spin between runs:
-    spinning ones take the cores from PyTorch's work between images (benchmark.py: 1.08× → 1.22× eager)."""
+    spinning ones take the cores from PyTorch's work between images (benchmark.py: 1.08× eager → 1.33×)."""
     import onnxruntime  # here, not at the top: see export_onnx
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
