@@ -32,6 +32,16 @@ if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: a core per worker, for i
     torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'long: a test of a minute or more, started first')
+
+
+def pytest_collection_modifyitems(items):
+    """The long tests first (a stable sort: the rest keep their order, each module's tests together), so that
+    with a worker per core the short ones fill the gaps at the end rather than a long one running alone."""
+    items.sort(key=lambda item: item.get_closest_marker('long') is None)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -96,6 +96,7 @@ def numbers(tree):
     return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
 
 
+@pytest.mark.long
 def test_tiny_run_prints_table_and_writes_json(tmp_path):
     out = tmp_path / 'bench.json'
     command = [sys.executable, 'benchmark.py', '--json', str(out), '--device', 'cpu', '--layers', '50',

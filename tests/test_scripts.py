@@ -3,6 +3,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from conftest import HANG_GUARD, copy_code, make_experiment
 
 
@@ -13,6 +15,7 @@ def bash(python_first, folder, *args, env=None, timeout=HANG_GUARD):
                           env={**env, 'PATH': python_first(env['PATH'])})
 
 
+@pytest.mark.long
 def test_demo_runs_the_whole_loop_at_a_tiny_budget(tmp_path, python_first):
     repo = copy_code(tmp_path / 'repo')
     result = bash(python_first, repo, 'demo.sh', env={'DEMO_ITER_MAX': '2'})

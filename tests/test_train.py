@@ -211,6 +211,7 @@ def read_scalars(logdir):
     return tags
 
 
+@pytest.mark.long
 def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics(tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data)
     result = run_script(experiment, 'train.py')
@@ -259,6 +260,7 @@ runpy.run_path('train.py', run_name='__main__')
 """
 
 
+@pytest.mark.long
 def test_compiled_step_matches_eager_and_saves_plain_names(tmp_path, demo_data):
     """COMPILE=True: the first step's loss, gradients and bases are eager's to rounding, and final.pth loads
     into a plain EMANet."""
@@ -321,6 +323,7 @@ def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig, worke
     assert 'Traceback' not in log.read_text()
 
 
+@pytest.mark.long
 def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_model_dir_all_nodes_see(tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
     log = tmp_path / 'log'
@@ -375,6 +378,7 @@ def load_final(experiment):
 LONG = dict(ITER_MAX=30, ITER_SAVE=30, CROP_SIZE=17, EMA_CHANNELS=256, LOG_EVERY=1, IMAGE_EVERY=1000)
 
 
+@pytest.mark.long
 def test_interrupted_run_ends_with_the_uninterrupted_weights(tmp_path, demo_data):
     """Thirty tiny steps, killed four times at random moments (SIGKILL, even mid-save, and SIGTERM) a few
     steps past a save, resumed each time, end bit for bit where one uninterrupted run ends. The kills follow
@@ -446,6 +450,7 @@ def ddp_step(out):
     torch.save(net.state_dict(), f'{out}.rank{rank}')
 
 
+@pytest.mark.long
 def test_one_ddp_step_equals_one_single_process_step(tmp_path):
     script = os.path.join(ROOT, 'tests', 'test_train.py')
     env = {**os.environ, **ONE_THREAD}

@@ -111,6 +111,7 @@ def test_a_killed_run_leaves_a_stale_lock_that_the_next_run_takes_over(tmp_path,
     assert lock.read_text() == ''
 
 
+@pytest.mark.long
 def test_under_torchrun_rank_0_holds_the_lock(tmp_path, root):
     experiment = make_experiment(tmp_path / 'exp', root, ITER_MAX=1000, ITER_SAVE=10000)
     log = tmp_path / 'log'
