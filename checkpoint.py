@@ -107,25 +107,25 @@ def read_weights(path, what='checkpoint', mmap=False):
         raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt ({str(e).splitlines()[0]})') from None
 
 
-def load_state(module, state, path):
+def load_state(module, state, path, file_key=str):
     """module.load_state_dict(state) with errors that name the file and the first mis-shaped, missing or
-    unexpected key. BN num_batches_tracked counters are optional: older files lack them, and a fixed BN
-    momentum never reads them."""
+    unexpected key, as file_key names it in the file. BN num_batches_tracked counters are optional: older files
+    lack them, and a fixed BN momentum never reads them."""
     own = module.state_dict()
     for k, v in state.items():
         if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape):
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise MismatchError(f'{path}: key {k} has shape {shape} in the file but '
+            raise MismatchError(f'{path}: key {file_key(k)} has shape {shape} in the file but '
                                 f'{tuple(own[k].shape)} in the model (N_CLASSES={settings.N_CLASSES}, '
                                 f'N_LAYERS={settings.N_LAYERS}, EMA_CHANNELS={settings.EMA_CHANNELS}, '
                                 f'N_BASES={settings.N_BASES})')
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith('num_batches_tracked')]
     if missing:
-        raise MismatchError(f'{path}: missing key {missing[0]} ({len(missing)} missing in all); '
+        raise MismatchError(f'{path}: missing key {file_key(missing[0])} ({len(missing)} missing in all); '
                             f'is it for another N_LAYERS or EMA_CHANNELS?')
     if unexpected:
-        raise MismatchError(f'{path}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected in all); '
+        raise MismatchError(f'{path}: unexpected key {file_key(unexpected[0])} ({len(unexpected)} unexpected in all); '
                             f'is it for another N_LAYERS?')
 
 
@@ -264,11 +264,21 @@ def init_from(net, path):
                          path, ckpt.get('step'))
 
 
+# the modules of a PyTorch-Encoding / timm deep-stem ResNet file → their index in our extractor
+BACKBONE_MODULES = {'conv1': '0', 'bn1': '1', 'layer1': '4', 'layer2': '5', 'layer3': '6', 'layer4': '7'}
+
+
 def backbone_key(key):
     """PyTorch-Encoding / timm deep-stem ResNet name → our extractor name."""
     head, rest = key.split('.', 1)
-    index = {'conv1': 0, 'bn1': 1, 'layer1': 4, 'layer2': 5, 'layer3': 6, 'layer4': 7}.get(head)
-    return key if index is None else f'{index}.{rest}'
+    return f'{BACKBONE_MODULES[head]}.{rest}' if head in BACKBONE_MODULES else key
+
+
+def backbone_file_key(key):
+    """Our extractor name → the deep-stem file's (backbone_key's inverse), for errors that name the file's key."""
+    head, rest = key.split('.', 1)
+    names = {index: name for name, index in BACKBONE_MODULES.items()}
+    return f'{names[head]}.{rest}' if head in names else key
 
 
 def load_pretrained(net, path):
@@ -284,4 +294,4 @@ def load_pretrained(net, path):
         raise CheckpointError(f'PRETRAINED file {path} is not an ImageNet ResNet state_dict '
                               f'(an EMANet checkpoint goes to eval.py or MODEL_DIR/latest.pth instead)')
     state = {backbone_key(k): v for k, v in state.items() if not k.startswith('fc.')}
-    load_state(net.extractor, state, path)
+    load_state(net.extractor, state, path, backbone_file_key)

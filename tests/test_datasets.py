@@ -21,22 +21,113 @@ from conftest import HANG_GUARD, ROOT, make_experiment, run_script
 
 HEIGHT, WIDTH = 40, 60
 
-# Cityscapes labelId → trainId, read off cityscapesScripts' labels.py table: ignored ids among them (void 0-6,
-# parking 9, polegroup 18, caravan 29, trailer 30, 34 is no id at all, and license plate's -1, as a uint8 reads it)
-CITYSCAPES_TRAIN_IDS = {0: 255, 1: 255, 6: 255, 7: 0, 8: 1, 9: 255, 11: 2, 17: 5, 18: 255, 23: 10, 24: 11, 26: 13,
-                        29: 255, 30: 255, 31: 16, 33: 18, 34: 255, 255: 255}
-CITYSCAPES_NAMES = ['road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
-                    'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle',
-                    'bicycle']
+# Cityscapes: every label of cityscapesScripts' table (mcordts/cityscapesScripts, cityscapesscripts/helpers/labels.py),
+# (name, id, trainId, colour); trainId 255 is not evaluated, license plate's id -1 is in no labelIds image
+CITYSCAPES_LABELS = (
+    ('unlabeled', 0, 255, (0, 0, 0)), ('ego vehicle', 1, 255, (0, 0, 0)), ('rectification border', 2, 255, (0, 0, 0)),
+    ('out of roi', 3, 255, (0, 0, 0)), ('static', 4, 255, (0, 0, 0)), ('dynamic', 5, 255, (111, 74, 0)),
+    ('ground', 6, 255, (81, 0, 81)), ('road', 7, 0, (128, 64, 128)), ('sidewalk', 8, 1, (244, 35, 232)),
+    ('parking', 9, 255, (250, 170, 160)), ('rail track', 10, 255, (230, 150, 140)), ('building', 11, 2, (70, 70, 70)),
+    ('wall', 12, 3, (102, 102, 156)), ('fence', 13, 4, (190, 153, 153)), ('guard rail', 14, 255, (180, 165, 180)),
+    ('bridge', 15, 255, (150, 100, 100)), ('tunnel', 16, 255, (150, 120, 90)), ('pole', 17, 5, (153, 153, 153)),
+    ('polegroup', 18, 255, (153, 153, 153)), ('traffic light', 19, 6, (250, 170, 30)),
+    ('traffic sign', 20, 7, (220, 220, 0)), ('vegetation', 21, 8, (107, 142, 35)), ('terrain', 22, 9, (152, 251, 152)),
+    ('sky', 23, 10, (70, 130, 180)), ('person', 24, 11, (220, 20, 60)), ('rider', 25, 12, (255, 0, 0)),
+    ('car', 26, 13, (0, 0, 142)), ('truck', 27, 14, (0, 0, 70)), ('bus', 28, 15, (0, 60, 100)),
+    ('caravan', 29, 255, (0, 0, 90)), ('trailer', 30, 255, (0, 0, 110)), ('train', 31, 16, (0, 80, 100)),
+    ('motorcycle', 32, 17, (0, 0, 230)), ('bicycle', 33, 18, (119, 11, 32)), ('license plate', -1, -1, (0, 0, 142)),
+)
+# labelId → trainId of every id a labelIds PNG holds: the table's 34, and 34 (no label) and 255 ignored too
+CITYSCAPES_TRAIN_IDS = {**{i: (255 if t < 0 else t) for _, i, t, _ in CITYSCAPES_LABELS if i >= 0}, 34: 255, 255: 255}
+CITYSCAPES_NAMES = [name for name, _, train_id, _ in CITYSCAPES_LABELS if 0 <= train_id < 255]
 
-# ADE20K annotation value → class: 0 'other' ignored, k → k - 1
-ADE20K_CLASSES = {0: 255, 1: 0, 2: 1, 75: 74, 149: 148, 150: 149}
+# ADE20K: the 150 classes' names, the first synonym of each line of objectInfo150.txt (CSAILVision/sceneparsing),
+# line k the annotation value k, and their colours, visualizationCode/color150.mat there (RRGGBB)
+ADE20K_NAMES = (
+    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane', 'grass', 'cabinet',
+    'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant', 'curtain', 'chair', 'car', 'water',
+    'painting', 'sofa', 'shelf', 'house', 'sea', 'mirror', 'rug', 'field', 'armchair', 'seat', 'fence', 'desk',
+    'rock', 'wardrobe', 'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column', 'signboard',
+    'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace', 'refrigerator', 'grandstand', 'path',
+    'stairs', 'runway', 'case', 'pool table', 'pillow', 'screen door', 'stairway', 'river', 'bridge', 'bookcase',
+    'blind', 'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench', 'countertop', 'stove', 'palm',
+    'kitchen island', 'computer', 'swivel chair', 'boat', 'bar', 'arcade machine', 'hovel', 'bus', 'towel', 'light',
+    'truck', 'tower', 'chandelier', 'awning', 'streetlight', 'booth', 'television', 'airplane', 'dirt track',
+    'apparel', 'pole', 'land', 'bannister', 'escalator', 'ottoman', 'bottle', 'buffet', 'poster', 'stage', 'van',
+    'ship', 'fountain', 'conveyer belt', 'canopy', 'washer', 'plaything', 'swimming pool', 'stool', 'barrel',
+    'basket', 'waterfall', 'tent', 'bag', 'minibike', 'cradle', 'oven', 'ball', 'food', 'step', 'tank',
+    'trade name', 'microwave', 'pot', 'animal', 'bicycle', 'lake', 'dishwasher', 'screen', 'blanket', 'sculpture',
+    'hood', 'sconce', 'vase', 'traffic light', 'tray', 'ashcan', 'fan', 'pier', 'crt screen', 'plate', 'monitor',
+    'bulletin board', 'shower', 'radiator', 'glass', 'clock', 'flag'
+)
+ADE20K_COLOURS = '''
+787878 b47878 06e6e6 503232 04c803 787850 8c8c8c cc05ff e6e6e6 04fa07 e005ff ebff07 96053d 787846
+08ff33 ff0652 8fff8c ccff04 ff3307 cc4603 0066c8 3de6fa ff0633 0b66ff ff0747 ff09e0 0907e6 dcdcdc
+ff095c 7009ff 08ffd6 07ffe0 ffb806 0aff47 ff290a 07ffff e0ff08 6608ff ff3d06 ffc207 ff7a08 00ff14
+ff0829 ff0599 0633ff eb0cff a09614 00a3ff 8c8c8c fa0a0f 14ff00 1fff00 ff1f00 ffe000 99ff00 0000ff
+ff4700 00ebff 00adff 1f00ff 0bc8c8 ff5200 00fff5 003dff 00ff70 00ff85 ff0000 ffa300 ff6600 c2ff00
+008fff 33ff00 0052ff 00ff29 00ffad 0a00ff adff00 00ff99 ff5c00 ff00ff ff00f5 ff0066 ffad00 ff0014
+ffb8b8 001fff 00ff3d 0047ff ff00cc 00ffc2 00ff52 000aff 0070ff 3300ff 00c2ff 007aff 00ffa3 ff9900
+00ff0a ff7000 8fff00 5200ff a3ff00 ffeb00 08b8aa 8500ff 00ff5c b800ff ff001f 00b8ff 00d6ff ff0070
+5cff00 00e0ff 70e0ff 46b8a0 a300ff 9900ff 47ff00 ff00a3 ffcc00 ff008f 00ffeb 85ff00 ff00eb f500ff
+ff007a fff500 0abed4 d6ff00 00ccff 1400ff ffff00 0099ff 0029ff 00ffcc 2900ff 29ff00 ad00ff 00f5ff
+4700ff 7a00ff 00ffb8 005cff b8ff00 0085ff ffd600 19c2c2 66ff00 5c00ff
+'''.split()
+# COCO-Stuff: nightrome/cocostuff labels.txt, the name of each id 0..182 (0 unlabeled)
+COCOSTUFF_LABELS = (
+    'unlabeled', 'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
+    'traffic light', 'fire hydrant', 'street sign', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog',
+    'horse', 'sheep', 'cow', 'elephant', 'bear', 'zebra', 'giraffe', 'hat', 'backpack', 'umbrella', 'shoe',
+    'eye glasses', 'handbag', 'tie', 'suitcase', 'frisbee', 'skis', 'snowboard', 'sports ball', 'kite',
+    'baseball bat', 'baseball glove', 'skateboard', 'surfboard', 'tennis racket', 'bottle', 'plate', 'wine glass',
+    'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple', 'sandwich', 'orange', 'broccoli', 'carrot',
+    'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch', 'potted plant', 'bed', 'mirror', 'dining table',
+    'window', 'desk', 'toilet', 'door', 'tv', 'laptop', 'mouse', 'remote', 'keyboard', 'cell phone', 'microwave',
+    'oven', 'toaster', 'sink', 'refrigerator', 'blender', 'book', 'clock', 'vase', 'scissors', 'teddy bear',
+    'hair drier', 'toothbrush', 'hair brush', 'banner', 'blanket', 'branch', 'bridge', 'building-other', 'bush',
+    'cabinet', 'cage', 'cardboard', 'carpet', 'ceiling-other', 'ceiling-tile', 'cloth', 'clothes', 'clouds',
+    'counter', 'cupboard', 'curtain', 'desk-stuff', 'dirt', 'door-stuff', 'fence', 'floor-marble', 'floor-other',
+    'floor-stone', 'floor-tile', 'floor-wood', 'flower', 'fog', 'food-other', 'fruit', 'furniture-other', 'grass',
+    'gravel', 'ground-other', 'hill', 'house', 'leaves', 'light', 'mat', 'metal', 'mirror-stuff', 'moss',
+    'mountain', 'mud', 'napkin', 'net', 'paper', 'pavement', 'pillow', 'plant-other', 'plastic', 'platform',
+    'playingfield', 'railing', 'railroad', 'river', 'road', 'rock', 'roof', 'rug', 'salad', 'sand', 'sea', 'shelf',
+    'sky-other', 'skyscraper', 'snow', 'solid-other', 'stairs', 'stone', 'straw', 'structural-other', 'table',
+    'tent', 'textile-other', 'towel', 'tree', 'vegetable', 'wall-brick', 'wall-concrete', 'wall-other',
+    'wall-panel', 'wall-stone', 'wall-tile', 'wall-wood', 'water-other', 'waterdrops', 'window-blind',
+    'window-other', 'wood'
+)
+# COCO 2017: the ids of the 80 thing categories and the 53 stuff categories of the panoptic JSON, in its order
+# (cocodataset/panopticapi, panoptic_coco_categories.json: isthing 1, then isthing 0)
+COCO_THING_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
+    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90
+)
+PANOPTIC_STUFF = {
+    92: 'banner', 93: 'blanket', 95: 'bridge', 100: 'cardboard', 107: 'counter', 109: 'curtain', 112: 'door-stuff',
+    118: 'floor-wood', 119: 'flower', 122: 'fruit', 125: 'gravel', 128: 'house', 130: 'light', 133: 'mirror-stuff',
+    138: 'net', 141: 'pillow', 144: 'platform', 145: 'playingfield', 147: 'railroad', 148: 'river', 149: 'road',
+    151: 'roof', 154: 'sand', 155: 'sea', 156: 'shelf', 159: 'snow', 161: 'stairs', 166: 'tent', 168: 'towel',
+    171: 'wall-brick', 175: 'wall-stone', 176: 'wall-tile', 177: 'wall-wood', 178: 'water-other',
+    180: 'window-blind', 181: 'window-other', 184: 'tree-merged', 185: 'fence-merged', 186: 'ceiling-merged',
+    187: 'sky-other-merged', 188: 'cabinet-merged', 189: 'table-merged', 190: 'floor-other-merged',
+    191: 'pavement-merged', 192: 'mountain-merged', 193: 'grass-merged', 194: 'dirt-merged', 195: 'paper-merged',
+    196: 'food-other-merged', 197: 'building-other-merged', 198: 'rock-merged', 199: 'wall-other-merged',
+    200: 'rug-merged'
+}
 
-# COCO-Stuff id (as the 10k .mat holds it) → class, round the dropped thing ids 12, 26 and 91; 0 is unlabeled
-COCOSTUFF_CLASSES = {0: 255, 1: 0, 11: 10, 12: 255, 13: 11, 25: 23, 26: 255, 27: 24, 90: 79, 91: 255, 92: 80,
-                     182: 170}
+# ADE20K annotation value → class: 0 'other' ignored, k → k - 1 (the 150 of objectInfo150.txt, in its order)
+ADE20K_CLASSES = {0: 255, **{k: k - 1 for k in range(1, len(ADE20K_NAMES) + 1)}}
 
-# PASCAL Context: the 59 classes' ids in labels.txt (the release's 459 classes, alphabetical) ...
+# COCO-Stuff id (as the 10k .mat holds it) → class: the 11 thing ids its README lists as never annotated (removed
+# from COCO: street sign, hat, shoe, eye glasses, plate, mirror, window, desk, door, blender, hair brush) are
+# ignored, the other 171 numbered in id order; 0 is unlabeled
+COCOSTUFF_UNUSED = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91)
+COCOSTUFF_USED = [i for i in range(1, len(COCOSTUFF_LABELS)) if i not in COCOSTUFF_UNUSED]
+COCOSTUFF_CLASSES = {0: 255, **{i: 255 for i in COCOSTUFF_UNUSED}, **{i: k for k, i in enumerate(COCOSTUFF_USED)}}
+
+# PASCAL Context: the 59 classes' ids in labels.txt (the release's 459 classes, alphabetical), as the converters of
+# PyTorch-Encoding and mmsegmentation list them (their _mapping, through the Detail API) ...
 CONTEXT_IDS = {2: 'aeroplane', 9: 'bag', 18: 'bed', 19: 'bedclothes', 22: 'bench', 23: 'bicycle', 25: 'bird',
                31: 'boat', 33: 'book', 34: 'bottle', 44: 'building', 45: 'bus', 46: 'cabinet', 59: 'car', 65: 'cat',
                68: 'ceiling', 72: 'chair', 80: 'cloth', 85: 'computer', 98: 'cow', 104: 'cup', 105: 'curtain',
@@ -54,10 +145,76 @@ CONTEXT_59_LINES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'ca
                     'light', 'mountain', 'mouse', 'curtain', 'platform', 'sign', 'plate', 'road', 'rock', 'shelves',
                     'sidewalk', 'sky', 'snow', 'bedcloth', 'track', 'tree', 'truck', 'wall', 'water', 'window',
                     'wood')
-# ... and labels.txt id → written class (0 background, 1-59 alphabetical); 0, 1, 100 and 459 are no class of the 59
-CONTEXT_CLASSES = {0: 0, 1: 0, 2: 1, 9: 2, 19: 4, 80: 18, 100: 0, 397: 50, 427: 55, 454: 58, 458: 59, 459: 0}
-# the same classes as 59_context_labels values: aeroplane, bag, bedcloth, clothes, diningtable, tvmonitor, ...
-CONTEXT_59_CLASSES = {0: 0, 1: 1, 21: 2, 52: 4, 28: 18, 11: 50, 20: 55, 58: 58, 59: 59}
+# ... and labels.txt id → written class (0 background, 1-59 in labels.txt's order), every id of the 459 and 0
+CONTEXT_CLASSES = {i: 0 for i in range(460)}
+CONTEXT_CLASSES.update({i: k for k, i in enumerate(sorted(CONTEXT_IDS), 1)})
+# the same classes as 59_context_labels values (line k of 59_labels.txt), renamed as in labels.txt
+CONTEXT_RENAMED = {'diningtable': 'table', 'bedcloth': 'bedclothes', 'clothes': 'cloth'}
+CONTEXT_59_CLASSES = {0: 0, **{k: CONTEXT_CLASSES[{n: i for i, n in CONTEXT_IDS.items()}[CONTEXT_RENAMED.get(name, name)]]
+                               for k, name in enumerate(CONTEXT_59_LINES, 1)}}
+
+
+# ---------------------------------------------------------------- the tables, entry by entry
+
+# the VOC devkit's colour map (VOCdevkit labelcolormap / VOCcode): the first 21 classes and 255, read off its table
+VOC_COLOURS = ((0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
+               (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128),
+               (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128))
+
+
+def devkit_colour(index):
+    """The devkit's rule: bit 3j + c of the index (j = 0 first) is bit 7 - j of channel c."""
+    return tuple(sum(((index >> (3 * j + c)) & 1) << (7 - j) for j in range(8)) for c in range(3))
+
+
+def test_voc_palette_is_the_devkits():
+    palette = np.array(dataset.voc_palette()).reshape(256, 3)
+    assert [tuple(rgb) for rgb in palette[:21]] == list(VOC_COLOURS)
+    assert tuple(palette[255]) == (224, 224, 192)  # the devkit's cream of the void borders
+    assert [tuple(rgb) for rgb in palette] == [devkit_colour(index) for index in range(256)]
+
+
+def test_cityscapes_classes_label_ids_and_colours_are_labels_py(monkeypatch):
+    evaluated = sorted((train_id, label_id, colour) for _, label_id, train_id, colour in CITYSCAPES_LABELS
+                       if 0 <= train_id < 255)
+    assert list(dataset.CITYSCAPES_CLASSES) == CITYSCAPES_NAMES
+    assert list(dataset.CITYSCAPES_LABEL_IDS) == [label_id for _, label_id, _ in evaluated]
+    assert list(dataset.CITYSCAPES_PALETTE) == [colour for _, _, colour in evaluated]
+    monkeypatch.setattr(settings, 'DATASET', 'cityscapes')
+    monkeypatch.setattr(settings, 'N_CLASSES', 19)
+    assert dataset.palette()[:19 * 3] == [value for _, _, colour in evaluated for value in colour]
+
+
+def test_ade20k_names_and_colours_are_the_devkits(monkeypatch):
+    names = list(ADE20K_NAMES)
+    names[89] = 'television receiver'  # line 90's second synonym, as mmsegmentation names it ('television' alone)
+    assert list(dataset.ADE20K_CLASSES) == names
+    colours = [tuple(bytes.fromhex(colour)) for colour in ADE20K_COLOURS]
+    assert list(dataset.ADE20K_PALETTE) == colours
+    monkeypatch.setattr(settings, 'DATASET', 'ade20k')
+    monkeypatch.setattr(settings, 'N_CLASSES', 150)
+    assert dataset.palette()[:150 * 3] == [value for colour in colours for value in colour]
+
+
+def test_cocostuff_classes_and_ids_are_labels_txts():
+    assert list(dataset.COCOSTUFF_CLASSES) == [COCOSTUFF_LABELS[i] for i in COCOSTUFF_USED]
+    assert len(dataset.COCOSTUFF_CLASSES) == 171
+    for offset, unlabeled in ((0, 0), (1, 255)):  # the 10k .mat files hold the ids, the 164k PNGs id - 1
+        lut = prepare.cocostuff_lut(offset, unlabeled)
+        stored = {(i - offset if i else unlabeled): cls for i, cls in COCOSTUFF_CLASSES.items()}
+        assert {value: int(lut[value]) for value in range(256)} == \
+            {value: stored.get(value, prepare.UNKNOWN) for value in range(256)}
+
+
+def test_context_classes_and_ids_are_the_releases():
+    assert dataset.CONTEXT_CLASSES == ('background', *(CONTEXT_IDS[i] for i in sorted(CONTEXT_IDS)))
+    names = {i: CONTEXT_IDS.get(i, f'thing{i}') for i in range(1, 460)}  # labels.txt
+    lut = prepare.context_lut(names, 'labels.txt')
+    assert {i: int(lut[i]) for i in range(len(lut))} == CONTEXT_CLASSES
+    names = {k: CONTEXT_RENAMED.get(name, name) for k, name in enumerate(CONTEXT_59_LINES, 1)}  # 59_labels.txt
+    lut = prepare.context_lut(names, '59_labels.txt')
+    assert {i: int(lut[i]) for i in range(len(lut))} == CONTEXT_59_CLASSES
+    assert prepare.CONTEXT_59_RENAMED == CONTEXT_RENAMED
 
 
 # ---------------------------------------------------------------- miniatures
@@ -168,8 +325,7 @@ def context_miniature(voc, context):
     names = {i: CONTEXT_IDS.get(i, f'thing{i}') for i in range(1, 460)}
     write_lines(os.path.join(context, 'labels.txt'), [f'{i}: {name}' for i, name in names.items()])
     write_lines(os.path.join(context, '59_labels.txt'), [f'{k}: {name}' for k, name in enumerate(CONTEXT_59_LINES, 1)])
-    renamed = {'diningtable': 'table', 'bedcloth': 'bedclothes', 'clothes': 'cloth'}
-    line = {renamed.get(name, name): k for k, name in enumerate(CONTEXT_59_LINES, 1)}
+    line = {CONTEXT_RENAMED.get(name, name): k for k, name in enumerate(CONTEXT_59_LINES, 1)}
     to_59 = {i: line[name] for i, name in CONTEXT_IDS.items()}  # labels.txt id → 59_context_labels value
     sources = {}
     for image_id in lists['train'] + lists['val']:

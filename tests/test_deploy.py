@@ -246,3 +246,21 @@ def test_cpu_batches_and_modules_stay_contiguous():
     cpu = torch.device('cpu')
     assert runtime.to_device(torch.zeros(1, 3, 9, 9), cpu).is_contiguous()
     assert runtime.to_device(torch.nn.Conv2d(3, 4, 3), cpu).weight.is_contiguous()
+
+
+@pytest.mark.long  # the export of an EMANet-50 takes a minute on a loaded 2-core machine
+def test_exported_file_takes_a_batch_of_3(tmp_path, monkeypatch):
+    """runtime.export_onnx's file (traced at batch 2) run on a batch of 3 gives PyTorch's logits: asserted here,
+    on a file no fixture checked, so a batch dimension fixed at export fails this test's own assertion."""
+    for name, value in TINY.items():
+        monkeypatch.setattr(settings, name, value)
+    monkeypatch.setattr(settings, 'EMA_CHANNELS', 64)
+    net = network.EMANet(5).eval()
+    path = str(tmp_path / 'net.onnx')
+    runtime.export_onnx(net, path)
+    img = torch.randn(3, 3, 41, 57, generator=torch.Generator().manual_seed(0))
+    logits = runtime.onnx_session(path).run(['logits'], {'img': img.numpy()})[0]
+    with torch.inference_mode():
+        expected = net(img).numpy()
+    assert logits.shape == expected.shape == (3, 5, 41, 57)
+    assert np.abs(logits - expected).max() < 1e-4 * np.abs(expected).max()

@@ -20,7 +20,7 @@ import prepare
 import settings
 import train
 from conftest import HANG_GUARD, ROOT, TWO_PROCESSES, make_experiment, run_script, write_jpeg
-from test_datasets import ade20k_miniature, cityscapes_miniature, write_image
+from test_datasets import COCO_THING_IDS, PANOPTIC_STUFF, ade20k_miniature, cityscapes_miniature, write_image
 from test_prepare import voc_sbd_miniature
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
@@ -236,9 +236,21 @@ def test_submit_without_a_server_names_those_with_one(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- coco-voc
 
-# COCO category id → VOC class, written out here (PyTorch-Encoding's table); 8 truck and 10 traffic light are none
+# COCO category id → VOC class, written out here (PyTorch-Encoding's table, DESIGN.md's list: person 1→15, bicycle
+# 2→2, car 3→7, motorcycle 4→14, airplane 5→1, bus 6→6, train 7→19, boat 9→4, bird 16→3, cat 17→8, dog 18→12, horse
+# 19→13, sheep 20→17, cow 21→10, bottle 44→5, chair 62→9, couch 63→18, potted plant 64→16, dining table 67→11, tv
+# 72→20); every other category, 8 truck and 10 traffic light among them, is none
 COCO_TO_VOC = {1: 15, 2: 2, 3: 7, 4: 14, 5: 1, 6: 6, 7: 19, 9: 4, 16: 3, 17: 8, 18: 12, 19: 13, 20: 17, 21: 10, 44: 5,
                62: 9, 63: 18, 64: 16, 67: 11, 72: 20}
+
+
+def test_coco_voc_table_entry_by_entry():
+    """prepare's table is the one above, and painting an instance of each COCO category alone gives its class."""
+    assert prepare.COCO_VOC_CLASSES == COCO_TO_VOC
+    whole = box(4, 5, 0, 0, 4, 5)
+    for category in range(1, 92):  # the 80 categories, the ids COCO skips, and one beyond
+        label = prepare.paint_instances(4, 5, [(category, compressed_rle(whole))], 'instances.json')
+        assert (label == COCO_TO_VOC.get(category, 0)).all(), category
 
 
 def box(height, width, top, left, bottom, right):
@@ -263,8 +275,9 @@ def compressed_rle(mask):
 
 def coco_instances_miniature(root, images_folder):
     """instances_{train,val}2017.json and the images: a polygon, uncompressed RLE (a crowd), compressed RLE,
-    overlaps, non-VOC categories, an image of exactly 1000 VOC pixels and one of none. Returns {id: expected label}
-    for the images that must be kept, painted here by the rule: annotation order, the first VOC instance keeps a
+    overlaps, non-VOC categories, an image of exactly 1000 VOC pixels, one of 1001 and one of none, and one with an
+    instance of each of the 80 COCO categories (a row each, in reverse id order). Returns {id: expected label} for
+    the images that must be kept, painted here by the rule: annotation order, the first VOC instance keeps a
     pixel, other categories paint nothing."""
     from pycocotools import mask as coco_mask
     height, width = 40, 50
@@ -274,6 +287,8 @@ def coco_instances_miniature(root, images_folder):
     dog = box(height, width, 0, 35, 40, 50)
     truck = box(height, width, 30, 0, 40, 20)
     small = box(height, width, 0, 0, 20, 50)  # exactly 1000 pixels: not more than 1000, dropped
+    just_more = small | box(height, width, 20, 0, 21, 1)  # 1001 pixels: kept
+    rows = {c: box(80, 60, row, 0, row + 1, 60) for row, c in enumerate(COCO_THING_IDS)}  # 20 VOC rows: 1200 px
     annotations = {  # image id → [(category, segmentation, iscrowd, mask)] in annotation order
         1: [(8, compressed_rle(truck), 0, truck),       # truck: no VOC class, paints nothing, blocks nothing
             (1, polygon, 0, polygon_mask),               # person, first: keeps its pixels
@@ -283,13 +298,17 @@ def coco_instances_miniature(root, images_folder):
         2: [(72, compressed_rle(small), 0, small)],
         3: [(10, compressed_rle(dog), 0, dog)],
         4: [(72, polygon, 0, polygon_mask), (44, uncompressed_rle(dog), 0, dog)],
+        5: [(c, compressed_rle(rows[c]), 0, rows[c]) for c in reversed(COCO_THING_IDS)],
+        6: [(7, compressed_rle(just_more), 0, just_more)],
     }
-    splits = {'train2017': (1, 2, 3), 'val2017': (4,)}
+    sizes = {5: (80, 60)}  # (height, width) where not 40 × 50
+    splits = {'train2017': (1, 2, 3, 5), 'val2017': (4, 6)}
     os.makedirs(root / 'annotations')
     expected, number = {}, 0
     for folder, image_ids in splits.items():
         coco = {'images': [], 'annotations': [], 'categories': [{'id': c, 'name': str(c)} for c in range(1, 91)]}
         for image_id in image_ids:
+            height, width = sizes.get(image_id, (40, 50))
             name = f'{image_id:012d}.jpg'
             os.makedirs(root / images_folder / folder, exist_ok=True)
             write_jpeg(np.full((height, width, 3), 9 * image_id, np.uint8), str(root / images_folder / folder / name))
@@ -313,10 +332,15 @@ def test_coco_voc_paints_voc_classes_by_the_rule(tmp_path, monkeypatch, images_f
     root = tmp_path / 'coco'
     expected = coco_instances_miniature(root, images_folder)
     prefix = '' if images_folder == '.' else 'images/'
-    assert sorted(expected) == [prefix + 'train2017/000000000001', prefix + 'val2017/000000000004']
+    assert sorted(expected) == [prefix + 'train2017/000000000001', prefix + 'train2017/000000000005',
+                                prefix + 'val2017/000000000004', prefix + 'val2017/000000000006']
+    every = expected[prefix + 'train2017/000000000005']
+    assert [every[row, 0] for row in range(80)] == [COCO_TO_VOC.get(c, 0) for c in COCO_THING_IDS]
     prepare.prepare_coco_voc(str(root))
-    assert (root / 'voc_lists' / 'train.txt').read_text().split() == [prefix + 'train2017/000000000001']
-    assert (root / 'voc_lists' / 'val.txt').read_text().split() == [prefix + 'val2017/000000000004']
+    assert (root / 'voc_lists' / 'train.txt').read_text().split() == [prefix + 'train2017/000000000001',
+                                                                       prefix + 'train2017/000000000005']
+    assert (root / 'voc_lists' / 'val.txt').read_text().split() == [prefix + 'val2017/000000000004',
+                                                                     prefix + 'val2017/000000000006']
     for image_id, label in expected.items():
         path = root / 'voc_labels' / f'{image_id}.png'
         np.testing.assert_array_equal(dataset.read_label(str(path)), label)
@@ -347,26 +371,26 @@ def test_coco_voc_errors_name_the_file(tmp_path):
 
 # ---------------------------------------------------------------- coco-panoptic
 
-# the panoptic JSON's categories as COCO 2017 has them (panopticapi's panoptic_coco_categories.json): two of the
-# things, then the 53 stuff ids in the JSON's order
-PANOPTIC_STUFF_IDS = (92, 93, 95, 100, 107, 109, 112, 118, 119, 122, 125, 128, 130, 133, 138, 141, 144, 145, 147, 148,
-                      149, 151, 154, 155, 156, 159, 161, 166, 168, 171, 175, 176, 177, 178, 180, 181, 184, 185, 186,
-                      187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 198, 199, 200)
-# category id → class, written out here: things 0, banner 1, road 21, tree-merged 37, rug-merged 53
-PANOPTIC_CLASSES = {1: 0, 3: 0, 92: 1, 149: 21, 184: 37, 200: 53}
+# category id → class, from test_datasets' tables of panopticapi's panoptic_coco_categories.json: every thing 0,
+# the 53 stuff categories 1..53 in the JSON's order
+PANOPTIC_CLASSES = {**{c: 0 for c in COCO_THING_IDS}, **{c: k for k, c in enumerate(PANOPTIC_STUFF, 1)}}
+
+
+def test_coco_panoptic_classes_are_the_stuff_categories_in_the_jsons_order():
+    assert dataset.COCO_PANOPTIC_CLASSES == ('things', *PANOPTIC_STUFF.values())
 
 
 def test_coco_panoptic_maps_segments_to_things_and_stuff(tmp_path, monkeypatch):
     root = tmp_path / 'coco'
-    categories = [{'id': 1, 'name': 'person', 'isthing': 1}, {'id': 3, 'name': 'car', 'isthing': 1}]
-    categories += [{'id': c, 'name': name, 'isthing': 0}
-                   for c, name in zip(PANOPTIC_STUFF_IDS, dataset.COCO_PANOPTIC_CLASSES[1:])]
+    categories = [{'id': c, 'name': f'thing {c}', 'isthing': 1} for c in COCO_THING_IDS]
+    categories += [{'id': c, 'name': name, 'isthing': 0} for c, name in PANOPTIC_STUFF.items()]
     height, width = 30, 40
     expected = {}
     for folder, image_id in (('train2017', 139), ('val2017', 285)):
         # segments: id → category; ids use all three channels (R + 256·G + 256²·B)
         segments = {1: 1, 2 + 256 * 1: 3, 7 + 256 * 3 + 65536 * 2: 92, 300: 149, 65536 * 255: 184,
                     5 + 65536: 200, 9: 1}
+        segments.update({1000 + 257 * k + 65536 * (k % 3): c for k, c in enumerate(PANOPTIC_CLASSES)})  # each one
         ids = np.resize(np.array([0] + list(segments), np.uint32), (height, width))
         ids = np.roll(ids, image_id % 7)
         rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], 2).astype(np.uint8)
