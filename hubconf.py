@@ -69,10 +69,11 @@ def stored_settings(ckpt, stride):
 
 
 class Model:
-    """A trained EMANet (`net`, in eval mode on `device`) and the settings it runs under (`settings`)."""
+    """A trained EMANet (`net`, in eval mode on `device`), what `evaluation.predict` runs of it (`forward`: on the
+    CPU its frozen graph, made once) and the settings it runs under (`settings`)."""
 
-    def __init__(self, net, values, device):
-        self.net, self.settings, self.device = net, values, device
+    def __init__(self, net, forward, values, device):
+        self.net, self.forward, self.settings, self.device = net, forward, values, device
 
     def __call__(self, image, probabilities=False):
         """H × W int64 class indices of image (a path, a PIL image or an H × W × 3 uint8 array) at its own size;
@@ -84,7 +85,7 @@ class Model:
                 image = Image.fromarray(image)
             image = image if image.mode == 'RGB' else image.convert('RGB')
             img = runtime.to_device(dataset.image_tensor(image), self.device)
-            scores = evaluation.predict(evaluation.inference_net(self.net, self.device), img)[0]
+            scores = evaluation.predict(self.forward, img)[0]
             scores = scores[:, :image.height, :image.width].cpu()  # classes × H × W
         mask = scores.argmax(dim=0).numpy()
         return (mask, scores.numpy()) if probabilities else mask
@@ -106,4 +107,5 @@ def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=
     with applied(values):
         net = network.EMANet(stride=dataset.output_stride())
         load_state(net, ckpt['net'], path)
-    return Model(net.eval().to(device), values, device)
+        net = net.eval().to(device)
+        return Model(net, evaluation.inference_net(net, device), values, device)
