@@ -158,7 +158,14 @@ DATASETS = {
     'context': dict(classes=CONTEXT_CLASSES, palette=None, image='JPEGImages/{}.jpg',
                     label='SegmentationClassContext/{}.png', list='ImageSets/SegmentationContext/{}.txt',
                     background_optional=True),
+    # your own data, as `prepare.py folder` writes DATA_ROOT: the classes, the palette and each id's image file
+    # are DATA_ROOT's FOLDER_FILES (folder_data); ids are the images' paths without extension
+    'folder': dict(classes=None, palette=None, image=None, label='labels/{}.png', list='lists/{}.txt'),
 }
+# DATA_ROOT's files of DATASET 'folder': one class name a line; 'r g b' a line, the colour of each class; '<id> TAB
+# <image file, relative to DATA_ROOT>' a line, with a third field 'stored' where the image is read without its
+# EXIF orientation (its mask has the stored size), else as a viewer shows it (read_photo)
+FOLDER_FILES = {'classes': 'classes.txt', 'palette': 'palette.txt', 'images': 'images.txt'}
 
 
 TEST_SPLIT = 'test'  # the split of images only, as the benchmark servers' test sets are: nothing to score
@@ -170,19 +177,85 @@ def drops_background():
     return info.get('background_optional', False) and settings.N_CLASSES == len(info['classes']) - 1
 
 
-def current():
-    """The DATASETS entry of settings.DATASET, its classes those N_CLASSES trains: all of them, or all but the
-    background where that is optional; any other N_CLASSES is an error."""
+def entry():
+    """The DATASETS entry of settings.DATASET, for 'folder' with the classes and palette of DATA_ROOT's files."""
     if settings.DATASET not in DATASETS:
         raise ValueError(f'DATASET={settings.DATASET!r}: must be one of {", ".join(map(repr, DATASETS))}')
     info = DATASETS[settings.DATASET]
+    return dict(info, **folder_data(settings.DATA_ROOT)) if info['classes'] is None else info
+
+
+def current():
+    """The dataset's entry (`entry`), its classes those N_CLASSES trains: all of them, or all but the background
+    where that is optional; any other N_CLASSES is an error."""
+    info = entry()
     if drops_background():
         return dict(info, classes=info['classes'][1:])
     if settings.N_CLASSES != len(info['classes']):
         optional = f' ({len(info["classes"]) - 1} with the background ignored)' if info.get('background_optional') else ''
+        source = f' in {folder_file("classes")}' if DATASETS[settings.DATASET]['classes'] is None else ''
         raise ValueError(f'N_CLASSES={settings.N_CLASSES} but DATASET={settings.DATASET!r} has '
-                         f'{len(info["classes"])} classes{optional}')
+                         f'{len(info["classes"])} classes{optional}{source}')
     return info
+
+
+def folder_file(kind, data_root=None):
+    """The path of one of FOLDER_FILES in DATA_ROOT (or data_root)."""
+    return os.path.join(data_root_or_default(data_root), FOLDER_FILES[kind])
+
+
+def read_lines(path):
+    """The stripped non-empty lines of a text file; a missing one says how DATASET 'folder' gets it."""
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip()]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"missing {path}: DATASET 'folder' reads the DATA_ROOT that `python prepare.py "
+                                f"folder --images DIR --masks DIR --out DATA_ROOT` writes") from None
+
+
+def file_version(path):
+    """What changes when a file is rewritten: the cache key of the folder files."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def folder_data(data_root):
+    """{'classes': names, 'palette': RGB per class} of a 'folder' DATA_ROOT."""
+    paths = folder_file('classes', data_root), folder_file('palette', data_root)
+    return read_folder_data(*paths, *map(file_version, paths))
+
+
+@functools.lru_cache(maxsize=8)  # keyed by the files' versions: a rewritten file is read again
+def read_folder_data(classes_path, palette_path, *versions):
+    classes = tuple(read_lines(classes_path))
+    palette = []
+    for number, line in enumerate(read_lines(palette_path), 1):
+        values = line.split()
+        if len(values) != 3 or not all(value.isdigit() and int(value) < 256 for value in values):
+            raise ValueError(f'{palette_path} line {number} is not "r g b" (0..255): {line!r}')
+        palette.append(tuple(map(int, values)))
+    if len(palette) != len(classes):
+        raise ValueError(f'{palette_path} has {len(palette)} colours but {classes_path} {len(classes)} classes')
+    return {'classes': classes, 'palette': tuple(palette)}
+
+
+def folder_images(data_root):
+    """{id: (image file, upright)} of a 'folder' DATA_ROOT: upright means read as a viewer shows it."""
+    path = folder_file('images', data_root)
+    return read_folder_images(path, file_version(path))
+
+
+@functools.lru_cache(maxsize=8)
+def read_folder_images(path, version):
+    images = {}
+    for line in read_lines(path):
+        image_id, file, *how = line.split('\t')
+        images[image_id] = (os.path.join(os.path.dirname(path), file), how != ['stored'])
+    return images
 
 
 # ---------------------------------------------------------------- files
@@ -204,7 +277,7 @@ def palette():
     """The current dataset's colours as 768 ints (PIL's palette): its own for its classes, the VOC colour map
     for every other index (IGNORE_LABEL 255 is VOC's cream). Without its background, class k has the colour of
     the stored class k + 1."""
-    info = DATASETS.get(settings.DATASET, {})
+    info = entry() if settings.DATASET in DATASETS else {}
     colours = list(voc_palette())
     if info.get('palette') is not None:
         colours[:3 * len(info['palette'])] = [value for rgb in info['palette'] for value in rgb]
@@ -241,7 +314,36 @@ def data_root_or_default(data_root):
 
 
 def image_path(image_id, data_root=None):
+    if current()['image'] is None:  # your own data: where its images are
+        return folder_image(image_id, data_root)[0]
     return os.path.join(data_root_or_default(data_root), current()['image'].format(image_id))
+
+
+def folder_image(image_id, data_root=None):
+    """(image file, upright) of an id of a 'folder' DATA_ROOT."""
+    images = folder_images(data_root_or_default(data_root))
+    if image_id not in images:
+        raise FileNotFoundError(f'{folder_file("images", data_root)} has no image for the id {image_id}')
+    return images[image_id]
+
+
+def sample_image(image_id, data_root=None):
+    """The RGB PIL image of an id as the dataset reads it: a benchmark's as stored (read_image), your own
+    data's as a viewer shows it (read_photo), or as stored where prepare.py found its mask at the stored size."""
+    if current()['image'] is None:
+        path, upright = folder_image(image_id, data_root)
+        return read_photo(path, upright)
+    return read_image(image_path(image_id, data_root))
+
+
+def sample_size(image_id, data_root=None):
+    """(W, H) of `sample_image` from the file's header alone."""
+    path = image_path(image_id, data_root)
+    with open_image(path, 'image', decode=False) as image:
+        width, height = image.size
+        upright = current()['image'] is None and folder_image(image_id, data_root)[1]
+        turned = upright and image.getexif().get(EXIF_ORIENTATION) in TURNING_ORIENTATIONS
+    return (height, width) if turned else (width, height)
 
 
 def label_path(image_id, data_root=None):
@@ -270,11 +372,17 @@ def write_lists(lists, data_root):
             f.write(''.join(image_id + '\n' for image_id in ids))
 
 
-def open_image(path, kind):
-    """The decoded PIL image at path; errors name the file (kind says what it should be)."""
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of the camera's orientation
+TURNING_ORIENTATIONS = (5, 6, 7, 8)  # the orientations that turn the image by 90°: shown W × H is stored H × W
+
+
+def open_image(path, kind, decode=True):
+    """The decoded PIL image at path (decode=False: its header only); errors name the file (kind says what it
+    should be)."""
     try:
         image = Image.open(path)
-        image.load()
+        if decode:
+            image.load()
     except FileNotFoundError:
         raise FileNotFoundError(f'missing {kind}: {path}') from None
     # PIL reports broken files as OSError, SyntaxError (PNG chunks) or ValueError
@@ -289,14 +397,14 @@ def read_image(path):
     return image if image.mode == 'RGB' else image.convert('RGB')
 
 
-def read_photo(path):
-    """The RGB PIL image at path as an image viewer shows it (for the user's own files; the datasets' images are
-    read as stored, by read_image): EXIF orientation applied, so a phone's portrait photo is upright at its shown
-    size; transparent pixels composited on the MEAN colour, what the network sees as "no content" (the colour
+def read_photo(path, upright=True):
+    """The RGB PIL image at path as an image viewer shows it (for the user's own files; the benchmarks' images are
+    read as stored, by read_image): EXIF orientation applied (unless not upright), so a phone's portrait photo is
+    upright at its shown size; transparent pixels composited on the MEAN colour, what the network sees as "no content" (the colour
     of its padding: 0 after normalising); 16-bit grayscale scaled to 8 bits (÷ 257); grayscale, palette, CMYK
     and other modes converted to RGB."""
     with open_image(path, 'image') as stored:
-        image = ImageOps.exif_transpose(stored)
+        image = ImageOps.exif_transpose(stored) if upright else stored.copy()
     if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grayscale PNG or TIFF: 0..65535
         levels = np.clip(np.asarray(image, np.float64), 0, 65535) / 257
         image = Image.fromarray(np.round(levels).astype(np.uint8))
@@ -340,7 +448,7 @@ def without_background(label):
 
 def load_sample(image_id, data_root=None):
     """(RGB PIL image, H × W uint8 label) of an id, checked, in the classes N_CLASSES trains."""
-    image = read_image(image_path(image_id, data_root))
+    image = sample_image(image_id, data_root)
     path = label_path(image_id, data_root)
     label = read_label(path)
     check_label(label, image.size, path)
@@ -379,6 +487,14 @@ def to_tensors(image, label, height, width):
     np.multiply(image.transpose(2, 0, 1), 1 / (255 * std), out=content)
     content -= mean / std
     return padded_image, padded_label
+
+
+def image_tensor(image):
+    """1 × 3 × H' × W' of a PIL RGB image, normalised and padded as ValDataset pads (H' = stride_size(H))."""
+    width, height = image.size
+    no_label = np.zeros((height, width), np.uint8)  # to_tensors pads a label as well; there is none
+    img, _ = to_tensors(image, no_label, stride_size(height), stride_size(width))
+    return img[None]
 
 
 def linear_taps(start, count, size, scaled):
@@ -541,7 +657,7 @@ class ValDataset(torch.utils.data.Dataset):
         if self.labelled:
             image, label = load_sample(self.ids[index], self.data_root)
         else:
-            image = read_image(image_path(self.ids[index], self.data_root))
+            image = sample_image(self.ids[index], self.data_root)
             label = np.full((image.height, image.width), settings.IGNORE_LABEL, np.uint8)
         height, width = label.shape
         return to_tensors(image, label, stride_size(height), stride_size(width))
@@ -550,13 +666,14 @@ class ValDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------- check
 
 def check_sample(job):
-    """Every problem of one id's image and, if it is labelled, its label, as messages naming the file.
-    job = (image_id, labelled, data_root)."""
+    """(problems, (W, H), pixels) of one id: every problem of its image and, if it is labelled, its label, as
+    messages naming the file; the image's size (None if it does not read); its label's pixel count of each class
+    N_CLASSES trains (None if unlabelled or bad). job = (image_id, labelled, data_root)."""
     image_id, labelled, data_root = job
-    problems, image, label = [], None, None
+    problems, image, label, pixels = [], None, None, None
     path = label_path(image_id, data_root)
     try:
-        image = read_image(image_path(image_id, data_root))
+        image = sample_image(image_id, data_root)
     except (FileNotFoundError, ValueError) as error:
         problems.append(str(error))
     try:
@@ -566,9 +683,11 @@ def check_sample(job):
     if image is not None and label is not None:
         try:
             check_label(label, image.size, path)
+            label = without_background(label) if drops_background() else label
+            pixels = np.bincount(label.ravel(), minlength=256)[:settings.N_CLASSES]
         except ValueError as error:
             problems.append(str(error))
-    return problems
+    return problems, None if image is None else image.size, pixels
 
 
 def worker_pool():
@@ -578,9 +697,14 @@ def worker_pool():
     return multiprocessing.Pool(initializer=settings.assign, initargs=(settings.effective(),))
 
 
+CHECK_ROWS = 24  # classes in check's table: all up to this many, else the most and the least frequent halves
+
+
 def check():
-    """Verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT; logs counts and every problem, returns the problems."""
-    problems, labelled = [], {}  # id → whether a split with labels lists it
+    """Verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT; logs counts, every problem, a table of each split's
+    images, sizes and class shares (`split_table`) and a warning for each class that training never sees;
+    returns the problems (the warnings are none)."""
+    problems, splits, labelled = [], {}, {}  # splits: setting → ids; labelled: id → whether a labelled split lists it
     for setting in ('TRAIN_SPLIT', 'VAL_SPLIT'):
         try:
             _, split_ids = open_split(None, None, setting)
@@ -589,15 +713,91 @@ def check():
                 problems.append(str(error))
             continue
         settings.logger.info('check: %s = %r: %d ids', setting, getattr(settings, setting), len(split_ids))
+        splits[setting] = split_ids
         for image_id in split_ids:
             labelled[image_id] = labelled.get(image_id, False) or getattr(settings, setting) != TEST_SPLIT
-    jobs = [(image_id, labelled[image_id], settings.DATA_ROOT) for image_id in sorted(labelled)]  # in id order
-    tic = time.time()
+    ids = sorted(labelled)  # in id order
+    jobs = [(image_id, labelled[image_id], settings.DATA_ROOT) for image_id in ids]
+    tic, samples = time.time(), {}
     with worker_pool() as pool:
-        for done, found in enumerate(pool.imap(check_sample, jobs, chunksize=16), 1):
+        for done, (image_id, (found, size, pixels)) in enumerate(zip(ids, pool.imap(check_sample, jobs, chunksize=16)), 1):
             problems += found
+            samples[image_id] = size, pixels
             settings.log_progress('check: images', done, len(jobs), tic)
     for problem in problems:
         settings.logger.error('check: %s', problem)
     settings.logger.info('check: %d images, %d problems in %s', len(jobs), len(problems), settings.DATA_ROOT)
+    if splits:
+        stats = {setting: split_stats([samples[image_id] for image_id in split_ids])
+                 for setting, split_ids in splits.items()}
+        settings.logger.info('check: %s\n%s', settings.DATA_ROOT, split_table(stats))
+        for warning in class_warnings(stats):
+            settings.logger.warning('check: %s', warning)
     return problems
+
+
+def split_stats(samples):
+    """{'images', 'sizes': (W, H) of each image that reads, 'pixels': per class (None for a split without labels),
+    'images_with': per class} of a split's samples ((W, H) or None, pixels per class or None)."""
+    labels = np.array([pixels for _, pixels in samples if pixels is not None]).reshape(-1, settings.N_CLASSES)
+    return {'images': len(samples), 'sizes': [size for size, _ in samples if size is not None],
+            'pixels': labels.sum(0) if len(labels) else None, 'images_with': (labels > 0).sum(0),
+            'labelled': len(labels)}
+
+
+def size_range(sizes):
+    """'W × H' when every image has it, else 'Wmin..Wmax × Hmin..Hmax'."""
+    if not sizes:
+        return '-'
+    low, high = np.min(sizes, 0), np.max(sizes, 0)
+    return ' × '.join(f'{a}' if a == b else f'{a}..{b}' for a, b in zip(low, high))
+
+
+def split_table(stats):
+    """The splits (setting → split_stats) as a table to read and paste: a row per split (images, the range of
+    sizes), then a row per class with its share of each split's labelled pixels and of its images; with more
+    than CHECK_ROWS classes, the CHECK_ROWS/2 most and least frequent in the first split with labels."""
+    names = current()['classes']
+    rows = [('split', 'setting', 'images', 'sizes (W × H)')]
+    rows += [(getattr(settings, setting), setting, str(s['images']), size_range(s['sizes'])) for setting, s in stats.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ['  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    scored = [(setting, s) for setting, s in stats.items() if s['pixels'] is not None]
+    if not scored:
+        return '\n'.join(lines)
+    order = np.argsort(-scored[0][1]['pixels'], kind='stable')  # most frequent first in the first labelled split
+    shown = list(order) if len(names) <= CHECK_ROWS else [*order[:CHECK_ROWS // 2], None, *order[-CHECK_ROWS // 2:]]
+    name_width = max(len('class'), *(len(name) for name in names)) + 5
+    lines.append('')
+    lines.append('class'.ljust(name_width) + ''.join(f'{getattr(settings, setting) + " px":>12}{"images":>8}'
+                                                     for setting, _ in scored))
+    for k in shown:
+        if k is None:
+            lines.append(f'... {len(names) - CHECK_ROWS} classes between')
+            continue
+        cells = ''
+        for _, s in scored:
+            pixels, images = s['pixels'][k] / max(1, s['pixels'].sum()), s['images_with'][k] / max(1, s['labelled'])
+            cells += f'{100 * pixels:11.2f}%{100 * images:7.1f}%'
+        lines.append(f'{k:>3} {names[k]}'.ljust(name_width) + cells)
+    lines.append('(px: share of the split\'s labelled pixels; images: share of its images that hold the class)')
+    return '\n'.join(lines)
+
+
+def class_warnings(stats):
+    """Warnings naming the classes that no training label has: those validation scores but training cannot
+    teach, then the others."""
+    train, val = stats.get('TRAIN_SPLIT'), stats.get('VAL_SPLIT')
+    if train is None or train['pixels'] is None:
+        return []
+    in_val = val['images_with'] > 0 if val is not None and val['pixels'] is not None else np.zeros_like(train['pixels'], bool)
+    names = current()['classes']
+    absent = train['pixels'] == 0
+    warnings = []
+    for chosen, what in ((absent & in_val, f'are in VAL_SPLIT = {settings.VAL_SPLIT!r} but in no label of '
+                                           f'TRAIN_SPLIT = {settings.TRAIN_SPLIT!r}: scored, never learnt'),
+                         (absent & ~in_val, f'are in no label of TRAIN_SPLIT = {settings.TRAIN_SPLIT!r}')):
+        if chosen.any():
+            listed = ', '.join(f'{k} {names[k]!r}' for k in np.flatnonzero(chosen))
+            warnings.append(f'{chosen.sum()} classes {what}: {listed}')
+    return warnings

@@ -134,25 +134,16 @@ def evaluate(forward, net, device, rank, world, args):
     masks, attention grids (of net, the EMANet) and server files as args ask."""
     def save_outputs(index, image_id, img, pred):
         if args.save_pred or args.submit:
-            with Image.open(dataset.image_path(image_id)) as image:  # reads the header only
-                width, height = image.size
+            width, height = dataset.sample_size(image_id)  # from the header alone
         if args.save_pred:
             save_prediction(pred, width, height, os.path.join(args.save_pred, image_id + '.png'))
         if args.submit:
             save_submission(pred[:height, :width].cpu().numpy().astype(np.uint8),
                             submission_file(image_id, args.submit, args.comp))
         if args.attention and index < args.attention_images:
-            image = dataset.read_image(dataset.image_path(image_id))
+            image = dataset.sample_image(image_id)
             save_attention(net, img, image, os.path.join(args.attention, image_id + '_attention.png'))
     return evaluation.evaluate(forward, device, rank, world, each=save_outputs)
-
-
-def image_tensor(image):
-    """1 × 3 × H' × W' of a PIL RGB image, normalised and padded as ValDataset pads."""
-    width, height = image.size
-    no_label = np.zeros((height, width), np.uint8)  # to_tensors pads a label as well; there is none
-    img, _ = dataset.to_tensors(image, no_label, dataset.stride_size(height), dataset.stride_size(width))
-    return img[None]
 
 
 def image_files(paths):
@@ -213,7 +204,7 @@ def segment_images(forward, net, device, rank, world, args, images):
     for index in range(rank, len(images), world):
         file, name, out = images[index]
         image = dataset.read_photo(file)
-        img = runtime.to_device(image_tensor(image), device)
+        img = runtime.to_device(dataset.image_tensor(image), device)
         pred = evaluation.predict(forward, img).argmax(dim=1)[0]  # H' × W'
         save_prediction(pred, *image.size, out)
         if args.attention and index < args.attention_images:

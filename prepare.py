@@ -32,10 +32,20 @@
         from trainval/<id>.mat and labels.txt (or 59_context_labels/<id>.png and 59_labels.txt): writes
         SegmentationClassContext/ (0 background, 1-59) and ImageSets/SegmentationContext/{train,val}.txt (4998,
         5105 ids, VOC2010's ImageSets/Main lists) into the VOC2010 folder, which then is DATA_ROOT
+    python prepare.py folder --images photos --masks masks --out data/mine [--colours labelmap.txt]
+        your own data (DATASET = 'folder'): images and masks paired by relative path without extension
+        (photos/a/img_1.jpg with masks/a/img_1.png); masks of class indices, palette PNGs (their indices), RGB
+        colours (through --colours FILE, else each colour found is a class) or 0/255 (--binary); writes labels/,
+        lists/{train,val}.txt (--val-fraction 0.1 drawn with a fixed seed, or --val-images DIR --val-masks DIR),
+        classes.txt (name the classes there), palette.txt and images.txt; the folder is DATA_ROOT
+    python prepare.py folder --images photos --masks cvat_export --out data/mine
+        a CVAT "Segmentation mask 1.1" export: its SegmentationClass/ masks and labelmap.txt colours
     python prepare.py demo data/demo [--seed 0]
         writes a small generated dataset in the VOC layout (then set DATA_ROOT = './data/demo')
     python prepare.py check
-        verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT, names every bad file and exits 1 if there is one
+        verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT, names every bad file and exits 1 if there is one;
+        prints each split's image count and sizes and each class's share of its pixels and images, and warns of
+        the classes no training label has
 
 Every command is safe to re-run: labels are compared with what is there and written (atomically) only when
 they differ; a missing folder or file, an id no class has, or a label whose size is not its image's stops the
@@ -167,6 +177,11 @@ def convert_label(job):
     read, source, image, target = job
     label = read(source)
     dataset.check_label(label, image_size(image), source)
+    return write_if_changed(label, target)
+
+
+def write_if_changed(label, target):
+    """Writes the label as target unless an identical one is there: 'kept' or 'written'."""
     if os.path.exists(target):
         try:
             if np.array_equal(dataset.read_label(target), label):
@@ -553,6 +568,285 @@ def prepare_context(voc_dir, context_dir):
     write_dataset(voc_dir, listed_sources(read, lists, os.path.join(context_dir, folder), extension, lists_dir), lists)
 
 
+# ---------------------------------------------------------------- your own data
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+MASK_EXTENSIONS = ('.png', '.bmp', '.tif', '.tiff')  # lossless: a JPEG mask's colours are not its classes
+SHOWN_UNPAIRED = 5  # unpaired files named, of each side
+SPLIT_SEED = 0  # --val-fraction's split: the same files give the same split anywhere
+
+
+def files_by_stem(folder, extensions):
+    """{path from folder without extension, '/'-separated: file} of every file with one of extensions in
+    folder or deeper; two files of one stem (a.jpg, a.png) stop the command, naming both."""
+    if not os.path.isdir(folder):
+        raise SystemExit(f'prepare: {folder} is not a folder')
+    found = {}
+    for directory, subfolders, names in os.walk(folder):
+        subfolders.sort()
+        for name in sorted(names):
+            stem, extension = os.path.splitext(name)
+            if extension.lower() in extensions:
+                key = os.path.relpath(os.path.join(directory, stem), folder).replace(os.sep, '/')
+                if key in found:
+                    raise SystemExit(f'prepare: {found[key]} and {os.path.join(directory, name)} share the name '
+                                     f'{key}: which one is meant?')
+                found[key] = os.path.join(directory, name)
+    return found
+
+
+def paired_files(images_dir, masks_dir):
+    """{relative path without extension: (image file, mask file)} of the images and masks of the same relative
+    path; the unpaired ones are named (a count and the first few); none paired stops the command."""
+    images, masks = files_by_stem(images_dir, IMAGE_EXTENSIONS), files_by_stem(masks_dir, MASK_EXTENSIONS)
+    for files, side, others, other_side, other in ((images, 'image', masks, 'mask', masks_dir),
+                                                   (masks, 'mask', images, 'image', images_dir)):
+        alone = sorted(files.keys() - others.keys())
+        if alone:
+            settings.logger.warning('prepare: %d %s file(s) with no %s in %s, left out: %s%s', len(alone), side,
+                                    other_side, other, ', '.join(files[key] for key in alone[:SHOWN_UNPAIRED]),
+                                    ', ...' if len(alone) > SHOWN_UNPAIRED else '')
+    pairs = {key: (images[key], masks[key]) for key in sorted(images.keys() & masks.keys())}
+    if not pairs:
+        raise SystemExit(f'prepare: no image of {images_dir} ({len(images)} files) has a mask of the same path '
+                         f'without extension in {masks_dir} ({len(masks)} files): a/b/img_001.jpg pairs with '
+                         f'a/b/img_001.png')
+    return pairs
+
+
+def read_colours(path):
+    """[(name, (r, g, b))] in class order from a colours file in any of the forms tools write: 'name r g b'
+    lines; CVAT's labelmap.txt ('name:r,g,b:parts:actions', '#' comments); CamVid's label_colors.txt
+    ('r g b<TAB>name'). A line of no such form, a repeated name or colour stops the command, naming it."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as error:
+        raise SystemExit(f'prepare: cannot read the colours file {path}: {error}') from None
+    colours = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith('#'):
+            continue
+        if ':' in line:  # CVAT: name:r,g,b:parts:actions
+            name, _, rest = line.partition(':')
+            values = rest.split(':')[0].split(',')
+        else:
+            words = line.split()
+            if all(word.isdigit() for word in words[:3]):  # CamVid: r g b name
+                values, name = words[:3], ' '.join(words[3:])
+            else:  # name r g b
+                values, name = words[-3:], ' '.join(words[:-3])
+        values = [value.strip() for value in values]
+        if not name.strip() or len(values) != 3 or not all(v.isdigit() and int(v) < 256 for v in values):
+            raise SystemExit(f'prepare: {path} line {number} is not "name r g b", "r g b name" or CVAT\'s '
+                             f'"name:r,g,b:parts:actions": {line!r}')
+        colours.append((name.strip(), tuple(map(int, values))))
+    for what, values in (('name', [name for name, _ in colours]), ('colour', [rgb for _, rgb in colours])):
+        repeated = [value for value, count in collections.Counter(values).items() if count > 1]
+        if repeated:
+            raise SystemExit(f'prepare: {path} has the {what} {repeated[0]} more than once')
+    if not colours:
+        raise SystemExit(f'prepare: {path} names no class')
+    return colours
+
+
+def read_mask(path):
+    """('index', H × W uint8) of a single-channel mask (8 or 16 bit grey, palette indices, 1 bit), or ('colour',
+    H × W uint32 colour codes r·65536 + g·256 + b) of an RGB(A) one; errors name the file."""
+    image = dataset.open_image(path, 'mask')
+    if image.mode in ('RGB', 'RGBA'):
+        rgb = np.asarray(image.convert('RGB'), np.uint32)
+        return 'colour', (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    if image.mode not in ('L', 'P', '1', 'I', 'I;16', 'I;16B', 'I;16L'):
+        raise ValueError(f'mask {path} has mode {image.mode}: neither class indices nor RGB colours')
+    values = np.asarray(image, np.int64)
+    if values.min() < 0 or values.max() > 255:
+        raise ValueError(f'mask {path} has values up to {values.max()}: more than 8-bit class indices')
+    return 'index', values.astype(np.uint8)
+
+
+def colour_name(code):
+    return f'({code >> 16}, {(code >> 8) & 255}, {code & 255})'
+
+
+def shown_and_stored(path):
+    """((W, H) as a viewer shows the image, (W, H) as stored), from its header; errors name the file."""
+    with dataset.open_image(path, 'image', decode=False) as image:
+        turned = image.getexif().get(dataset.EXIF_ORIENTATION) in dataset.TURNING_ORIENTATIONS
+        return image.size[::-1] if turned else image.size, image.size
+
+
+def survey_pair(job):
+    """What the first pass learns of a pair: (kind, {value or colour code: pixels}, palette or None, upright).
+    The mask must have the image's size as a viewer shows it (then upright) or as stored. job = (image, mask)."""
+    image, mask = job
+    kind, values = read_mask(mask)
+    shown, stored = shown_and_stored(image)
+    size = values.shape[::-1]
+    if size not in (shown, stored):
+        turned = f' (as stored; {shown[0]}×{shown[1]} as shown)' if shown != stored else ''
+        raise ValueError(f'mask {mask} is {size[0]}×{size[1]} but its image {image} is '
+                         f'{stored[0]}×{stored[1]}{turned}')
+    codes, counts = np.unique(values, return_counts=True)
+    with dataset.open_image(mask, 'mask', decode=False) as opened:
+        palette = opened.getpalette() if opened.mode == 'P' else None
+    return kind, dict(zip(codes.tolist(), counts.tolist())), palette, size == shown
+
+
+def label_of(job):
+    """Writes the label of a mask as target: values through lut ({value: class or IGNORE_LABEL}); a value that
+    lut lacks is an error naming the file, a pixel and the value. job = (mask, lut, target)."""
+    mask, lut, target = job
+    kind, values = read_mask(mask)
+    keys = np.array(sorted(lut), np.int64)
+    where = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
+    known = keys[where] == values
+    if not known.all():
+        y, x = np.argwhere(~known)[0]
+        value = int(values[y, x])
+        what = f'colour {colour_name(value)}' if kind == 'colour' else f'value {value}'
+        raise ValueError(f'mask {mask} has the {what} at pixel (x={x}, y={y}), which no class has '
+                         f'(the colours file, --binary or --ignore decide the classes)')
+    return write_if_changed(np.array([lut[k] for k in keys.tolist()], np.uint8)[where], target)
+
+
+def parse_ignore(value):
+    """--ignore VALUE: a class index (index masks) or 'r,g,b' (colour masks) → (kind, value or colour code)."""
+    parts = value.split(',')
+    if len(parts) == 1 and value.isdigit() and int(value) < 256:
+        return 'index', int(value)
+    if len(parts) == 3 and all(p.strip().isdigit() and int(p) < 256 for p in parts):
+        r, g, b = map(int, parts)
+        return 'colour', (r << 16) | (g << 8) | b
+    raise SystemExit(f'prepare: --ignore {value!r}: a mask value 0..255 or a colour r,g,b')
+
+
+def folder_classes(kind, found, palette, colours, binary, ignore):
+    """(names, palette, lut) of the masks: kind 'index' or 'colour', found {value or colour code: pixels} over
+    every mask, palette the first palette mask's (or None), colours the --colours table (or None), binary
+    --binary, ignore parse_ignore's (or None). lut maps every value allowed to a class or IGNORE_LABEL."""
+    lut = {}
+    if ignore is not None:
+        if ignore[0] != kind:
+            raise SystemExit(f'prepare: --ignore gives a{" colour" if ignore[0] == "colour" else "n index"} but the '
+                             f'masks hold {"colours" if kind == "colour" else "class indices"}')
+        lut[ignore[1]] = settings.IGNORE_LABEL
+    values = set(found) - set(lut)
+    if kind == 'colour':
+        if colours is None:  # the colours found are the classes, in colour order
+            colours = [(f'class_{k}', (code >> 16, (code >> 8) & 255, code & 255))
+                       for k, code in enumerate(sorted(values))]
+            settings.logger.info('prepare: %d colours found, each a class (name them in classes.txt):\n%s',
+                                 len(colours), '\n'.join(f'  {name}  {rgb}: {found[(rgb[0] << 16) | (rgb[1] << 8) | rgb[2]]} px'
+                                                         for name, rgb in colours))
+        lut.update({(r << 16) | (g << 8) | b: k for k, (_, (r, g, b)) in enumerate(colours)})
+        return [name for name, _ in colours], [rgb for _, rgb in colours], lut
+    lut.setdefault(settings.IGNORE_LABEL, settings.IGNORE_LABEL)
+    if binary:
+        lut.update({0: 0, 255: 1})
+        values = {0, 1} | (values - {0, 255})
+    elif values and values <= {0, 255} and 255 in values and settings.IGNORE_LABEL == 255 and ignore is None:
+        raise SystemExit('prepare: the masks hold only 0 and 255, a binary mask; but 255 is IGNORE_LABEL, "no label" '
+                         'in a class-index mask, so the foreground would be ignored and one class trained: give '
+                         '--binary (255 → class 1), or --ignore 255 if 255 does mean "no label"')
+    classes = sorted(values - {settings.IGNORE_LABEL}) if not binary else [0, 1]
+    n_classes = len(colours) if colours else max(classes, default=0) + 1
+    lut.update({value: value for value in range(n_classes) if value not in lut})
+    if colours:
+        return [name for name, _ in colours], [rgb for _, rgb in colours], lut
+    source = list(palette or []) + dataset.voc_palette()[len(palette or []):]  # palette masks: their own colours
+    return [f'class_{k}' for k in range(n_classes)], [tuple(source[3 * k:3 * k + 3]) for k in range(n_classes)], lut
+
+
+def previous_names(out, n_classes):
+    """The class names of an earlier run's classes.txt in out when it has n_classes of them (the user may have
+    named them), else None."""
+    try:
+        names = dataset.read_lines(os.path.join(out, dataset.FOLDER_FILES['classes']))
+    except FileNotFoundError:
+        return None
+    return names if len(names) == n_classes else None
+
+
+def write_text(path, lines):
+    """Writes lines to path atomically."""
+    with open(path + '.tmp', 'w') as f:
+        f.write(''.join(line + '\n' for line in lines))
+    os.replace(path + '.tmp', path)
+
+
+def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_fraction=0.1, colours_file=None,
+                   binary=False, ignore=None):
+    """Writes out/labels/<id>.png (single-channel class indices in the masks' colours), out/lists/{train,val}.txt,
+    classes.txt, palette.txt and images.txt (each id's image, where it is) from folders of images and masks
+    paired by relative path without extension; ids are those paths, under train/ and val/ when the validation
+    set comes in folders of its own."""
+    if os.path.isdir(os.path.join(masks, 'SegmentationClass')) and colours_file is None and \
+            os.path.isfile(os.path.join(masks, 'labelmap.txt')):  # a CVAT "Segmentation mask 1.1" export
+        colours_file = os.path.join(masks, 'labelmap.txt')
+        masks = os.path.join(masks, 'SegmentationClass')
+        settings.logger.info('prepare: a CVAT export: masks in %s, colours from %s', masks, colours_file)
+    if val_images:
+        splits = {split: {f'{split}/{key}': pair for key, pair in paired_files(*folders).items()}
+                  for split, folders in (('train', (images, masks)), ('val', (val_images, val_masks)))}
+        pairs = {**splits['train'], **splits['val']}
+        lists = {split: sorted(found) for split, found in splits.items()}
+    else:
+        pairs = paired_files(images, masks)
+        if not 0 < val_fraction < 1 or len(pairs) < 2:
+            raise SystemExit(f'prepare: --val-fraction {val_fraction} of {len(pairs)} pairs: give a fraction in '
+                             f'(0, 1) of at least 2 pairs, or --val-images and --val-masks')
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(pairs))
+        n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+        ids = sorted(pairs)
+        lists = {'train': sorted(ids[i] for i in order[n_val:]), 'val': sorted(ids[i] for i in order[:n_val])}
+    ids = sorted(pairs)
+    try:
+        with dataset.worker_pool() as pool:
+            surveys = pool.map(survey_pair, [pairs[image_id] for image_id in ids], chunksize=16)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f'prepare: {error}') from None
+    kinds = {kind: image_id for image_id, (kind, *_) in zip(ids, surveys)}
+    if len(kinds) > 1:
+        raise SystemExit(f'prepare: the masks mix class indices ({pairs[kinds["index"]][1]}) and RGB colours '
+                         f'({pairs[kinds["colour"]][1]}): give them all in one form')
+    kind, = kinds
+    found = collections.Counter()
+    for _, counts, _, _ in surveys:
+        found.update(counts)
+    palette = next((palette for _, _, palette, _ in surveys if palette is not None), None)
+    colours = read_colours(colours_file) if colours_file else None
+    names, palette, lut = folder_classes(kind, found, palette, colours, binary,
+                                         parse_ignore(ignore) if ignore is not None else None)
+    if colours is None and previous_names(out, len(names)):
+        names = previous_names(out, len(names))
+        settings.logger.info('prepare: the class names of %s kept', dataset.folder_file('classes', out))
+    os.makedirs(out, exist_ok=True)
+    write_text(dataset.folder_file('classes', out), names)
+    write_text(dataset.folder_file('palette', out), [' '.join(map(str, rgb)) for rgb in palette])
+    write_text(dataset.folder_file('images', out), [
+        '\t'.join([image_id, os.path.relpath(os.path.abspath(pairs[image_id][0]), os.path.abspath(out))]
+                  + ([] if upright else ['stored'])) for image_id, (*_, upright) in zip(ids, surveys)])
+    saved = settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT
+    settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT = 'folder', len(names), out
+    try:
+        jobs = [(pairs[image_id][1], lut, dataset.label_path(image_id, out)) for image_id in ids]
+        outcomes = collections.Counter()
+        with dataset.worker_pool() as pool:
+            outcomes.update(pool.imap_unordered(label_of, jobs, chunksize=16))
+        dataset.write_lists(lists, out)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f'prepare: {error}') from None
+    finally:
+        settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT = saved
+    settings.logger.info('prepare: %s: %d classes (%s), train %d, val %d; labels: %d written, %d already correct',
+                         out, len(names), ', '.join(names), len(lists['train']), len(lists['val']),
+                         outcomes['written'], outcomes['kept'])
+    settings.logger.info("prepare: in settings.py: DATASET = 'folder', DATA_ROOT = %r, N_CLASSES = %d, "
+                         "TRAIN_SPLIT = 'train'", out, len(names))
+
+
 # ---------------------------------------------------------------- demo
 
 def demo_background(rng, height, width):
@@ -647,11 +941,27 @@ def main():
     coco_voc.add_argument('--root', required=True, help='COCO folder with annotations/ (becomes DATA_ROOT)')
     coco_panoptic = commands.add_parser('coco-panoptic', help='COCO 2017 panoptic: things as one class + 53 stuff')
     coco_panoptic.add_argument('--root', required=True, help='COCO folder with annotations/ (becomes DATA_ROOT)')
+    folder = commands.add_parser('folder', help='your own images and masks → DATASET \'folder\' in --out')
+    folder.add_argument('--images', required=True, help='folder of images (jpg, png, bmp, tif, webp; sub-folders too)')
+    folder.add_argument('--masks', required=True, help='folder of masks of the same relative paths (png, bmp, tif): '
+                                                       'class indices, palette PNGs or RGB colours; a CVAT export')
+    folder.add_argument('--val-images', help='folder of validation images (with --val-masks)')
+    folder.add_argument('--val-masks', help='folder of validation masks')
+    folder.add_argument('--val-fraction', type=float, default=0.1,
+                        help='without --val-images: this share of the pairs, drawn with a fixed seed, validates '
+                             '(default: 0.1)')
+    folder.add_argument('--colours', metavar='FILE', help="the classes in order with their colours: 'name r g b' "
+                                                          "lines, CVAT's labelmap.txt or CamVid's label_colors.txt")
+    folder.add_argument('--binary', action='store_true', help='masks of 0 and 255: 255 is class 1 (not IGNORE_LABEL)')
+    folder.add_argument('--ignore', metavar='VALUE', help='the mask value (or colour r,g,b) that means "no label"')
+    folder.add_argument('--out', required=True, help='the folder to write (becomes DATA_ROOT)')
     demo = commands.add_parser('demo', help='write a small generated dataset')
     demo.add_argument('out_dir')
     demo.add_argument('--seed', type=int, default=0)
     commands.add_parser('check', help='verify DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT')
     args = parser.parse_args()
+    if args.command == 'folder' and bool(args.val_images) != bool(args.val_masks):
+        parser.error('--val-images and --val-masks go together')
     if args.command == 'voc':
         prepare_voc(args.voc, args.sbd)
     elif args.command == 'cityscapes':
@@ -666,6 +976,9 @@ def main():
         prepare_coco_voc(args.root)
     elif args.command == 'coco-panoptic':
         prepare_coco_panoptic(args.root)
+    elif args.command == 'folder':
+        prepare_folder(args.images, args.masks, args.out, args.val_images, args.val_masks, args.val_fraction,
+                       args.colours, args.binary, args.ignore)
     elif args.command == 'demo':
         make_demo(args.out_dir, args.seed)
     elif dataset.check():

@@ -14,7 +14,8 @@ import os
 import time
 
 # data
-DATASET = 'voc'                 # 'voc', 'cityscapes', 'ade20k', 'cocostuff', 'context', 'coco_voc', 'coco_panoptic'
+DATASET = 'voc'                 # 'voc', 'cityscapes', 'ade20k', 'cocostuff', 'context', 'coco_voc', 'coco_panoptic';
+                                # 'folder': your own images and masks (python prepare.py folder)
 DATA_ROOT = './data/VOC2012'    # the dataset's folder, as prepare.py leaves it
 MEAN = (0.485, 0.456, 0.406)    # ImageNet RGB mean, images scaled to [0, 1]
 STD = (0.229, 0.224, 0.225)     # ImageNet RGB std
