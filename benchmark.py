@@ -23,10 +23,13 @@ Sections:
 
 On CUDA the defaults are the paper's sizes (settings' N_LAYERS, CROP_SIZE, batch 8); on CPU they shrink
 (ResNet-50, crop 129, batch 2, one iteration) so that a default run takes a few minutes on two cores.
-Timings are the median over --repeats of the mean over --iters calls, after --warmup calls. Peak memory is
-torch.cuda.max_memory_allocated on CUDA (weights, optimizer state, activations); on CPU it is how far the
-process's peak RSS rose above its RSS at the start of the measurement (Linux; n/a elsewhere), which misses
-memory the allocator kept from an earlier measurement.
+Timings are the median over --repeats of the mean over --iters calls, after --warmup calls. Peak memory on CUDA
+is torch.cuda.max_memory_allocated above what was allocated when the measurement started (training and the EM
+unit: weights, optimizer state, activations; inference: one forward's activations and workspace), counted from
+a peak reset after the warm-up calls, whose cuDNN algorithm search can allocate several times a model's own
+memory; what an earlier measurement left is freed first. On CPU it is how far the process's peak RSS rose above
+its RSS at the start of the measurement, warm-up included (Linux; n/a elsewhere), which misses memory the
+allocator kept from an earlier measurement. DETERMINISTIC = True in settings.py times deterministic algorithms.
 """
 import argparse
 import contextlib
@@ -81,10 +84,11 @@ def synchronize(device):
 
 
 def median_seconds(call, device, args):
-    """Median over args.repeats of the mean seconds per call() over args.iters calls, after args.warmup calls."""
+    """Median over args.repeats of the mean seconds per call() over args.iters calls, after args.warmup calls
+    (and `restart_peak`)."""
     for _ in range(args.warmup):
         call()
-    synchronize(device)
+    restart_peak(device)
     times = []
     for _ in range(args.repeats):
         tic = time.perf_counter()
@@ -105,8 +109,9 @@ def start_peak_memory(device):
     """Opens a peak-memory window; returns the baseline that peak_mib subtracts (None: cannot measure)."""
     gc.collect()  # frees what the previous measurement left in reference cycles
     if device.type == 'cuda':
+        torch.cuda.empty_cache()  # and the blocks the allocator cached for it
         torch.cuda.reset_peak_memory_stats(device)
-        return 0
+        return torch.cuda.memory_allocated(device)
     try:
         ctypes.CDLL(None).malloc_trim(0)  # glibc: hands freed heap back, so the RSS starts from what is live
         with open('/proc/self/clear_refs', 'w') as f:
@@ -116,9 +121,17 @@ def start_peak_memory(device):
         return None
 
 
+def restart_peak(device):
+    """After the warm-up calls of a peak-memory window: on CUDA the peak starts again from what is allocated
+    now (the baseline stays), so cuDNN's algorithm search in them is not counted. On the CPU nothing."""
+    synchronize(device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_mib(device, baseline):
     if device.type == 'cuda':
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+        return (torch.cuda.max_memory_allocated(device) - baseline) / 2 ** 20
     return None if baseline is None else (proc_status_kib('VmHWM') * 1024 - baseline) / 2 ** 20
 
 
@@ -218,12 +231,9 @@ def run_train(device, args):
 
 
 def interleaved_seconds(calls, device, args):
-    """{name: median over args.repeats of the mean seconds per call over args.iters calls} after args.warmup calls
-    of each. The calls take turns within each repeat, so a load that comes and goes on a shared machine slows
+    """{name: median over args.repeats of the mean seconds per call over args.iters calls}, the calls warmed up
+    already. The calls take turns within each repeat, so a load that comes and goes on a shared machine slows
     each of them alike and their ratios hold."""
-    for call in calls.values():
-        for _ in range(args.warmup):
-            call()
     synchronize(device)
     times = {name: [] for name in calls}
     for _ in range(args.repeats):
@@ -239,8 +249,11 @@ def interleaved_seconds(calls, device, args):
 def inference_variants(device, args, onnx_path):
     """{name: (label, net(img), channels_last)} of the eval-mode forwards to time. On CUDA: the settings' AMP and
     channels-last, and torch.compile with --compile. On CPU (float32): eager, its runtime.freeze graph (what
-    eval.py runs on CPU), onnxruntime on the export_onnx file, torch.compile with --compile."""
+    eval.py runs on CPU), onnxruntime on the export_onnx file, torch.compile with --compile. One network: the
+    variants share its weights."""
     dtype = runtime.autocast_dtype(device)
+    layout = settings.CHANNELS_LAST and device.type == 'cuda'
+    net = build_net(device, layout).eval()
 
     def eager(net):
         def forward(img):
@@ -248,30 +261,30 @@ def inference_variants(device, args, onnx_path):
                 return net(img)
         return forward
     if device.type == 'cuda':
-        layout = settings.CHANNELS_LAST
-        variants = {'eager': (dtype_name(dtype) + (' + channels-last' if layout else ''),
-                              eager(build_net(device, layout).eval()), layout)}
+        variants = {'eager': (dtype_name(dtype) + (' + channels-last' if layout else ''), eager(net), layout)}
     else:
         session = runtime.onnx_session(onnx_path)
-        net = build_net(device, False).eval()
         variants = {'eager': ('float32', eager(net), False),
                     'frozen': ('float32 frozen TorchScript', eager(runtime.freeze(net)), False),
                     'onnxruntime': ('onnxruntime float32', lambda img: session.run(['logits'], {'img': img.numpy()}),
                                     False)}
-    if args.compile:
-        label, _, layout = variants['eager']
-        variants['compiled'] = (label + ' + torch.compile',
-                                eager(torch.compile(build_net(device, layout).eval())), layout)
+    if args.compile:  # a static graph per input size, as a deployment compiles it, not one dynamic-shape graph
+        variants['compiled'] = (variants['eager'][0] + ' + torch.compile',
+                                eager(torch.compile(net, dynamic=False)), layout)
     return variants
 
 
 def measure_inference(device, args, variants, height, width):
     """{variant: images/s, peak MiB and speed-up over eager} of each eval-mode forward on a random
-    eval_batch × 3 × height × width input."""
+    eval_batch × 3 × height × width input. A variant's peak is that of one forward after its warm-up calls (at
+    least one: cuDNN's search and torch.compile's compilation for this size), above what was allocated before."""
     inputs, peaks = {}, {}
     for name, (_, forward, channels_last) in variants.items():
         inputs[name] = random_images(args.eval_batch, height, width, device, channels_last)
         baseline = start_peak_memory(device)
+        for _ in range(max(1, args.warmup)):
+            forward(inputs[name])
+        restart_peak(device)
         forward(inputs[name])
         peaks[name] = peak_mib(device, baseline)
     seconds = interleaved_seconds({name: lambda name=name: variants[name][1](inputs[name]) for name in variants},
@@ -514,6 +527,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    runtime.set_determinism()  # before any CUDA work
     device = torch.device(args.device or settings.DEVICE or ('cuda' if torch.cuda.is_available() else 'cpu'))
     for name, value in DEFAULTS['cuda' if device.type == 'cuda' else 'cpu'].items():
         if getattr(args, name) is None:
@@ -523,9 +537,10 @@ def main():
     if device.type == 'cuda':
         device = torch.device('cuda', torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = settings.CUDNN_BENCHMARK
+        torch.backends.cudnn.benchmark = runtime.cudnn_benchmark()
     results = {'device': device_name(device), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
-               'peak_memory': 'max_memory_allocated' if device.type == 'cuda' else 'peak RSS growth'}
+               'peak_memory': 'max_memory_allocated after warm-up' if device.type == 'cuda' else 'peak RSS growth',
+               'deterministic': settings.DETERMINISTIC}
     if device.type == 'cuda':  # float32 convolutions may run in TF32 on Ampere and later: say which
         results['cudnn_allow_tf32'] = torch.backends.cudnn.allow_tf32
     print(f"{results['device']}, torch {results['torch']}, {results['threads']} threads; peak memory: "

@@ -141,8 +141,18 @@ def load_checkpoint(net, path, optimizer=None, scaler=None):
             raise CheckpointError(f'{path} holds weights but no optimizer state (as the authors\' released files): '
                                   f'a run cannot resume from it; evaluate it with eval.py')
         optimizer.load_state_dict(ckpt['optimizer'])
-        scaler.load_state_dict(ckpt['scaler'])
+        load_scaler(scaler, ckpt['scaler'], path)
     return ckpt
+
+
+def load_scaler(scaler, state, path):
+    """The gradient scaler's state, across a change of precision: a run saved without float16 (CPU, AMP = False,
+    a bfloat16 GPU) holds an empty state, which an enabled float16 scaler cannot load, so its scale starts fresh;
+    a disabled scaler ignores a float16 run's state (float32 or bfloat16 need no scale)."""
+    if scaler.is_enabled() and not state:
+        settings.logger.info('%s was saved without float16 mixed precision: the gradient scale starts fresh', path)
+        return
+    scaler.load_state_dict(state)
 
 
 def save_checkpoint(name, net, optimizer, scaler, step, extra=None):

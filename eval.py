@@ -27,7 +27,8 @@ Single scale by default, the authors' protocol; EVAL_SCALES, EVAL_FLIP and EVAL_
 and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and per-class IoU; writes
 LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint stem>_<protocol>.json for
 another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _onnx is added for an
-ONNX file), and the metrics as TensorBoard scalars at the checkpoint's step in LOG_DIR: val/mIoU, val/pAcc,
+ONNX file; _bf16 or _fp16 when EVAL_AMP evaluates in the training's half precision on CUDA rather than in float32),
+and the metrics as TensorBoard scalars at the checkpoint's step in LOG_DIR: val/mIoU, val/pAcc,
 val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the curve that training's EVAL_EVERY draws, and
 eval.py --all fills). A missing checkpoint or one for other settings is an error: random weights are never scored.
 

@@ -9,6 +9,8 @@ Single scale by default, the authors' protocol: the padded image (H' × W' = k·
 resolution. EVAL_WINDOW (a size, or (h, w)) runs every scale that is larger than it as overlapping windows of
 that size (a step of 2/3 of the window, the last one flush with the border) whose logits are averaged where
 they overlap: memory stays that of one window, and the net sees crops as large as it was trained on.
+Evaluation runs in float32, as the authors evaluated (and as the CPU and ONNX paths compute); EVAL_AMP = True
+evaluates under the training's autocast on CUDA (`eval_dtype`), and the protocol's name says so ('bf16', 'fp16').
 """
 import json
 import math
@@ -25,6 +27,7 @@ import runtime
 import settings
 
 PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale test (with EVAL_FLIP)
+HALF_NAMES = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}  # EVAL_AMP's part of the protocol name
 VAL_LOG = 'val.jsonl'  # in LOG_DIR: a line per evaluation while training (a summary with step and seconds)
 
 
@@ -93,19 +96,26 @@ def window_logits(net, img, size):
         F.interpolate(total, size=size, mode='bilinear', align_corners=True)
 
 
+def eval_dtype(device):
+    """The autocast dtype of evaluation on device: None (float32, the authors' protocol) unless EVAL_AMP asks for
+    the training's half precision (`runtime.autocast_dtype`: CUDA only)."""
+    return runtime.autocast_dtype(device) if settings.EVAL_AMP else None
+
+
 @torch.inference_mode()
 def predict(net, img):
     """Class scores of img (b × 3 × H × W, normalised): softmax probabilities averaged over EVAL_SCALES and,
     with EVAL_FLIP, over the mirrored images too, all at H × W → b × classes × H × W float32. Each scale runs
-    whole or, with EVAL_WINDOW, in windows (`window_logits`)."""
+    whole or, with EVAL_WINDOW, in windows (`window_logits`); in float32 unless EVAL_AMP (`eval_dtype`)."""
     height, width = img.shape[-2:]
+    dtype = eval_dtype(img.device)
     total, count = 0, 0
     for scale in settings.EVAL_SCALES:
         size = (scaled_size(height, scale), scaled_size(width, scale))
         scaled = img if size == (height, width) else \
             F.interpolate(img, size=size, mode='bilinear', align_corners=True)  # b × 3 × h × w
         for flip in (False, True) if settings.EVAL_FLIP else (False,):
-            with runtime.autocast(img.device, runtime.autocast_dtype(img.device)):
+            with runtime.autocast(img.device, dtype):
                 logits = window_logits(net, scaled.flip(-1) if flip else scaled, (height, width))
             scores = F.softmax(logits, dim=1)  # b × classes × H × W
             total = total + (scores.flip(-1) if flip else scores)  # mirrored scores back in place
@@ -224,7 +234,8 @@ def protocol():
     """The name of the protocol the EVAL_* settings give: '' for the authors' (single scale, whole image, at the
     training stride, the training's EM iterations), else its parts joined by '_': 'ms' (PAPER_SCALES) or
     'ms0.75-1-1.25' (other scales) or 'x0.5' (one other scale), 'flip', 'window769' or 'window513x1025',
-    'os8' (EVAL_STRIDE other than STRIDE), 'stages5' (EVAL_STAGE_NUM). It names the TensorBoard tags
+    'os8' (EVAL_STRIDE other than STRIDE), 'stages5' (EVAL_STAGE_NUM), 'bf16' or 'fp16' (EVAL_AMP, on the GPU
+    this process evaluates on: `runtime.process_device`). It names the TensorBoard tags
     (`scalar_prefix`) and eval.py's files, so no protocol's results replace another's."""
     scales = tuple(float(s) for s in settings.EVAL_SCALES)
     parts = []
@@ -243,6 +254,9 @@ def protocol():
         parts.append(f'os{dataset.output_stride()}')
     if settings.EVAL_STAGE_NUM not in (None, settings.STAGE_NUM):
         parts.append(f'stages{settings.EVAL_STAGE_NUM}')
+    dtype = eval_dtype(runtime.process_device())
+    if dtype is not None:
+        parts.append(HALF_NAMES[dtype])
     return '_'.join(parts)
 
 
@@ -257,14 +271,16 @@ def finite_or_none(value):
 
 def summary(confusion, n_images):
     """What eval.py's JSON and training's val.jsonl record of an evaluation: mIoU, pAcc, mAcc, fIoU (fractions,
-    None where undefined), per_class (class name → IoU), split, n_images and the protocol with its settings."""
+    None where undefined), per_class (class name → IoU), split, n_images and the protocol with its settings
+    (precision: 'float32', or EVAL_AMP's 'bfloat16' / 'float16')."""
     result = metrics(confusion)
     names = dataset.current()['classes']
     return {**{key: finite_or_none(result[key]) for key in ('mIoU', 'pAcc', 'mAcc', 'fIoU')},
             'per_class': {name: finite_or_none(iou) for name, iou in zip(names, result['IoU'])},
             'split': settings.VAL_SPLIT, 'n_images': n_images, 'protocol': protocol(),
             'scales': list(settings.EVAL_SCALES), 'flip': settings.EVAL_FLIP, 'window': settings.EVAL_WINDOW,
-            'stride': dataset.output_stride()}
+            'stride': dataset.output_stride(),
+            'precision': str(eval_dtype(runtime.process_device()) or torch.float32).replace('torch.', '')}
 
 
 def write_scalars(writer, result, step):

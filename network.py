@@ -8,6 +8,7 @@ files load unchanged (checkpoint.py reads and writes them). The EM step is `EMAU
 
     python network.py        # prints parameter counts of the current settings' model
 """
+import contextlib
 import math
 
 import torch
@@ -255,17 +256,30 @@ def init_weights(module):
 def train_step(model, net, optimizer, scaler, img, label, dtype, step, rank):
     """One SGD step on this process's share of the global batch, then the bases' moving average; returns the
     mean loss of its images as a tensor on the device (reading it back is left to the caller). model is net,
-    or net wrapped by DDP or torch.compile."""
+    or net wrapped by DDP or torch.compile.
+
+    The share runs as ACCUM_STEPS micro-batches (`img.chunk`), each one's summed image losses divided by the
+    whole share's image count, so that the accumulated gradients, and the update, are those of the whole share;
+    DDP reduces them after the last one only (no_sync: less communication, the same sums). The bases' moving
+    average takes every micro-batch's bases. BatchNorm is the one difference: it normalises each micro-batch
+    with that micro-batch's statistics, and updates its running statistics once per micro-batch."""
     torch.manual_seed(hash((settings.SEED, step, rank)) % 2 ** 63)  # dropout masks follow the step: exact resume
-    with torch.autocast(img.device.type, dtype=dtype, enabled=dtype is not None):
-        loss, bases = model(img, label)
-    loss = loss.mean()
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    micro_batches = list(zip(img.chunk(settings.ACCUM_STEPS), label.chunk(settings.ACCUM_STEPS)))
+    loss, bases = 0, []
+    for i, (micro_img, micro_label) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else getattr(model, 'no_sync', contextlib.nullcontext)():
+            with torch.autocast(img.device.type, dtype=dtype, enabled=dtype is not None):
+                losses, micro_bases = model(micro_img, micro_label)  # b' losses, b' × c × k
+            micro_loss = losses.sum() / len(img)
+            scaler.scale(micro_loss).backward()
+        loss = loss + micro_loss.detach()
+        bases.append(micro_bases)
     scaler.step(optimizer)
     scaler.update()
-    update_bases(net.emau, bases)
-    return loss.detach()
+    update_bases(net.emau, torch.cat(bases))
+    return loss
 
 
 @torch.no_grad()

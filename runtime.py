@@ -1,6 +1,6 @@
 """What every script shares to run: the entry point that turns a bad setting or file into its message, the
-device and torchrun set-up, mixed precision, the memory layout, the network frozen for CPU inference, and the
-network as an ONNX file for onnxruntime.
+device and torchrun set-up, determinism, mixed precision, whether to compile, the memory layout, the network
+frozen for CPU inference, and the network as an ONNX file for onnxruntime.
 
 The all-reduce mean lives in network.py (`network.all_reduce_mean`): the bases' moving average is a mean over
 the whole global batch, and network.py imports nothing of the runtime.
@@ -50,14 +50,22 @@ def choose_device(name, local_rank, world, cuda_available, cuda_count):
     return torch.device('cuda', index)
 
 
+def process_device():
+    """This process's device: `choose_device` on DEVICE, torchrun's LOCAL_RANK and WORLD_SIZE and the machine's
+    CUDA devices."""
+    cuda = torch.cuda.is_available()
+    return choose_device(settings.DEVICE, int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)),
+                         cuda, torch.cuda.device_count() if cuda else 0)
+
+
 def setup_runtime():
     """(rank, world_size, device) from torchrun's environment, or a single process (choose_device says which
-    device). Under torchrun the process group is NCCL on GPUs, gloo on CPU; rank 0 alone logs."""
+    device). Under torchrun the process group is NCCL on GPUs, gloo on CPU; rank 0 alone logs. The
+    DETERMINISTIC settings (`set_determinism`) come first, before any CUDA work."""
+    set_determinism()
     world = int(os.environ.get('WORLD_SIZE', 1))
     rank = int(os.environ.get('RANK', 0))
-    cuda = torch.cuda.is_available()
-    device = choose_device(settings.DEVICE, int(os.environ.get('LOCAL_RANK', 0)), world, cuda,
-                           torch.cuda.device_count() if cuda else 0)
+    device = process_device()
     if device.type == 'cuda':
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
@@ -67,11 +75,46 @@ def setup_runtime():
     return rank, world, device
 
 
+def set_determinism():
+    """DETERMINISTIC: torch's deterministic algorithms (an op that has none stops with torch's error naming it;
+    bilinear interpolation then runs as a decomposition whose backward is deterministic), cuDNN's deterministic
+    convolutions without the algorithm search (`cudnn_benchmark` keeps it off), and the cuBLAS workspace that
+    deterministic matrix products need (read when cuBLAS starts: set before any CUDA work). Without it a GPU
+    run is not bit-reproducible: CUDA's bilinear interpolation backward adds in an order that varies, and the
+    search may choose other algorithms in a resumed process. The CPU's results are reproducible either way."""
+    if settings.DETERMINISTIC:
+        os.environ['CUBLAS_WORKSPACE_CONFIG'] = ':4096:8'
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+
+
+def cudnn_benchmark():
+    """Whether training lets cuDNN search for the fastest algorithms: CUDNN_BENCHMARK, never with DETERMINISTIC."""
+    return settings.CUDNN_BENCHMARK and not settings.DETERMINISTIC
+
+
 def autocast_dtype(device):
-    """bfloat16 where the GPU supports it, else float16 (with a gradient scaler); None: no AMP."""
+    """The training's mixed precision on device: None (float32) on the CPU or with AMP = False; bfloat16 where
+    the GPU computes it in hardware (compute capability 8 and later: A100, H100, RTX 30xx), float16 with a
+    gradient scaler elsewhere (V100, T4, RTX 20xx). Not torch.cuda.is_bf16_supported(): it counts emulated
+    bfloat16, slower there than float32."""
     if device.type != 'cuda' or not settings.AMP:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
+def compiles(device, world):
+    """Whether train.py compiles the network: COMPILE, except under torchrun on GPUs, which it refuses
+    (ValueError): there the network holds SyncBatchNorm, at each of whose layers (109 in EMANet-101) torch.compile
+    breaks its graph (an autograd Function with a collective), for a long compile and little or no speed-up, and
+    torch lists compile + DDP + SyncBatchNorm errors as open. On the CPU torchrun keeps plain BatchNorm."""
+    if settings.COMPILE and device.type == 'cuda' and world > 1:
+        raise ValueError(f'COMPILE=True under torchrun on GPUs ({world} processes): the network holds '
+                         f'SyncBatchNorm, where torch.compile breaks its graph at every layer (a long compile for '
+                         f'little or no speed-up, or an error mid-run). Set COMPILE = False for DDP, or train on '
+                         f'one GPU with COMPILE = True (ACCUM_STEPS keeps the global batch)')
+    return settings.COMPILE
 
 
 def autocast(device, dtype):

@@ -49,6 +49,8 @@ OHEM_MIN_KEPT = 100000          # or each image's this many hardest pixels when 
 
 # training
 BATCH_SIZE = 16                 # global batch, split evenly across processes
+ACCUM_STEPS = 1                 # micro-batches per step: each process runs BATCH_SIZE / processes / ACCUM_STEPS images
+                                # at a time, the same update in less memory, but BatchNorm statistics per micro-batch
 ITER_MAX = 30000                # training steps
 ITER_SAVE = 2000                # step_<N>.pth every ITER_SAVE steps; latest.pth every ITER_SAVE // 10
 LR = 9e-3                       # base learning rate (biases get 2x)
@@ -72,13 +74,15 @@ EVAL_EVERY = 2000               # steps between evaluations while training (and 
                                 # 1449 images take a few GPU minutes, shared by the processes: every ITER_SAVE steps
                                 # costs a few percent of the recipe's run for a 15-point curve, best.pth a step_<N>.pth
 EVAL_IMAGES = None              # evaluate only the first N images of VAL_SPLIT while training; None: all
+EVAL_AMP = False                # True: evaluate in the training's half precision on CUDA (protocol 'bf16' / 'fp16')
 
 # runtime
 DEVICE = None                   # None: 'cuda' when available, else 'cpu'
-AMP = True                      # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
+AMP = True                      # mixed precision on CUDA: bf16 on compute capability >= 8, else fp16 + scaler
 CHANNELS_LAST = True            # channels-last memory format on CUDA
 COMPILE = False                 # torch.compile the network
 CUDNN_BENCHMARK = True          # let cuDNN pick the fastest convolution algorithms
+DETERMINISTIC = False           # True: deterministic GPU algorithms, bit-identical resume on GPUs (cost unmeasured)
 
 
 def get_logger(name='emanet'):

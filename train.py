@@ -8,8 +8,9 @@ SGD with three parameter groups, poly learning rate every LR_DECAY steps, the
 bases' moving average after every step. Checkpoints go to MODEL_DIR: latest.pth
 every ITER_SAVE // 10 steps, step_<N>.pth every ITER_SAVE, final.pth at the end.
 A run resumes from latest.pth when it exists and then ends with exactly the
-weights of an uninterrupted run: the data order, each sample's augmentation and
-the dropout masks derive from (SEED, step, rank), so no RNG state is carried.
+weights of an uninterrupted run (on GPUs with DETERMINISTIC = True: runtime.set_determinism):
+the data order, each sample's augmentation and the dropout masks derive from (SEED, step, rank),
+so no RNG state is carried.
 Every EVAL_EVERY steps and at the end the weights are evaluated on VAL_SPLIT as eval.py evaluates them
 (EVAL_IMAGES first images; sharded over the processes): TensorBoard val/mIoU, val/pAcc, val/mAcc, val/images,
 val_class/<name>, a line in LOG_DIR/val.jsonl, and MODEL_DIR/best.pth, the checkpoint of the best val mIoU;
@@ -17,6 +18,10 @@ training goes on with exactly the weights it would have without. A resumed run d
 that val.jsonl holds. A run that reached ITER_MAX says so and exits; raising ITER_MAX continues it.
 INIT_FROM starts a fresh folder from another run's whole network (staged training:
 COCO, then trainaug, then trainval), with a fresh optimizer and schedule.
+ACCUM_STEPS > 1 runs each process's share of the batch as that many micro-batches (network.train_step): the
+same global batch and update in less GPU memory, BatchNorm statistics per micro-batch. Out of GPU memory, the
+run stops with a message naming the batch, crop, precision and the settings that need less. COMPILE = True is
+refused under torchrun on GPUs (runtime.compiles says why).
 SIGTERM or SIGINT saves latest.pth and exits. One run per MODEL_DIR at a time;
 on several nodes MODEL_DIR must be a shared folder. TensorBoard: `bash tensorboard.sh`.
 """
@@ -163,10 +168,10 @@ def validate(net, optimizer, scaler, device, rank, world, step, writer, best):
         evaluated.load_state_dict(net.state_dict())
         evaluated = runtime.to_device(evaluated, device)
     net.eval()
-    torch.backends.cudnn.benchmark = False  # every image has its own size
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False  # every image has its size
     forward = evaluation.inference_net(evaluated.eval(), device)
     confusion, n_images = evaluation.evaluate(forward, device, rank, world, settings.EVAL_IMAGES)
-    torch.backends.cudnn.benchmark = settings.CUDNN_BENCHMARK
+    torch.backends.cudnn.benchmark = benchmark
     net.train()
     if rank == 0:
         result = dict(step=step, **evaluation.summary(confusion, n_images), seconds=round(time.time() - tic, 1))
@@ -191,12 +196,18 @@ def main():
                          'a helper of your own with an underscore')
     if settings.BATCH_SIZE % world:
         raise SystemExit(f'BATCH_SIZE={settings.BATCH_SIZE} is not divisible by the {world} processes')
+    if not (isinstance(settings.ACCUM_STEPS, int) and settings.ACCUM_STEPS > 0) or \
+            settings.BATCH_SIZE // world % settings.ACCUM_STEPS:
+        raise SystemExit(f'ACCUM_STEPS={settings.ACCUM_STEPS!r} must be a whole number of micro-batches that divides '
+                         f'each process\'s {settings.BATCH_SIZE // world} images (BATCH_SIZE={settings.BATCH_SIZE}, '
+                         f'{world} processes)')
+    compiled = runtime.compiles(device, world)
     if settings.CROP_SIZE < settings.STRIDE:
         raise SystemExit(f'CROP_SIZE={settings.CROP_SIZE} is smaller than the output stride STRIDE={settings.STRIDE}')
     if settings.INIT_FROM and settings.PRETRAINED:
         raise SystemExit(f'INIT_FROM={settings.INIT_FROM!r} starts the whole network, PRETRAINED='
                          f'{settings.PRETRAINED!r} only its backbone: set PRETRAINED = None to use INIT_FROM')
-    torch.backends.cudnn.benchmark = settings.CUDNN_BENCHMARK
+    torch.backends.cudnn.benchmark = runtime.cudnn_benchmark()
     refused = 0  # rank 0 makes this run the one of MODEL_DIR before any long check, or every process stops
     if rank == 0:
         for name in ('MODEL_DIR', 'LOG_DIR'):
@@ -260,7 +271,7 @@ def main():
     model = net
     if world > 1:  # bases and BN statistics are kept in step by update_bases and DDP's buffer broadcast
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
-    if settings.COMPILE:
+    if compiled:
         model = torch.compile(model)
     workers = settings.NUM_WORKERS
     loader = iter(DataLoader(train_set, num_workers=workers, pin_memory=device.type == 'cuda',
@@ -272,9 +283,10 @@ def main():
     if rank == 0:
         with open(os.path.join(settings.LOG_DIR, 'settings.txt'), 'w') as f:
             f.writelines(f'{name} = {value!r}\n' for name, value in checkpoint.plain(settings.effective()).items())
-        logger.info('training EMANet-%d OS%d on %s x%d (%s), steps %d..%d, %d images',
-                    settings.N_LAYERS, settings.STRIDE, device, world, dtype or torch.float32,
-                    start + 1, settings.ITER_MAX, len(train_set))
+        logger.info('training EMANet-%d OS%d on %s x%d (%s), steps %d..%d, %d images; batch %d: %d process(es) x '
+                    '%d micro-batch(es) of %d images', settings.N_LAYERS, settings.STRIDE, device, world,
+                    dtype or torch.float32, start + 1, settings.ITER_MAX, len(train_set), settings.BATCH_SIZE, world,
+                    settings.ACCUM_STEPS, settings.BATCH_SIZE // world // settings.ACCUM_STEPS)
     if evaluation_due(start, validated):  # stopped or killed after the latest.pth of this step, before evaluating it
         best = validate(net, optimizer, scaler, device, rank, world, start, writer, best)
 
@@ -289,7 +301,16 @@ def main():
         img, label = next(loader)
         img, label = runtime.to_device(img, device), label.to(device, non_blocking=True)
         lr = set_lr(optimizer, step)
-        losses.append(network.train_step(model, net, optimizer, scaler, img, label, dtype, step, rank))
+        try:
+            losses.append(network.train_step(model, net, optimizer, scaler, img, label, dtype, step, rank))
+        except torch.OutOfMemoryError:
+            raise SystemExit(
+                f'step {step}: the GPU ran out of memory with BATCH_SIZE={settings.BATCH_SIZE} ({world} process(es) '
+                f'x {settings.ACCUM_STEPS} micro-batch(es) of {len(img) // settings.ACCUM_STEPS} images), '
+                f'CROP_SIZE={settings.CROP_SIZE}, N_LAYERS={settings.N_LAYERS}, {dtype or torch.float32} '
+                f'(AMP={settings.AMP}). Less memory per step: ACCUM_STEPS={2 * settings.ACCUM_STEPS} (the same '
+                f'global batch in smaller micro-batches), AMP = True, a smaller CROP_SIZE or N_LAYERS = 50, or more '
+                f'GPUs (torchrun). Nothing of this step was saved; rerunning resumes from the last latest.pth.') from None
         stopping, = max_over_processes([len(signals)], host_group)  # every process stops at the same step
         save_step = step % settings.ITER_SAVE == 0
         save_latest = step % max(1, settings.ITER_SAVE // 10) == 0 or step == settings.ITER_MAX or stopping

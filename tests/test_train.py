@@ -72,15 +72,6 @@ def test_batches_resume_exactly_and_differ_between_processes():
     assert sorted(i for b in full[:3] for i, _ in b) != sorted(i for b in full[3:6] for i, _ in b)
 
 
-@pytest.mark.parametrize('device, amp, bf16, expected', [
-    ('cpu', True, True, None), ('cuda', False, True, None),
-    ('cuda', True, True, torch.bfloat16), ('cuda', True, False, torch.float16)])
-def test_autocast_dtype(monkeypatch, device, amp, bf16, expected):
-    monkeypatch.setattr(settings, 'AMP', amp)
-    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: bf16)
-    assert runtime.autocast_dtype(torch.device(device)) == expected
-
-
 def test_float16_step_with_gradient_scaler():
     """AMP on a GPU without bfloat16, run on CPU: a step whose scaled float16 gradients overflow
     is skipped and halves the scale, the next one trains; the loss and the bases stay float32."""
