@@ -17,13 +17,11 @@ column says why. A folder without settings.py is no experiment: it is named on s
 """
 import argparse
 import ast
-import contextlib
 import csv
 import glob
 import json
 import os
 import re
-import runpy
 import sys
 
 import checkpoint
@@ -39,17 +37,9 @@ def is_setting(name):
 
 
 def run_settings(folder):
-    """The settings that folder's settings.py assigns, executed in a fresh namespace with the folder as the
-    working directory. Raises whatever the file raises."""
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # whatever it prints stays out of the table
-            namespace = runpy.run_path(os.path.abspath('settings.py'), run_name='experiment_settings')
-    finally:
-        os.chdir(cwd)
-    # as the checkpoints and settings.txt hold them: np.float64(0.5) is 0.5, Path('data') is 'data'
-    return {name: checkpoint.plain(value) for name, value in namespace.items() if is_setting(name)}
+    """settings.folder_settings of folder, each value as the checkpoints and settings.txt hold it:
+    np.float64(0.5) is 0.5, Path('data') is 'data'. Raises whatever the file raises."""
+    return {name: checkpoint.plain(value) for name, value in settings.folder_settings(folder).items()}
 
 
 def assigned_log_dir(folder):
