@@ -391,6 +391,7 @@ def submit(folders, evals, args):
                                          cluster='local' if args.slurm == 'local' else 'slurm')
         executor.update_parameters(name=os.path.basename(os.path.abspath(folder)), timeout_min=args.time,
                                    nodes=args.nodes, tasks_per_node=1, gpus_per_node=args.gpus_per_run,
+                                   cpus_per_task=(settings.NUM_WORKERS + 1) * args.gpus_per_run,  # data workers
                                    slurm_partition=args.slurm, slurm_account=args.account)
         job = executor.submit(FolderJob(os.path.abspath(folder), options))
         write_status(folder, state='submitted', where=f'job {job.job_id}', host=None, pid=None)
