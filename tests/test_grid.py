@@ -212,6 +212,37 @@ def test_ctrl_c_stops_the_run_which_saves_latest(ran):
     assert 'stopped by a signal: latest.pth holds step' in log.read_text()
 
 
+def test_what_a_folder_still_needs(tmp_path):
+    """train.py until final.pth holds ITER_MAX; then each evaluation that grid_status.json has not recorded for
+    that step; and the commands for them."""
+    folder = tmp_path / 'exp'
+    fake_folder(folder, {}, ITER_MAX=4)
+    assert grid.remaining(folder, [SPEC]) == (True, ['', SPEC])
+    torch.save({'net': {}, 'step': 3}, folder / 'models' / 'final.pth')  # ITER_MAX raised after a run: train on
+    assert grid.remaining(folder, [SPEC]) == (True, ['', SPEC])
+    torch.save({'net': {}, 'step': 4}, folder / 'models' / 'final.pth')
+    assert grid.remaining(folder, [SPEC]) == (False, ['', SPEC])
+    grid.write_status(folder, evaluated={'eval.py': 4, SPEC: 3})  # SPEC of an earlier final.pth
+    assert grid.remaining(folder, [SPEC]) == (False, [SPEC])
+    grid.write_status(folder, evaluated={'eval.py': 4, SPEC: 4})
+    assert grid.remaining(folder, [SPEC]) == (False, []) and grid.remaining(folder, []) == (False, [])
+    grid.write_status(folder, evaluated={})
+    assert grid.commands(folder, [SPEC], 2) == [
+        ([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'eval.py'],
+         grid.EVAL_LOG, 'eval.py'),
+        ([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'eval.py',
+          '--set', 'EVAL_STAGE_NUM=1', '--set', 'EVAL_STRIDE=16'], grid.EVAL_LOG, SPEC)]
+
+
+def test_gpu_slots():
+    assert grid.gpu_slots('0,1,2,3', 2) == [('0', '1'), ('2', '3')]
+    assert grid.gpu_slots('4,5,6', 1) == [('4',), ('5',), ('6',)]
+    assert grid.gpu_slots('0,1,2', 2) == [('0', '1')]  # GPU 2 idle, with a warning
+    assert grid.gpu_slots('', 1) == [None]  # no GPU: one run at a time on the CPU
+    with pytest.raises(ValueError, match='--gpus-per-run 4 but only 2 GPUs'):
+        grid.gpu_slots('0,1', 4)
+
+
 # ---------------------------------------------------------------- Slurm through submitit's local executor
 
 @pytest.mark.long
@@ -286,6 +317,7 @@ def fake_folder(path, results, curve=(), **assigned):
     """An experiment folder as compare.py reads it, without training: settings, eval_<label>.json files
     (label → (mIoU, EM iterations)), val.jsonl."""
     os.makedirs(path / 'logdir')
+    os.makedirs(path / 'models')
     shutil.copy(os.path.join(ROOT, 'settings.py'), path)
     with open(path / 'settings.py', 'a') as f:
         f.writelines(f'{name} = {value!r}\n' for name, value in assigned.items())
