@@ -2,7 +2,7 @@
 of this machine in turn or as Slurm jobs, and where each one stands.
 
     python grid.py make abl/t STAGE_NUM=1,2,3,4,5,6        # abl/t_STAGE_NUM1 ... abl/t_STAGE_NUM6
-    python grid.py make abl/k EMA_CHANNELS=256,512 N_BASES=32,64   # every combination: abl/k_EMA_CHANNELS256_N_BASES32 ...
+    python grid.py make abl/k EMA_CHANNELS=256,512 N_BASES=32,64  # each combination: abl/k_EMA_CHANNELS256_N_BASES32...
     python grid.py make abl/n "EM_NORM='l2','none'" "EVAL_SCALES=(1.0,),(0.5,1.0,1.5)"
     python grid.py make abl/seed --each seeds.txt          # a folder per block of settings lines in seeds.txt
     python grid.py run abl/t_*                             # train.py then eval.py in each, a run per GPU at a time
@@ -98,9 +98,12 @@ def read_blocks(path):
             name = node.targets[0].id
             try:
                 settings.check_name(name)
-                values[name] = ast.literal_eval(node.value)
             except ValueError as e:
-                raise ValueError(f'{where}: {e}'.replace('malformed node or string', 'the value is no literal')) from None
+                raise ValueError(f'{where}: {e}') from None
+            try:
+                values[name] = ast.literal_eval(node.value)
+            except ValueError:
+                raise ValueError(f'{where}: the value is no Python literal (strings need quotes)') from None
         if values:
             blocks.append(values)
     if not blocks:
@@ -121,7 +124,8 @@ def combinations(assignments, each):
         twice = sorted(set(block) & set(product))
         if twice:
             raise ValueError(f'{", ".join(twice)}: in {each} and on the command line')
-    return [{**block, **dict(zip(product, values))} for block in blocks for values in itertools.product(*product.values())]
+    return [{**block, **dict(zip(product, values))}
+            for block in blocks for values in itertools.product(*product.values())]
 
 
 def make(prefix, assignments, each, skip_existing):
@@ -362,7 +366,7 @@ class FolderJob:
                                          '--in-job', str(job.job_id), *self.options], env=env)
         code = self.process.wait()
         if code:
-            raise RuntimeError(f'grid.py run {self.folder} failed (exit {code}): see {os.path.join(self.folder, STATUS)}')
+            raise RuntimeError(f'grid.py run {self.folder} failed (exit {code}): {os.path.join(self.folder, STATUS)}')
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -460,7 +464,8 @@ def experiment_folders(folders):
     """The folders, each once, each an experiment (settings.py, train.py, eval.py); an error names one that is not."""
     unique = {}
     for folder in folders:
-        missing = [name for name in ('settings.py', 'train.py', 'eval.py') if not os.path.isfile(os.path.join(folder, name))]
+        missing = [name for name in ('settings.py', 'train.py', 'eval.py')
+                   if not os.path.isfile(os.path.join(folder, name))]
         if missing:
             raise FileNotFoundError(f'{folder} is no experiment folder: it has no {", ".join(missing)}')
         unique.setdefault(os.path.realpath(folder), folder)

@@ -134,6 +134,9 @@ def test_make_refuses_unknown_settings_and_existing_folders_before_writing(tmp_p
     (tmp_path / 'blocks.txt').write_text('N_BASES = 32\n\nN_BASE = 64\n')
     with pytest.raises(ValueError, match="blocks.txt: `N_BASE = 64`: N_BASE is not a setting; did you mean N_BASES"):
         grid.make('t', [], 'blocks.txt', False)
+    (tmp_path / 'blocks.txt').write_text('N_BASES = 32\n\nEM_NORM = none\n')
+    with pytest.raises(ValueError, match='blocks.txt: `EM_NORM = none`: the value is no Python literal'):
+        grid.make('t', [], 'blocks.txt', False)
     assert os.listdir(tmp_path) == ['blocks.txt']
     (tmp_path / 't_N_BASES64').mkdir()
     with pytest.raises(ValueError, match='already there: t_N_BASES64'):
@@ -173,7 +176,7 @@ def test_run_resumes_records_failures_and_skips_what_is_done(ran):
     assert 'CROP_SIZE=4 is smaller than the output stride STRIDE=8' in failed['tail'][-1]
     # the third run starts nothing for A and B: their logs are as the second left them
     assert third.returncode == 1
-    assert f'{A}: finished and evaluated, skipped' in third.stderr and f'{B}: finished and evaluated, skipped' in third.stderr
+    assert all(f'{folder}: finished and evaluated, skipped' in third.stderr for folder in (A, B))
     assert (tmp / B / 'grid_eval.log').read_text().count('==== ') == 2
 
 
