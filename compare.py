@@ -4,6 +4,7 @@ metrics of each of its evaluations.
     python compare.py ../exp_*                            # an aligned table
     python compare.py ../emanet ../exp_k32 --markdown     # a GitHub table to paste into notes
     python compare.py ../exp_* --csv > results.csv        # for a spreadsheet
+    python compare.py abl/t_* --plot fig4.png             # and a figure: curves, mIoU against the settings
 
 One row per folder. A folder's settings are what its settings.py assigns, run on its own with the folder
 as working directory (no other module of the folder is imported); when settings.py does not run, the
@@ -14,16 +15,21 @@ percent: eval.py names them by checkpoint and protocol ('final', 'final_ms_flip'
 evaluation.protocol). 'best val mIoU' and 'best val step' are the best evaluation while training (EVAL_EVERY),
 from LOG_DIR/val.jsonl, else MODEL_DIR/best.pth. Missing results are '-' (empty cells in --csv) and the last
 column says why. A folder without settings.py is no experiment: it is named on stderr and skipped.
+
+--plot FILE.png (matplotlib) draws the folders' validation curves (LOG_DIR/val.jsonl) and, where the folders
+differ in one or two settings, the final checkpoint's mIoU against them, a line per value of the second; results
+of one folder under several evaluation settings (eval.py --set EVAL_STAGE_NUM=1,2,...) count as settings too, so a
+STAGE_NUM grid evaluated at every EVAL_STAGE_NUM gives the paper's Fig. 4 (mIoU against T_eval, a line per
+T_train). Missing results are gaps, never zeros.
 """
 import argparse
 import ast
-import contextlib
 import csv
 import glob
 import json
+import math
 import os
 import re
-import runpy
 import sys
 
 import checkpoint
@@ -39,17 +45,9 @@ def is_setting(name):
 
 
 def run_settings(folder):
-    """The settings that folder's settings.py assigns, executed in a fresh namespace with the folder as the
-    working directory. Raises whatever the file raises."""
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # whatever it prints stays out of the table
-            namespace = runpy.run_path(os.path.abspath('settings.py'), run_name='experiment_settings')
-    finally:
-        os.chdir(cwd)
-    # as the checkpoints and settings.txt hold them: np.float64(0.5) is 0.5, Path('data') is 'data'
-    return {name: checkpoint.plain(value) for name, value in namespace.items() if is_setting(name)}
+    """settings.folder_settings of folder, each value as the checkpoints and settings.txt hold it:
+    np.float64(0.5) is 0.5, Path('data') is 'data'. Raises whatever the file raises."""
+    return {name: checkpoint.plain(value) for name, value in settings.folder_settings(folder).items()}
 
 
 def assigned_log_dir(folder):
@@ -131,7 +129,8 @@ def step_reached(model_dir, iter_max, notes):
 
 
 def read_evals(log_dir, notes):
-    """{column label: (mIoU, pAcc) as fractions or None} from LOG_DIR/eval_*.json, each labelled by its file:
+    """{column label: the result eval.py wrote (a dict: mIoU, pAcc as fractions or None, ...)} from
+    LOG_DIR/eval_*.json, each labelled by its file:
     eval_final.json → 'final', eval_final_ms_flip.json → 'final_ms_flip' (eval.py names files by checkpoint
     and protocol)."""
     evals = {}
@@ -140,8 +139,10 @@ def read_evals(log_dir, notes):
         try:
             with open(path) as f:
                 result = json.load(f)
-            evals[label] = tuple(result.get(key) for key in ('mIoU', 'pAcc'))
-        except (OSError, ValueError, TypeError, AttributeError):
+            if not isinstance(result, dict):
+                raise TypeError
+            evals[label] = result
+        except (OSError, ValueError, TypeError):
             notes.append(f'{os.path.basename(path)} is unreadable')
     if not evals:
         notes.append('no eval yet')
@@ -167,7 +168,7 @@ def best_validation(log_dir, model_dir, notes):
 
 
 def read_experiment(folder):
-    """{'settings', 'step', 'evals', 'notes'} of an experiment folder."""
+    """{'settings', 'step', 'evals', 'best', 'curve' (val.jsonl's (step, mIoU)), 'notes'} of an experiment folder."""
     notes = []
     values = read_folder_settings(folder, notes)
     model_dir, log_dir = (os.path.join(folder, str(values.get(name, DEFAULT_DIRS[name])))
@@ -175,7 +176,9 @@ def read_experiment(folder):
     step = step_reached(model_dir, values.get('ITER_MAX'), notes)
     evals = read_evals(log_dir, notes)
     best = best_validation(log_dir, model_dir, notes)
-    return {'settings': values, 'step': step, 'evals': evals, 'best': best, 'notes': notes}
+    curve = [(e['step'], e['mIoU']) for e in evaluation.read_val_log(os.path.join(log_dir, evaluation.VAL_LOG))
+             if isinstance(e.get('mIoU'), (int, float))]
+    return {'settings': values, 'step': step, 'evals': evals, 'best': best, 'curve': curve, 'notes': notes}
 
 
 MISSING = object()  # a setting that a folder does not have
@@ -232,7 +235,8 @@ def table(folders, experiments):
             row.append(None if value is MISSING else value if isinstance(value, str) else repr(value))
         row.append(None if experiment['step'] is None else str(experiment['step']))
         for label in labels:
-            metrics = experiment['evals'].get(label, (None, None))
+            result = experiment['evals'].get(label, {})
+            metrics = result.get('mIoU'), result.get('pAcc')
             row += [None if m is None else f'{100 * m:.2f}' for m in metrics]
         best = experiment['best']
         row += [None, None] if best is None else [f'{100 * best[0]:.2f}', str(best[1])]
@@ -240,6 +244,93 @@ def table(folders, experiments):
         rows.append(row)
     numeric = [False] * (1 + len(setting_names)) + [True] * (3 + 2 * len(labels)) + [False]
     return header, rows, numeric
+
+
+def evaluated_with(result, values):
+    """{EVAL_* setting: its effective value} that an eval.py result was measured with: scales, flip, window and
+    stride as its JSON records them, the EM iterations (stage_num; a result of before it was recorded: as the
+    folder's settings values give them)."""
+    stage_num = result.get('stage_num', values.get('EVAL_STAGE_NUM') or values.get('STAGE_NUM'))
+    recorded = (result.get('scales'), result.get('flip'), result.get('window'), result.get('stride'), stage_num)
+    return {name: tuple(value) if isinstance(value, list) else value
+            for name, value in zip(evaluation.EVAL_SETTINGS, recorded)}
+
+
+def distinct(values):
+    """values without repeats: sorted where they are all numbers, else in their order."""
+    unique = list({repr(value): value for value in values}.values())
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in unique)
+    return sorted(unique) if numbers else unique
+
+
+def series(points, x_name, line_name):
+    """[(line label, xs, ys)]: points ((coordinates {setting: value}, y or None)) as a line per value of
+    line_name (one line when None), each over every value of x_name; NaN where no point has a result."""
+    xs = distinct(c[x_name] for c, _ in points)
+    lines = distinct(c[line_name] for c, _ in points) if line_name else [None]
+    found = {(repr(c[x_name]), repr(c[line_name]) if line_name else ''): y for c, y in points if y is not None}
+    return [(f'{line_name} = {line!r}' if line_name else '', xs,
+             [100 * found.get((repr(x), repr(line) if line_name else ''), math.nan) for x in xs]) for line in lines]
+
+
+def plot_data(names, experiments):
+    """The panels --plot draws, [{'title', 'xlabel', 'ylabel', 'lines': [(label, xs, ys in percent)]}]:
+    the validation curves (val.jsonl); and where the folders differ in one or two settings, their final
+    checkpoint's mIoU against them: a panel over the folders' settings and the evaluation settings their results
+    differ in when those are two at most (the paper's Fig. 4: EVAL_STAGE_NUM on x, a line per STAGE_NUM), else a
+    panel per protocol over the folders' settings; then the best validation mIoU against them. The first
+    setting is the x axis, a line per value of the second; a missing result is NaN (a gap), never zero."""
+    panels = []
+    curves = [(name, [s for s, _ in e['curve']], [100 * m for _, m in e['curve']])
+              for name, e in zip(names, experiments) if e['curve']]
+    if curves:
+        panels.append({'title': 'validation while training', 'xlabel': 'step', 'ylabel': 'val mIoU (%)',
+                       'lines': curves})
+    varying = differing(experiments)
+    if not 1 <= len(varying) <= 2:
+        return panels
+    folder_points = [{name: e['settings'].get(name) for name in varying} for e in experiments]
+    results = [(coordinates, label, result, e['settings']) for coordinates, e in zip(folder_points, experiments)
+               for label, result in e['evals'].items() if eval_order(label)[0][0] == 0]  # final.pth's results
+    points = [({**coordinates, **evaluated_with(result, values)}, result.get('mIoU'))
+              for coordinates, _, result, values in results]
+    eval_varying = [name for name in evaluation.EVAL_SETTINGS if len(distinct(c[name] for c, _ in points)) > 1]
+    axes = eval_varying + varying
+    if len(axes) <= 2 and points:
+        panels.append({'title': 'final', 'xlabel': axes[0], 'ylabel': 'mIoU (%)',
+                       'lines': series(points, axes[0], axes[1] if len(axes) > 1 else None)})
+    elif points:
+        for label in sorted({label for _, label, _, _ in results}, key=eval_order):
+            shown = [(c, r.get('mIoU')) for c, l, r, _ in results if l == label]
+            shown += [(c, None) for c in folder_points]  # every folder, with a result or without
+            panels.append({'title': label, 'xlabel': varying[0], 'ylabel': 'mIoU (%)',
+                           'lines': series(shown, varying[0], varying[1] if len(varying) > 1 else None)})
+    best = [(c, e['best'][0] if e['best'] else None) for c, e in zip(folder_points, experiments)]
+    if any(y is not None for _, y in best):
+        panels.append({'title': 'best while training', 'xlabel': varying[0], 'ylabel': 'best val mIoU (%)',
+                       'lines': series(best, varying[0], varying[1] if len(varying) > 1 else None)})
+    return panels
+
+
+def plot(panels, path):
+    """Draws panels side by side into path (matplotlib, no display needed); non-numeric x values are categories."""
+    import matplotlib  # here: only --plot needs it
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for label, xs, ys in panel['lines']:
+            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+            ax.plot(xs if numeric else range(len(xs)), ys, marker='o', label=label or None)
+            if not numeric:
+                ax.set_xticks(range(len(xs)), [x if isinstance(x, str) else repr(x) for x in xs])
+        ax.set(title=panel['title'], xlabel=panel['xlabel'], ylabel=panel['ylabel'])
+        ax.grid(alpha=0.3)
+        if any(label for label, _, _ in panel['lines']):
+            ax.legend(fontsize='small')
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def print_plain(header, rows, numeric):
@@ -278,6 +369,9 @@ def main():
     style = parser.add_mutually_exclusive_group()
     style.add_argument('--markdown', action='store_true', help='a GitHub table')
     style.add_argument('--csv', action='store_true', help='comma-separated values')
+    parser.add_argument('--plot', metavar='FILE.png',
+                        help='also draw the validation curves and, where the folders differ in one or two settings, '
+                             'the final mIoU against them (a line per value of the second) into FILE.png')
     args = parser.parse_args()
     folders = []
     for folder in args.folders:
@@ -290,6 +384,13 @@ def main():
     experiments = [read_experiment(folder) for folder in folders]
     printer = print_markdown if args.markdown else print_csv if args.csv else print_plain
     printer(*table(folder_names(folders), experiments))
+    if args.plot:
+        panels = plot_data(folder_names(folders), experiments)
+        if not panels:
+            raise SystemExit('--plot: nothing to draw: no folder has a val.jsonl, and they do not differ in one or '
+                             'two settings with results')
+        plot(panels, args.plot)
+        logger.info('wrote %s', args.plot)
 
 
 if __name__ == '__main__':

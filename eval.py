@@ -22,6 +22,11 @@
                                                 # Cityscapes and ADE20K one PNG per image (zip them)
     python eval.py --all                        # every MODEL_DIR/step_<N>.pth not yet evaluated with this
                                                 # protocol, in step order: the validation curve after a run
+    python eval.py --set EVAL_STAGE_NUM=1,2,3,4,5,6,7,8
+                                                # under each value of an evaluation setting in turn, without
+                                                # editing settings.py: eval_final_stages1.json, ...
+    python eval.py --set "EVAL_SCALES=(1.0,),(0.5,0.75,1.0,1.25,1.5,1.75)" --set EVAL_FLIP=False,True
+                                                # several --set: every combination (4 protocols here)
 
 Single scale by default, the authors' protocol; EVAL_SCALES, EVAL_FLIP and EVAL_WINDOW give multi-scale + flip
 and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and per-class IoU; writes
@@ -38,6 +43,7 @@ mask has the size of the upright image. Masks are named by the input's stem, or 
 inputs apart; a mask that would replace an input image is an error before anything is written.
 """
 import argparse
+import itertools
 import json
 import math
 import os
@@ -272,7 +278,25 @@ def parse_args():
                              f'({", ".join(SERVERS)}); on a labelled split the metrics are printed as well')
     parser.add_argument('--comp', type=int, choices=(5, 6), default=6,
                         help='VOC competition of --submit: 6 (outside data such as COCO; default) or 5 (VOC only)')
+    parser.add_argument('--set', action='append', default=[], metavar='NAME=V1,V2',
+                        help=f'evaluate under each of these values of an evaluation setting '
+                             f'({", ".join(evaluation.EVAL_SETTINGS)}) in turn, as if settings.py assigned it; '
+                             f'values are Python literals ("EVAL_SCALES=(1.0,),(0.5,1.0,1.5)", EVAL_WINDOW=None,769); '
+                             f'repeatable: every combination of the values; each result is named by its protocol')
     args = parser.parse_args()
+    assigned = {}
+    for text in args.set:
+        try:
+            name, values = settings.parse_values(text)
+        except ValueError as e:
+            parser.error(f'--set {e}')
+        if name not in evaluation.EVAL_SETTINGS:
+            parser.error(f'--set {name}: {name} shapes training, not only evaluation: append it to settings.py and '
+                         f'train; --set takes {", ".join(evaluation.EVAL_SETTINGS)}')
+        if name in assigned:
+            parser.error(f'--set {name} is given twice: list all its values in one --set {name}=V1,V2')
+        assigned[name] = values
+    args.set = [dict(zip(assigned, combination)) for combination in itertools.product(*assigned.values())]
     if args.onnx and args.checkpoint:
         parser.error('give a checkpoint or --onnx FILE, not both')
     if args.onnx and args.attention:
@@ -286,6 +310,17 @@ def parse_args():
 def main():
     args = parse_args()
     settings.warn_unread_settings()
+    for values in args.set:  # each combination of --set values ({} without --set)
+        if values:
+            logger.info('evaluating with %s', ', '.join(f'{name} = {value!r}' for name, value in values.items()))
+        settings.assign(values)
+        evaluate_checkpoints(args)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def evaluate_checkpoints(args):
+    """What args ask of the checkpoints under the current settings: metrics, masks, server files."""
     if args.submit and settings.DATASET not in SERVERS:
         raise ValueError(f'--submit: DATASET={settings.DATASET!r} has no benchmark server; those that have one: '
                          f'{", ".join(SERVERS)}')
@@ -326,8 +361,6 @@ def main():
                 logger.info('wrote %d files into %s: zip them for the server', n_images, args.submit)
     if writer is not None:
         writer.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == '__main__':

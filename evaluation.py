@@ -28,6 +28,8 @@ import settings
 
 PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale test (with EVAL_FLIP)
 HALF_NAMES = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}  # EVAL_AMP's part of the protocol name
+# the settings that change only how a trained network is evaluated (eval.py --set, grid.py run --eval)
+EVAL_SETTINGS = ('EVAL_SCALES', 'EVAL_FLIP', 'EVAL_STRIDE', 'EVAL_WINDOW', 'EVAL_STAGE_NUM', 'EVAL_AMP')
 VAL_LOG = 'val.jsonl'  # in LOG_DIR: a line per evaluation while training (a summary with step and seconds)
 
 
@@ -272,14 +274,14 @@ def finite_or_none(value):
 def summary(confusion, n_images):
     """What eval.py's JSON and training's val.jsonl record of an evaluation: mIoU, pAcc, mAcc, fIoU (fractions,
     None where undefined), per_class (class name → IoU), split, n_images and the protocol with its settings
-    (precision: 'float32', or EVAL_AMP's 'bfloat16' / 'float16')."""
+    (stage_num: the EM iterations; precision: 'float32', or EVAL_AMP's 'bfloat16' / 'float16')."""
     result = metrics(confusion)
     names = dataset.current()['classes']
     return {**{key: finite_or_none(result[key]) for key in ('mIoU', 'pAcc', 'mAcc', 'fIoU')},
             'per_class': {name: finite_or_none(iou) for name, iou in zip(names, result['IoU'])},
             'split': settings.VAL_SPLIT, 'n_images': n_images, 'protocol': protocol(),
             'scales': list(settings.EVAL_SCALES), 'flip': settings.EVAL_FLIP, 'window': settings.EVAL_WINDOW,
-            'stride': dataset.output_stride(),
+            'stride': dataset.output_stride(), 'stage_num': settings.EVAL_STAGE_NUM or settings.STAGE_NUM,
             'precision': str(eval_dtype(runtime.process_device()) or torch.float32).replace('torch.', '')}
 
 

@@ -7,10 +7,13 @@ an object or run a function, so a value changed before that takes effect.
 Paths are relative to the folder the scripts run in.
 """
 import ast
+import contextlib
 import difflib
 import glob
 import logging
 import os
+import runpy
+import sys
 import time
 
 # data
@@ -110,6 +113,46 @@ def assign(values):
     """Sets each setting of values ({name: value}, as effective() gives them): a worker process takes its
     parent's settings with it."""
     globals().update(values)
+
+
+def check_name(name):
+    """Raises ValueError unless name is a setting of this folder, naming the closest one."""
+    names = effective()
+    if name not in names:
+        closest = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
+        raise ValueError(f'{name} is not a setting' + (f'; did you mean {closest[0]}?' if closest else
+                                                       ' (settings.py lists them)'))
+
+
+def parse_values(text):
+    """(NAME, (value, ...)) of 'NAME=V1,V2,...', as grid.py and eval.py --set take settings on the command line:
+    the right side is read as the Python literals of a tuple, so tuples and strings hold commas of their own:
+    'N_BASES=32,64' → (32, 64); "EM_NORM='l2','none'" → ('l2', 'none'); 'EVAL_SCALES=(0.5,1.0),(1.0,)' → two
+    tuples. Raises ValueError for a name that is no setting or values that are no literals."""
+    name, sep, values = text.partition('=')
+    name = name.strip()
+    if not sep or not name or not values.strip():
+        raise ValueError(f'{text!r}: expected NAME=VALUE or NAME=VALUE1,VALUE2,...')
+    check_name(name)
+    try:
+        return name, ast.literal_eval(f'({values},)')
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f"{text!r}: the values must be Python literals separated by commas (32,64; None,16; "
+                         f"(0.5,1.0),(1.0,)); strings need quotes, and the whole argument the shell's quotes "
+                         f"around them: \"EM_NORM='l2','none'\"") from None
+
+
+def folder_settings(folder):
+    """{name: value} of every setting that folder's settings.py assigns, executed in a fresh namespace with the
+    folder as the working directory (no other module of the folder is imported). Raises whatever the file raises."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # whatever it prints stays out of the caller's output
+            namespace = runpy.run_path(os.path.abspath('settings.py'), run_name='experiment_settings')
+    finally:
+        os.chdir(cwd)
+    return {name: value for name, value in namespace.items() if name.isupper() and not name.startswith('_')}
 
 
 def format_eta(seconds):

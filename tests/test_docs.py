@@ -1,8 +1,9 @@
 """README.md and DATASETS.md as a user reads them: every command in them names a script of this repository
-and only options (and prepare.py sub-commands) that script accepts; every relative link points at a file, and
-at a heading, that exists; the README's test command is the one .ci/run runs.
+and only options (and the sub-commands of prepare.py and grid.py) that script accepts; every relative link
+points at a file, and at a heading, that exists; the README's test command is the one .ci/run runs.
 
-A script's accepted options are what `python SCRIPT --help` (`python prepare.py SUBCOMMAND --help`) lists.
+A script's accepted options are what `python SCRIPT --help` (`python prepare.py SUBCOMMAND --help`, the same for
+grid.py) lists.
 All of them run in one subprocess, once per test session: each script runs as `__main__` with that argv,
 as `python` would run it, so torch is imported once. A script with no argument parser accepts
 no arguments at all and is not run.
@@ -21,6 +22,7 @@ from conftest import HANG_GUARD, ROOT
 DOCS = ('README.md', 'DATASETS.md')
 LAUNCHERS = ('python', 'torchrun', 'bash')
 SEPARATORS = {'&&', '||', ';', '|', '&', '(', ')'}
+SUBCOMMANDS = ('prepare.py', 'grid.py')  # scripts whose first positional argument is a sub-command
 REDIRECTS = {'>', '>>', '<', '<<', '<<-', '>&', '&>'}
 
 HELP_RUNNER = r'''
@@ -130,14 +132,14 @@ def has_parser(script):
 
 
 def help_keys():
-    """`SCRIPT` or `prepare.py SUBCOMMAND`: each --help the documented calls need."""
+    """`SCRIPT` or `SCRIPT SUBCOMMAND` (SUBCOMMANDS): each --help the documented calls need."""
     keys = set()
     for _, script, args, _ in CALLS:
         name = os.path.basename(script or '')
         if name.endswith('.py') and os.path.exists(os.path.join(ROOT, name)) and has_parser(name):
             keys.add(name)
             positional = [arg for arg in args if not arg.startswith('-')]
-            if name == 'prepare.py' and positional:
+            if name in SUBCOMMANDS and positional:
                 keys.add(f'{name} {positional[0]}')
     return sorted(keys)
 
@@ -173,10 +175,10 @@ def test_documented_command_names_a_script_and_options_it_accepts(where, script,
         return
     options, subcommands = usage(helps, name)
     used = [arg.split('=')[0] for arg in args if arg.startswith('--')]
-    if name == 'prepare.py':
+    if name in SUBCOMMANDS:
         positional = [arg for arg in args if not arg.startswith('-')]
         assert positional and positional[0] in subcommands, \
-            f'{where}: `{line}`: prepare.py has the sub-commands {sorted(subcommands)}'
+            f'{where}: `{line}`: {name} has the sub-commands {sorted(subcommands)}'
         options, _ = usage(helps, f'{name} {positional[0]}')
     unknown = [option for option in used if option not in options]
     assert not unknown, f'{where}: `{line}`: {name} has no option {unknown}; it has {sorted(options)}'
@@ -184,7 +186,7 @@ def test_documented_command_names_a_script_and_options_it_accepts(where, script,
 
 def test_the_docs_show_commands_of_every_entry_script():
     shown = {os.path.basename(script) for _, script, _, _ in CALLS if script}
-    assert {'prepare.py', 'train.py', 'eval.py', 'compare.py', 'benchmark.py', 'demo.sh'} <= shown, shown
+    assert {'prepare.py', 'train.py', 'eval.py', 'compare.py', 'benchmark.py', 'grid.py', 'demo.sh'} <= shown, shown
 
 
 def slug(heading):
