@@ -91,6 +91,7 @@ def save_attention(net, img, image, path):
     os.makedirs(os.path.dirname(path), exist_ok=True)  # ids may hold sub-folders (Cityscapes' city)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
+OTHER_CHECKPOINTS = 'other_checkpoints'  # in LOG_DIR: the results of checkpoints from outside MODEL_DIR
 # the datasets whose benchmark servers take results, and their formats (submission_file, save_submission)
 SERVERS = ('voc', 'cityscapes', 'ade20k')
 
@@ -221,12 +222,25 @@ def segment_images(forward, net, device, rank, world, args, images):
         logger.info('%s -> %s', file, out)
 
 
+def own_checkpoint(path):
+    """Whether path is a file of this folder's MODEL_DIR, whose results are this experiment's."""
+    return os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(settings.MODEL_DIR)
+
+
 def result_path(path):
-    """LOG_DIR/eval_<checkpoint stem>.json, or eval_<checkpoint stem>_<protocol>.json for another protocol than
-    the authors' (evaluation.protocol), and _onnx after it for an ONNX file: each keeps its own file."""
-    stem, extension = os.path.splitext(os.path.basename(path))
-    name = '_'.join(filter(None, (stem, evaluation.protocol(), 'onnx' if extension == '.onnx' else '')))
-    return os.path.join(settings.LOG_DIR, f'eval_{name}.json')
+    """LOG_DIR/eval_<checkpoint stem>.json for a file of MODEL_DIR, eval_<checkpoint stem>_<protocol>.json for
+    another protocol than the authors' (evaluation.protocol), and _onnx after it for an ONNX file: each keeps its
+    own file. A file from elsewhere (another folder's run, a released checkpoint) is no result of this folder's:
+    LOG_DIR/OTHER_CHECKPOINTS/eval_<its path from here, without extension, '/' as '_' and '..' as 'up'>... (e.g.
+    eval_up_exp_a_models_final.json for ../exp_a/models/final.pth), which compare.py and --all do not read."""
+    stem, extension = os.path.splitext(path)
+    if own_checkpoint(path):
+        folder, tag = settings.LOG_DIR, os.path.basename(stem)
+    else:
+        folder = os.path.join(settings.LOG_DIR, OTHER_CHECKPOINTS)
+        tag = '_'.join('up' if part == '..' else part for part in os.path.relpath(stem).split(os.sep))
+    name = '_'.join(filter(None, (tag, evaluation.protocol(), 'onnx' if extension == '.onnx' else '')))
+    return os.path.join(folder, f'eval_{name}.json')
 
 
 def report(confusion, path, step, n_images, writer=None):
@@ -245,8 +259,8 @@ def report(confusion, path, step, n_images, writer=None):
     for name, iou in result['per_class'].items():
         print(f'  {name:<{width}}  {100 * (math.nan if iou is None else iou):6.2f}')
     result.update(checkpoint=path, step=step, confusion=np.asarray(confusion).tolist())
-    os.makedirs(settings.LOG_DIR, exist_ok=True)
     out = result_path(path)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
         json.dump(checkpoint.plain(result), f, indent=1)  # settings such as EVAL_FLIP = np.bool_(True) too
     logger.info('wrote %s', out)
@@ -288,12 +302,18 @@ def parse_args():
     if args.all and (args.checkpoint or args.onnx or args.image or args.save_pred or args.attention or args.submit):
         parser.error('--all evaluates the step_<N>.pth files (metrics, JSON, TensorBoard): no CHECKPOINT, '
                      '--onnx, --image, --save-pred, --attention or --submit with it')
+    if args.image and args.submit:
+        parser.error('--submit writes the server\'s files of VAL_SPLIT: not with --image (your images\' masks go to '
+                     '--save-pred DIR)')
     return args
 
 
 def main():
     args = parse_args()
     settings.warn_unread_settings()
+    if args.submit and os.path.isdir(args.submit) and os.listdir(args.submit):  # before any process writes
+        raise ValueError(f'--submit {args.submit} is not empty: a submission holds the files of one evaluation, '
+                         f'no others; give a new folder, or empty this one')
     if args.submit and settings.DATASET not in SERVERS:
         raise ValueError(f'--submit: DATASET={settings.DATASET!r} has no benchmark server; those that have one: '
                          f'{", ".join(SERVERS)}')
@@ -313,7 +333,7 @@ def main():
     for path in paths:
         if args.onnx:
             forward, meta = evaluation.onnx_net(path)
-            step = meta['step']
+            step = meta.get('step')
         else:
             step = checkpoint.load_checkpoint(net, path).get('step')
             net = runtime.to_device(net.eval(), device)
@@ -325,9 +345,13 @@ def main():
         if args.submit and dist.is_initialized():
             dist.barrier()  # every process's files are written
         if rank == 0:
-            if writer is None and not args.onnx:  # an ONNX file's scalars would overlay its checkpoint's curve
+            curve = own_checkpoint(path) and not args.onnx  # an ONNX file's scalars would overlay its checkpoint's
+            if curve and writer is None:
                 writer = SummaryWriter(settings.LOG_DIR)
-            report(confusion, path, step, n_images, writer)
+            elif not own_checkpoint(path):
+                logger.info('%s is not in MODEL_DIR=%r: its results are kept apart from this folder\'s own, out '
+                            'of its TensorBoard curve', path, settings.MODEL_DIR)
+            report(confusion, path, step, n_images, writer if curve else None)
             if args.submit and settings.DATASET == 'voc':
                 logger.info('wrote %s: upload it to the VOC server', write_archive(args.submit, args.comp))
             elif args.submit:
