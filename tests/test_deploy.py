@@ -1,6 +1,7 @@
 """Deployment: export.py to ONNX, eval.py --onnx through onnxruntime, and your own images as a viewer shows them."""
 import json
 import os
+import re
 
 import numpy as np
 import onnx
@@ -66,6 +67,7 @@ def test_export_metadata(trained):
     assert meta['classes'] == list(dataset.VOC_CLASSES) and meta['n_classes'] == 21 and meta['dataset'] == 'voc'
     assert meta['mean'] == [0.485, 0.456, 0.406] and meta['std'] == [0.229, 0.224, 0.225]
     assert meta['stride'] == 8 and 'k*8+1' in meta['padding'] and meta['step'] == 2 and meta['eval_stage_num'] == 3
+    assert meta['n_layers'] == 50 and meta['n_bases'] == 64 and meta['ema_channels'] == 512 and meta['em_norm'] == 'l2'
     assert [i.name for i in model.graph.input] == ['img']
     assert [o.name for o in model.graph.output] == ['logits']
     assert [d.dim_param != '' for d in model.graph.input[0].type.tensor_type.shape.dim] == [True, False, True, True]
@@ -118,20 +120,56 @@ def test_frozen_graph_follows_batch_and_size_and_leaves_the_net_alone(trained, t
         assert torch.equal(tensor, weights[name]), name
 
 
-def test_onnx_file_for_other_settings_is_an_error(trained, tiny_settings, monkeypatch):
-    path = str(trained / 'models' / 'final.onnx')
-    monkeypatch.setattr(settings, 'EVAL_STRIDE', 16)
-    with pytest.raises(ValueError, match='stride 8 .* give 16 .*EVAL_STRIDE'):
-        evaluation.onnx_net(path)
-    monkeypatch.setattr(settings, 'EVAL_STRIDE', None)
-    monkeypatch.setattr(settings, 'N_CLASSES', 5)
-    with pytest.raises(ValueError, match='n_classes 21 .* give 5 .*N_CLASSES'):
-        evaluation.onnx_net(path)
-    with pytest.raises(ValueError, match='no export.py metadata'):
-        plain = onnx.load(path)
-        del plain.metadata_props[:]
-        onnx.save(plain, str(trained / 'plain.onnx'))
+# each setting that shapes the exported graph, changed alone in the folder: (setting, value, metadata key, the
+# file's value, the folder's value)
+OTHER_GRAPHS = [('N_CLASSES', 5, 'n_classes', 21, 5), ('N_LAYERS', 101, 'n_layers', 50, 101),
+                ('EVAL_STRIDE', 16, 'stride', 8, 16), ('STRIDE', 16, 'stride', 8, 16),
+                ('EVAL_STAGE_NUM', 1, 'eval_stage_num', 3, 1), ('STAGE_NUM', 2, 'eval_stage_num', 3, 2),
+                ('N_BASES', 32, 'n_bases', 64, 32), ('EMA_CHANNELS', 256, 'ema_channels', 512, 256),
+                ('EM_NORM', 'none', 'em_norm', 'l2', 'none'), ('MEAN', (0.5, 0.5, 0.5), 'mean', [0.485], [0.5]),
+                ('STD', [0.25] * 3, 'std', [0.229], [0.25]),
+                ('DATASET', None, 'classes', ['background'], ['sky'])]
+
+
+@pytest.mark.parametrize('setting, value, key, in_file, in_folder', OTHER_GRAPHS, ids=[g[0] for g in OTHER_GRAPHS])
+def test_onnx_file_for_other_settings_is_an_error_naming_the_setting(trained, tiny_settings, monkeypatch, setting,
+                                                                     value, key, in_file, in_folder):
+    if setting == 'DATASET':  # a dataset of as many classes with other names
+        monkeypatch.setitem(dataset.DATASETS, 'voc', dict(dataset.DATASETS['voc'], classes=('sky',) * 21))
+    else:
+        monkeypatch.setattr(settings, setting, value)
+    shown = lambda v: re.escape(str(v)[:-1] if isinstance(v, list) else str(v))  # noqa: E731 (lists: their start)
+    with pytest.raises(ValueError, match=f'final.onnx was exported with {key} {shown(in_file)}.* but this folder\'s '
+                                         f'settings give {shown(in_folder)}.*{setting}'):
+        evaluation.onnx_net(str(trained / 'models' / 'final.onnx'))
+
+
+def test_onnx_file_without_metadata_is_an_error(trained, tiny_settings):
+    model = onnx.load(str(trained / 'models' / 'final.onnx'))
+    kept = [prop for prop in model.metadata_props if prop.key != 'n_bases']  # an export.py before n_bases
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(trained / 'older.onnx'))
+    with pytest.raises(ValueError, match='older.onnx has no export.py metadata for n_bases'):
+        evaluation.onnx_net(str(trained / 'older.onnx'))
+    del model.metadata_props[:]
+    onnx.save(model, str(trained / 'plain.onnx'))
+    with pytest.raises(ValueError, match='plain.onnx has no export.py metadata for n_classes'):
         evaluation.onnx_net(str(trained / 'plain.onnx'))
+
+
+def test_eval_onnx_refuses_a_file_of_other_em_iterations(trained):
+    """The issue's case through eval.py: a file exported at 3 EM iterations, evaluated in a folder set to 1."""
+    original = (trained / 'settings.py').read_text()
+    try:
+        (trained / 'settings.py').write_text(original + 'EVAL_STAGE_NUM = 1\n')
+        done = run_script(trained, 'eval.py', '--onnx', 'models/final.onnx', env=ONE_THREAD)
+    finally:
+        (trained / 'settings.py').write_text(original)
+    assert done.returncode != 0 and 'Traceback' not in done.stderr
+    assert "models/final.onnx was exported with eval_stage_num 3 but this folder's settings give 1 " \
+           "(EVAL_STAGE_NUM (None: STAGE_NUM))" in done.stderr
+    assert not list((trained / 'logdir').glob('eval_*stages1*'))
 
 
 # ---------------------------------------------------------------- your own images
