@@ -210,10 +210,27 @@ def own_images(folder):
     gray16 = np.tile(np.arange(64, dtype=np.uint16) * 1000, (48, 1))  # 0 .. 63000 of 65535
     Image.fromarray(gray16).save(folder / 'gray16.png')
     Image.new('CMYK', (64, 48), (0, 255, 255, 64)).save(folder / 'cmyk.jpg', quality=100)
+    # every mode by its values, transparency kept through every conversion
+    Image.fromarray(gray16).save(folder / 'gray16_transparent.png', transparency=5000)  # column 5 see-through
+    Image.fromarray(photo).save(folder / 'rgb_transparent.png', transparency=tuple(int(c) for c in RED))
+    Image.fromarray(gray).save(folder / 'gray_transparent.png', transparency=50)  # row 10 see-through
+    steps = np.tile(np.arange(64), (48, 1))
+    Image.fromarray((steps * 4).astype(np.int32)).save(folder / 'int32_8bit.tif')  # 32-bit integers, 0..252
+    Image.fromarray(gray16.astype(np.int32)).save(folder / 'int32_16bit.tif')  # 32-bit integers, 0..63000
+    Image.fromarray((steps * 3.9).astype(np.float32)).save(folder / 'float_255.tif')  # floats 0..245.7
+    Image.fromarray((steps / 63).astype(np.float32)).save(folder / 'float_1.tif')  # floats 0..1
     blend = alpha[..., None] / 255
     rgb_of = lambda grey: np.repeat(grey[..., None], 3, axis=2)  # noqa: E731
     colours = np.array([RED, BLUE, (0, 200, 0)])[(np.arange(48 * 64) % 3).reshape(48, 64)]
-    return {'phone.jpg': photo,
+    see_through = lambda shown, where: np.where(where[..., None], MEAN_COLOUR, shown)  # noqa: E731
+    return {'gray16_transparent.png': see_through(rgb_of(np.round(gray16 / 257)), gray16 == 5000),
+            'rgb_transparent.png': see_through(photo, (photo == RED).all(axis=2)),
+            'gray_transparent.png': see_through(rgb_of(gray), gray == 50),
+            'int32_8bit.tif': rgb_of(steps * 4),
+            'int32_16bit.tif': rgb_of(np.round(gray16 / 257)),
+            'float_255.tif': rgb_of(np.round((steps * 3.9).astype(np.float32))),
+            'float_1.tif': rgb_of(np.round((steps / 63).astype(np.float32).astype(np.float64) * 255)),
+            'phone.jpg': photo,
             'rgba.png': blend * photo + (1 - blend) * MEAN_COLOUR,
             'la.png': blend * rgb_of(gray) + (1 - blend) * MEAN_COLOUR,
             'palette.png': colours,
@@ -229,6 +246,17 @@ def test_read_photo_gives_what_a_viewer_shows(tmp_path, monkeypatch):
         assert read.shape == (48, 64, 3), name  # the EXIF-rotated JPEG is stored 64 × 48
         tolerance = 4 if name.endswith('.jpg') else 0.5  # JPEG's rounding; PNGs exact
         assert np.abs(read - shown).max() <= tolerance, name
+
+
+@pytest.mark.parametrize('values, why', [(np.arange(48 * 64, dtype=np.float32).reshape(48, 64) / 3, '0..1023.67'),
+                                         (np.full((48, 64), np.nan, np.float32), 'nan..nan'),
+                                         (np.arange(48 * 64, dtype=np.int32).reshape(48, 64) * 30, '0..92130'),
+                                         (np.arange(48 * 64, dtype=np.int32).reshape(48, 64) - 1, '-1..3070')])
+def test_read_photo_refuses_values_of_no_known_range(tmp_path, values, why):
+    """Floats beyond 0..255, NaN, integers beyond 16 bits or below 0: how such a file looks is unknown."""
+    Image.fromarray(values).save(tmp_path / 'odd.tif')
+    with pytest.raises(ValueError, match=f'image {tmp_path / "odd.tif"} has [IF] values {why}: neither'):
+        dataset.read_photo(tmp_path / 'odd.tif')
 
 
 def test_segment_folder_of_own_images(trained, tmp_path):
