@@ -17,9 +17,11 @@
     echo 'EVAL_WINDOW = 769' >> settings.py && python eval.py
                                                 # sliding 769 × 769 windows (Cityscapes' 1024 × 2048 images)
     echo "VAL_SPLIT = 'test'" >> settings.py && python eval.py --submit submit [--comp 5]
-                                                # the benchmark server's files of VAL_SPLIT in submit/:
-                                                # VOC submit/results.tgz (comp6, or comp5: VOC data only),
-                                                # Cityscapes and ADE20K one PNG per image (zip them)
+                                                # the benchmark server's files of VAL_SPLIT in submit/ (new or
+                                                # empty: a folder holding files is refused, so nothing stale is
+                                                # uploaded): VOC submit/results.tgz (comp6, or comp5: VOC data
+                                                # only), Cityscapes and ADE20K one PNG per image (zip them)
+    python eval.py ../exp_a/models/final.pth    # another folder's checkpoint: its results are kept apart
     python eval.py --all                        # every MODEL_DIR/step_<N>.pth not yet evaluated with this
                                                 # protocol, in step order: the validation curve after a run
 
@@ -28,11 +30,16 @@ and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and 
 LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint stem>_<protocol>.json for
 another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _onnx is added for an
 ONNX file), and the metrics as TensorBoard scalars at the checkpoint's step in LOG_DIR: val/mIoU, val/pAcc,
-val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the curve that training's EVAL_EVERY draws, and
-eval.py --all fills). A missing checkpoint or one for other settings is an error: random weights are never scored.
+val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the whole split's curve, which eval.py --all fills;
+training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only EVAL_IMAGES = N). That is for the
+checkpoints of this folder's MODEL_DIR: one from elsewhere is no result of this experiment, and its JSON goes to
+LOG_DIR/other_checkpoints/ named by its path (eval_up_exp_a_models_final.json), out of the TensorBoard curve and
+of compare.py. --onnx refuses a file exported with other settings than this folder's (each setting that shapes
+the graph, named). A missing checkpoint or one for other settings is an error: random weights are never scored.
 
 Your own images are segmented as a viewer shows them (dataset.read_photo): camera orientation (EXIF) applied,
-transparency composited on the MEAN colour, 16-bit grayscale scaled to 8 bits, CMYK and palettes converted; each
+transparency composited on the MEAN colour, every Pillow mode read by its values (16-bit, 32-bit integer and
+float grayscale; values of no known range are an error naming the file), CMYK and palettes converted; each
 mask has the size of the upright image. Masks are named by the input's stem, or by as much of its path as tells
 inputs apart; a mask that would replace an input image is an error before anything is written.
 """
