@@ -65,6 +65,7 @@ def test_protocol_names_tags_and_files(monkeypatch, assignments, name):
     monkeypatch.setattr(settings, 'LOG_DIR', 'logs')
     assert evaluation.protocol() == name
     assert evaluation.scalar_prefix() == ('val_' + name if name else 'val')
+    assert evaluation.scalar_prefix(12) == '_'.join(filter(None, ('val', name, 'first12')))  # a subset's own tag
     assert eval.result_path('models/final.pth') == os.path.join('logs', f'eval_final_{name}.json' if name else
                                                                 'eval_final.json')
 
