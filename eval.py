@@ -66,6 +66,7 @@ import settings
 logger = settings.logger
 ATTENTION_BASES = 8    # responsibility maps shown per image: the bases this image uses most
 ATTENTION_COLUMNS = 3  # the image and 8 maps make a 3 × 3 grid
+OTHER_CHECKPOINTS = 'other_checkpoints'  # in LOG_DIR: the results of checkpoints from outside MODEL_DIR
 
 
 def save_prediction(pred, width, height, path):
@@ -98,7 +99,6 @@ def save_attention(net, img, image, path):
     os.makedirs(os.path.dirname(path), exist_ok=True)  # ids may hold sub-folders (Cityscapes' city)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
-OTHER_CHECKPOINTS = 'other_checkpoints'  # in LOG_DIR: the results of checkpoints from outside MODEL_DIR
 # the datasets whose benchmark servers take results, and their formats (submission_file, save_submission)
 SERVERS = ('voc', 'cityscapes', 'ade20k')
 
@@ -352,7 +352,8 @@ def main():
         if args.submit and dist.is_initialized():
             dist.barrier()  # every process's files are written
         if rank == 0:
-            curve = own_checkpoint(path) and not args.onnx  # an ONNX file's scalars would overlay its checkpoint's
+            # the folder's own curve; an ONNX file's scalars would overlay its checkpoint's
+            curve = own_checkpoint(path) and not args.onnx
             if curve and writer is None:
                 writer = SummaryWriter(settings.LOG_DIR)
             elif not own_checkpoint(path):
