@@ -12,8 +12,9 @@ LOG_DIR/settings.txt its last training wrote. Only the settings whose values dif
 are columns. The step is that of the newer of MODEL_DIR/final.pth and MODEL_DIR/latest.pth, read without
 loading the weights. Each LOG_DIR/eval_<name>.json gives two columns, '<name> mIoU' and '<name> pAcc', in
 percent: eval.py names them by checkpoint and protocol ('final', 'final_ms_flip', 'step_2000_window769', see
-evaluation.protocol). 'best val mIoU' and 'best val step' are the best evaluation while training (EVAL_EVERY),
-from LOG_DIR/val.jsonl, else MODEL_DIR/best.pth. Missing results are '-' (empty cells in --csv) and the last
+evaluation.protocol); eval.py keeps the results of other folders' checkpoints in LOG_DIR/other_checkpoints/,
+which is not read: a row holds its own folder's results only. 'best val mIoU' and 'best val step' are the best
+evaluation while training (EVAL_EVERY), from LOG_DIR/val.jsonl, else MODEL_DIR/best.pth. Missing results are '-' (empty cells in --csv) and the last
 column says why. A folder without settings.py is no experiment: it is named on stderr and skipped.
 
 --plot FILE.png (matplotlib) draws the folders' validation curves (LOG_DIR/val.jsonl) and, where the folders

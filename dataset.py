@@ -171,6 +171,11 @@ FOLDER_FILES = {'classes': 'classes.txt', 'palette': 'palette.txt', 'images': 'i
 TEST_SPLIT = 'test'  # the split of images only, as the benchmark servers' test sets are: nothing to score
 
 
+def has_labels(split):
+    """Whether a split has labels to score: every split but TEST_SPLIT."""
+    return split != TEST_SPLIT
+
+
 def drops_background():
     """Whether N_CLASSES leaves out the optional background class 0 of settings.DATASET (Context's 59)."""
     info = DATASETS.get(settings.DATASET, {})
@@ -398,24 +403,42 @@ def read_image(path):
 
 
 def read_photo(path, upright=True):
-    """The RGB PIL image at path as an image viewer shows it (for the user's own files; the benchmarks' images are
-    read as stored, by read_image): EXIF orientation applied (unless not upright), so a phone's portrait photo is
-    upright at its shown size; transparent pixels composited on the MEAN colour, what the network sees as "no content" (the colour
-    of its padding: 0 after normalising); 16-bit grayscale scaled to 8 bits (÷ 257); grayscale, palette, CMYK
-    and other modes converted to RGB."""
+    """The RGB PIL image at path as an image viewer shows it (for the user's own files; the datasets' images are
+    read as stored, by read_image): EXIF orientation applied (unless not upright), so a phone's portrait photo is upright at its shown
+    size; transparent pixels (an alpha channel, or the transparent value or colour of a grayscale, RGB or palette
+    image, 16-bit ones included) composited on the MEAN colour, what the network sees as "no content" (the colour
+    of its padding: 0 after normalising); palette, CMYK and other modes converted to RGB. A grayscale mode of
+    more than 8 bits is read by its values: 16-bit (I;16...) 0..65535 scaled to 0..255 (÷ 257); 32-bit integers
+    ('I') as 8-bit when all lie in 0..255, as 16-bit when in 0..65535; floats ('F') as 0..1 (× 255) when all lie
+    in [0, 1], as 0..255 when in [0, 255]. Anything else (negative values, larger ones, NaN, a mode without an
+    RGB conversion) is an error naming the file: no guess is shown as if it were the image."""
     with open_image(path, 'image') as stored:
         image = ImageOps.exif_transpose(stored) if upright else stored.copy()
-    if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grayscale PNG or TIFF: 0..65535
-        levels = np.clip(np.asarray(image, np.float64), 0, 65535) / 257
-        image = Image.fromarray(np.round(levels).astype(np.uint8))
-    elif image.mode == 'F':  # 32-bit float grayscale (TIFF): taken as 0..1
-        image = Image.fromarray(np.round(np.clip(np.asarray(image), 0, 1) * 255).astype(np.uint8))
-    if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in image.info:
-        image = image.convert('RGBA')
-        background = Image.new('RGB', image.size, tuple(round(255 * m) for m in settings.MEAN))
-        background.paste(image, mask=image.getchannel('A'))
-        return background
-    return image.convert('RGB')
+    if image.mode in ('I', 'F') or image.mode.startswith('I;16'):
+        values = np.asarray(image, np.float64)  # H × W, the file's own values
+        low, high = values.min(), values.max()
+        if image.mode == 'F':
+            scale = 255 if low >= 0 and high <= 1 else 1 if low >= 0 and high <= 255 else None
+        elif image.mode == 'I' and low >= 0 and high <= 255:
+            scale = 1
+        else:
+            scale = 1 / 257 if low >= 0 and high <= 65535 else None
+        if scale is None:  # NaN too: every comparison with it is false
+            raise ValueError(f'image {path} has {image.mode} values {low:g}..{high:g}: neither 0..255 or 0..65535 '
+                             f'(integers) nor 0..1 or 0..255 (floats), so how it looks is unknown')
+        grey = Image.fromarray(np.round(values * scale).astype(np.uint8))
+        transparent = image.info.get('transparency')  # a grey level in the file's values (PNG's tRNS)
+        image = grey if transparent is None else \
+            Image.merge('LA', (grey, Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8))))
+    try:
+        if image.has_transparency_data:
+            image = image.convert('RGBA')  # Pillow applies an L, RGB or palette image's 'transparency' here
+            background = Image.new('RGB', image.size, tuple(round(255 * m) for m in settings.MEAN))
+            background.paste(image, mask=image.getchannel('A'))
+            return background
+        return image.convert('RGB')
+    except ValueError as error:  # a mode Pillow opens but cannot convert
+        raise ValueError(f'image {path} cannot be shown in RGB ({image.mode}: {error})') from None
 
 
 def read_label(path):
@@ -648,7 +671,7 @@ class ValDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_root=None, split=None):
         self.data_root, self.ids = open_split(data_root, split, 'VAL_SPLIT')
-        self.labelled = (settings.VAL_SPLIT if split is None else split) != TEST_SPLIT
+        self.labelled = has_labels(settings.VAL_SPLIT if split is None else split)
 
     def __len__(self):
         return len(self.ids)
@@ -715,7 +738,7 @@ def check():
         settings.logger.info('check: %s = %r: %d ids', setting, getattr(settings, setting), len(split_ids))
         splits[setting] = split_ids
         for image_id in split_ids:
-            labelled[image_id] = labelled.get(image_id, False) or getattr(settings, setting) != TEST_SPLIT
+            labelled[image_id] = labelled.get(image_id, False) or has_labels(getattr(settings, setting))
     ids = sorted(labelled)  # in id order
     jobs = [(image_id, labelled[image_id], settings.DATA_ROOT) for image_id in ids]
     tic, samples = time.time(), {}

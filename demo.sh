@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole research loop on a generated dataset, on CPU, in 4 to 8 minutes on 2 cores:
 # generate data, make an experiment folder (a copy of the code with a few settings appended),
-# train (evaluating every 50 steps: TensorBoard's val/mIoU curve, models/best.pth), evaluate,
+# train (evaluating every 50 steps: TensorBoard's val_first12/mIoU curve, models/best.pth), evaluate,
 # and show what the experiment changed.
 #
 #   bash demo.sh                       # writes demo_data/ and demo_exp/ in this folder
@@ -33,7 +33,7 @@ ITER_SAVE = 100
 LOG_EVERY = 20
 IMAGE_EVERY = 50
 NUM_WORKERS = 1
-EVAL_EVERY = 50    # TensorBoard's val/mIoU curve, on the first 12 val images (eval.py below takes all of them)
+EVAL_EVERY = 50    # TensorBoard's val_first12/mIoU curve, on the first 12 val images (eval.py's val/mIoU: all)
 EVAL_IMAGES = 12
 SETTINGS
 

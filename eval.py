@@ -17,9 +17,11 @@
     echo 'EVAL_WINDOW = 769' >> settings.py && python eval.py
                                                 # sliding 769 × 769 windows (Cityscapes' 1024 × 2048 images)
     echo "VAL_SPLIT = 'test'" >> settings.py && python eval.py --submit submit [--comp 5]
-                                                # the benchmark server's files of VAL_SPLIT in submit/:
-                                                # VOC submit/results.tgz (comp6, or comp5: VOC data only),
-                                                # Cityscapes and ADE20K one PNG per image (zip them)
+                                                # the benchmark server's files of VAL_SPLIT in submit/ (new or
+                                                # empty: a folder holding files is refused, so nothing stale is
+                                                # uploaded): VOC submit/results.tgz (comp6, or comp5: VOC data
+                                                # only), Cityscapes and ADE20K one PNG per image (zip them)
+    python eval.py ../exp_a/models/final.pth    # another folder's checkpoint: its results are kept apart
     python eval.py --all                        # every MODEL_DIR/step_<N>.pth not yet evaluated with this
                                                 # protocol, in step order: the validation curve after a run
     python eval.py --set EVAL_STAGE_NUM=1,2,3,4,5,6,7,8
@@ -34,11 +36,16 @@ LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint 
 another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _onnx is added for an
 ONNX file; _bf16 or _fp16 when EVAL_AMP evaluates in the training's half precision on CUDA rather than in float32),
 and the metrics as TensorBoard scalars at the checkpoint's step in LOG_DIR: val/mIoU, val/pAcc,
-val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the curve that training's EVAL_EVERY draws, and
-eval.py --all fills). A missing checkpoint or one for other settings is an error: random weights are never scored.
+val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the whole split's curve, which eval.py --all fills;
+training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only EVAL_IMAGES = N). That is for the
+checkpoints of this folder's MODEL_DIR: one from elsewhere is no result of this experiment, and its JSON goes to
+LOG_DIR/other_checkpoints/ named by its path (eval_up_exp_a_models_final.json), out of the TensorBoard curve and
+of compare.py. --onnx refuses a file exported with other settings than this folder's (each setting that shapes
+the graph, named). A missing checkpoint or one for other settings is an error: random weights are never scored.
 
 Your own images are segmented as a viewer shows them (dataset.read_photo): camera orientation (EXIF) applied,
-transparency composited on the MEAN colour, 16-bit grayscale scaled to 8 bits, CMYK and palettes converted; each
+transparency composited on the MEAN colour, every Pillow mode read by its values (16-bit, 32-bit integer and
+float grayscale; values of no known range are an error naming the file), CMYK and palettes converted; each
 mask has the size of the upright image. Masks are named by the input's stem, or by as much of its path as tells
 inputs apart; a mask that would replace an input image is an error before anything is written.
 """
@@ -66,6 +73,7 @@ import settings
 logger = settings.logger
 ATTENTION_BASES = 8    # responsibility maps shown per image: the bases this image uses most
 ATTENTION_COLUMNS = 3  # the image and 8 maps make a 3 × 3 grid
+OTHER_CHECKPOINTS = 'other_checkpoints'  # in LOG_DIR: the results of checkpoints from outside MODEL_DIR
 
 
 def save_prediction(pred, width, height, path):
@@ -219,12 +227,25 @@ def segment_images(forward, net, device, rank, world, args, images):
         logger.info('%s -> %s', file, out)
 
 
+def own_checkpoint(path):
+    """Whether path is a file of this folder's MODEL_DIR, whose results are this experiment's."""
+    return os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(settings.MODEL_DIR)
+
+
 def result_path(path):
-    """LOG_DIR/eval_<checkpoint stem>.json, or eval_<checkpoint stem>_<protocol>.json for another protocol than
-    the authors' (evaluation.protocol), and _onnx after it for an ONNX file: each keeps its own file."""
-    stem, extension = os.path.splitext(os.path.basename(path))
-    name = '_'.join(filter(None, (stem, evaluation.protocol(), 'onnx' if extension == '.onnx' else '')))
-    return os.path.join(settings.LOG_DIR, f'eval_{name}.json')
+    """LOG_DIR/eval_<checkpoint stem>.json for a file of MODEL_DIR, eval_<checkpoint stem>_<protocol>.json for
+    another protocol than the authors' (evaluation.protocol), and _onnx after it for an ONNX file: each keeps its
+    own file. A file from elsewhere (another folder's run, a released checkpoint) is no result of this folder's:
+    LOG_DIR/OTHER_CHECKPOINTS/eval_<its path from here, without extension, '/' as '_' and '..' as 'up'>... (e.g.
+    eval_up_exp_a_models_final.json for ../exp_a/models/final.pth), which compare.py and --all do not read."""
+    stem, extension = os.path.splitext(path)
+    if own_checkpoint(path):
+        folder, tag = settings.LOG_DIR, os.path.basename(stem)
+    else:
+        folder = os.path.join(settings.LOG_DIR, OTHER_CHECKPOINTS)
+        tag = '_'.join('up' if part == '..' else part for part in os.path.relpath(stem).split(os.sep))
+    name = '_'.join(filter(None, (tag, evaluation.protocol(), 'onnx' if extension == '.onnx' else '')))
+    return os.path.join(folder, f'eval_{name}.json')
 
 
 def report(confusion, path, step, n_images, writer=None):
@@ -243,8 +264,8 @@ def report(confusion, path, step, n_images, writer=None):
     for name, iou in result['per_class'].items():
         print(f'  {name:<{width}}  {100 * (math.nan if iou is None else iou):6.2f}')
     result.update(checkpoint=path, step=step, confusion=np.asarray(confusion).tolist())
-    os.makedirs(settings.LOG_DIR, exist_ok=True)
     out = result_path(path)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
         json.dump(checkpoint.plain(result), f, indent=1)  # settings such as EVAL_FLIP = np.bool_(True) too
     logger.info('wrote %s', out)
@@ -304,12 +325,21 @@ def parse_args():
     if args.all and (args.checkpoint or args.onnx or args.image or args.save_pred or args.attention or args.submit):
         parser.error('--all evaluates the step_<N>.pth files (metrics, JSON, TensorBoard): no CHECKPOINT, '
                      '--onnx, --image, --save-pred, --attention or --submit with it')
+    if args.image and args.submit:
+        parser.error('--submit writes the server\'s files of VAL_SPLIT: not with --image (your images\' masks go to '
+                     '--save-pred DIR)')
+    if len(args.set) > 1 and (args.image or args.save_pred or args.attention or args.submit):
+        parser.error('--set gives several evaluations, whose masks and server files would write over each other: '
+                     '--image, --save-pred, --attention and --submit take one (one value per --set)')
     return args
 
 
 def main():
     args = parse_args()
     settings.warn_unread_settings()
+    if args.submit and os.path.isdir(args.submit) and os.listdir(args.submit):  # before any process writes
+        raise ValueError(f'--submit {args.submit} is not empty: a submission holds the files of one evaluation, '
+                         f'no others; give a new folder, or empty this one')
     for values in args.set:  # each combination of --set values ({} without --set)
         if values:
             logger.info('evaluating with %s', ', '.join(f'{name} = {value!r}' for name, value in values.items()))
@@ -321,6 +351,9 @@ def main():
 
 def evaluate_checkpoints(args):
     """What args ask of the checkpoints under the current settings: metrics, masks, server files."""
+    if args.onnx and settings.EVAL_AMP:
+        raise ValueError(f'EVAL_AMP={settings.EVAL_AMP!r} with --onnx: onnxruntime computes in float32, which '
+                         f'results named for half precision would misreport; set EVAL_AMP = False')
     if args.submit and settings.DATASET not in SERVERS:
         raise ValueError(f'--submit: DATASET={settings.DATASET!r} has no benchmark server; those that have one: '
                          f'{", ".join(SERVERS)}')
@@ -340,7 +373,7 @@ def evaluate_checkpoints(args):
     for path in paths:
         if args.onnx:
             forward, meta = evaluation.onnx_net(path)
-            step = meta['step']
+            step = meta.get('step')
         else:
             step = checkpoint.load_checkpoint(net, path).get('step')
             net = runtime.to_device(net.eval(), device)
@@ -352,9 +385,14 @@ def evaluate_checkpoints(args):
         if args.submit and dist.is_initialized():
             dist.barrier()  # every process's files are written
         if rank == 0:
-            if writer is None and not args.onnx:  # an ONNX file's scalars would overlay its checkpoint's curve
+            # the folder's own curve; an ONNX file's scalars would overlay its checkpoint's
+            curve = own_checkpoint(path) and not args.onnx
+            if curve and writer is None:
                 writer = SummaryWriter(settings.LOG_DIR)
-            report(confusion, path, step, n_images, writer)
+            elif not own_checkpoint(path):
+                logger.info('%s is not in MODEL_DIR=%r: its results are kept apart from this folder\'s own, out '
+                            'of its TensorBoard curve', path, settings.MODEL_DIR)
+            report(confusion, path, step, n_images, writer if curve else None)
             if args.submit and settings.DATASET == 'voc':
                 logger.info('wrote %s: upload it to the VOC server', write_archive(args.submit, args.comp))
             elif args.submit:

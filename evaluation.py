@@ -125,17 +125,36 @@ def predict(net, img):
     return total / count
 
 
+def graph_settings():
+    """(export.py's metadata key, the setting that gives it, this folder's value) of every setting that shapes the
+    exported graph or what its input and output mean, N_CLASSES first. A generator: a check that stops at
+    N_CLASSES never looks up the class names, which need N_CLASSES to fit DATASET."""
+    yield 'n_classes', 'N_CLASSES', settings.N_CLASSES
+    yield 'n_layers', 'N_LAYERS', settings.N_LAYERS
+    yield 'stride', 'EVAL_STRIDE (None: STRIDE)', dataset.output_stride()
+    yield 'eval_stage_num', 'EVAL_STAGE_NUM (None: STAGE_NUM)', settings.EVAL_STAGE_NUM or settings.STAGE_NUM
+    yield 'n_bases', 'N_BASES', settings.N_BASES
+    yield 'ema_channels', 'EMA_CHANNELS', settings.EMA_CHANNELS
+    yield 'em_norm', 'EM_NORM', settings.EM_NORM
+    yield 'mean', 'MEAN', [float(m) for m in settings.MEAN]
+    yield 'std', 'STD', [float(s) for s in settings.STD]
+    yield 'classes', 'DATASET', list(dataset.current()['classes'])
+
+
 def onnx_metadata(path, session):
-    """The metadata export.py wrote into the ONNX file, checked against this folder's settings."""
+    """The metadata export.py wrote into the ONNX file, each of `graph_settings` checked against this folder's
+    settings: a file of other settings is an error naming the setting, the file's value and the folder's."""
     stored = session.get_modelmeta().custom_metadata_map
-    try:
-        meta = {key: json.loads(stored[key]) for key in ('n_classes', 'stride', 'mean', 'std', 'step')}
-    except (KeyError, ValueError):
-        raise ValueError(f'{path} has no export.py metadata (n_classes, stride, mean, std, step): '
-                         f'export the checkpoint with export.py') from None
-    expected = {'n_classes': (settings.N_CLASSES, 'N_CLASSES'), 'stride': (dataset.output_stride(), 'EVAL_STRIDE'),
-                'mean': (list(settings.MEAN), 'MEAN'), 'std': (list(settings.STD), 'STD')}
-    for key, (value, name) in expected.items():
+    meta = {}
+    for key, value in stored.items():
+        try:
+            meta[key] = json.loads(value)
+        except ValueError:  # another tool's metadata: not export.py's JSON
+            pass
+    for key, name, value in graph_settings():
+        if key not in meta:
+            raise ValueError(f'{path} has no export.py metadata for {key}: export the checkpoint with this '
+                             f'folder\'s export.py')
         if meta[key] != value:
             raise ValueError(f'{path} was exported with {key} {meta[key]} but this folder\'s settings give {value} '
                              f'({name}); export it again from these settings or evaluate it from its own folder')
@@ -262,9 +281,11 @@ def protocol():
     return '_'.join(parts)
 
 
-def scalar_prefix():
-    """'val' for the authors' protocol, else 'val_<protocol>': TensorBoard tags <prefix>/mIoU, <prefix>_class/<name>."""
-    return '_'.join(filter(None, ('val', protocol())))
+def scalar_prefix(first=None):
+    """'val' for the authors' protocol, else 'val_<protocol>', with '_first<N>' after it for an evaluation of the
+    split's first N images only (training's EVAL_IMAGES): TensorBoard tags <prefix>/mIoU, <prefix>_class/<name>.
+    One tag, one measurement: a subset's numbers never share a curve with the whole split's."""
+    return '_'.join(filter(None, ('val', protocol(), f'first{first}' if first else '')))
 
 
 def finite_or_none(value):
@@ -285,10 +306,10 @@ def summary(confusion, n_images):
             'precision': str(eval_dtype(runtime.process_device()) or torch.float32).replace('torch.', '')}
 
 
-def write_scalars(writer, result, step):
+def write_scalars(writer, result, step, first=None):
     """A summary's metrics as TensorBoard scalars at step: <prefix>/mIoU, /pAcc, /mAcc, /images (how many were
-    evaluated) and <prefix>_class/<name> for each class with an IoU; prefix from `scalar_prefix`."""
-    prefix = scalar_prefix()
+    evaluated) and <prefix>_class/<name> for each class with an IoU; prefix from `scalar_prefix(first)`."""
+    prefix = scalar_prefix(first)
     for key in ('mIoU', 'pAcc', 'mAcc'):
         if result[key] is not None:
             writer.add_scalar(f'{prefix}/{key}', result[key], step)

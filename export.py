@@ -9,8 +9,10 @@ The network is this folder's settings' (N_CLASSES, N_LAYERS, EMA_CHANNELS, N_BAS
 EVAL_STAGE_NUM EM iterations unrolled, in float32. Input `img`: N × 3 × H × W float32, RGB scaled to [0, 1] and
 normalised with MEAN and STD; H and W should be k·stride + 1 (pad bottom/right with 0, as eval.py does) so that
 the features align with the output stride. Output `logits`: N × N_CLASSES × H × W. N, H and W are dynamic.
-The file's metadata (metadata_props, JSON values) carries `classes`, `n_classes`, `mean`, `std`, `stride`,
-`padding`, `step`, `dataset`, `n_layers`, `eval_stage_num`, `checkpoint`.
+The file's metadata (metadata_props, JSON values) carries `padding`, `step`, `dataset`, `checkpoint` and every
+setting that shapes the graph or what its input and output mean: `n_classes`, `n_layers`, `stride`,
+`eval_stage_num`, `n_bases`, `ema_channels`, `em_norm`, `mean`, `std`, `classes`. eval.py --onnx checks each
+against its folder's settings and refuses a file that disagrees, naming the setting.
 
 After writing, the file runs with onnxruntime on a random input of another size and batch than the traced
 one; a maximum logit difference to PyTorch above MAX_DIFFERENCE is an error and no file is left behind.
@@ -24,6 +26,7 @@ import torch
 
 import checkpoint
 import dataset
+import evaluation
 import network
 import runtime
 import settings
@@ -38,13 +41,12 @@ def check_size(k):
 
 
 def metadata(step, source):
-    """What a consumer needs to feed the file and read its output, as JSON strings."""
+    """What a consumer needs to feed the file and read its output, and every setting that shapes the graph
+    (evaluation.graph_settings, which eval.py --onnx checks against its folder's), as JSON strings."""
     stride = dataset.output_stride()
-    values = {'classes': list(dataset.current()['classes']), 'n_classes': settings.N_CLASSES,
-              'mean': list(settings.MEAN), 'std': list(settings.STD), 'stride': stride,
-              'padding': f'pad H and W bottom/right with 0 (after normalising) to k*{stride}+1',
-              'step': step, 'dataset': settings.DATASET, 'n_layers': settings.N_LAYERS,
-              'eval_stage_num': settings.EVAL_STAGE_NUM or settings.STAGE_NUM, 'checkpoint': source}
+    values = {key: value for key, _, value in evaluation.graph_settings()}
+    values.update(padding=f'pad H and W bottom/right with 0 (after normalising) to k*{stride}+1', step=step,
+                  dataset=settings.DATASET, checkpoint=source)
     return {key: json.dumps(value) for key, value in values.items()}
 
 

@@ -13,9 +13,12 @@ the data order, each sample's augmentation and the dropout masks derive from (SE
 so no RNG state is carried.
 Every EVAL_EVERY steps and at the end the weights are evaluated on VAL_SPLIT as eval.py evaluates them
 (EVAL_IMAGES first images; sharded over the processes): TensorBoard val/mIoU, val/pAcc, val/mAcc, val/images,
-val_class/<name>, a line in LOG_DIR/val.jsonl, and MODEL_DIR/best.pth, the checkpoint of the best val mIoU;
-training goes on with exactly the weights it would have without. A resumed run does not repeat an evaluation
-that val.jsonl holds. A run that reached ITER_MAX says so and exits; raising ITER_MAX continues it.
+val_class/<name> (val_first<N>/... when EVAL_IMAGES = N leaves out part of the split: a subset's curve is not
+eval.py's), a line in LOG_DIR/val.jsonl, and MODEL_DIR/best.pth, the checkpoint of this run's best val mIoU
+(a best.pth that val.jsonl does not vouch for is another run's and is replaced); training goes on with exactly
+the weights it would have without. A resumed run does not repeat an evaluation that val.jsonl holds. A
+VAL_SPLIT without labels ('test') is not validated, which the run says once.
+A run that reached ITER_MAX says so and exits; raising ITER_MAX continues it.
 INIT_FROM starts a fresh folder from another run's whole network (staged training:
 COCO, then trainaug, then trainval), with a fresh optimizer and schedule.
 ACCUM_STEPS > 1 runs each process's share of the batch as that many micro-batches (network.train_step): the
@@ -127,8 +130,10 @@ def colour_panel(img, label, pred):
 
 def validation_history(start):
     """(the last step LOG_DIR/val.jsonl holds an evaluation of, the best mIoU that MODEL_DIR/best.pth holds) for
-    a run that resumes at step start. A fresh run (start 0) starts val.jsonl anew and replaces an earlier run's
-    best.pth at its first evaluation; a line that a kill cut short is dropped."""
+    a run that resumes at step start; a fresh run (start 0) starts val.jsonl anew, and a line that a kill cut
+    short is dropped. best.pth is this run's only if what it holds says so: val.jsonl lists an evaluation of its
+    step with its mIoU. Any other (an earlier run's, kept by a run killed before its first evaluation) counts for
+    nothing (best -inf): the first evaluation of this run replaces it."""
     path = os.path.join(settings.LOG_DIR, evaluation.VAL_LOG)
     entries = evaluation.read_val_log(path) if start else []
     if os.path.exists(path):
@@ -139,16 +144,25 @@ def validation_history(start):
                 f.writelines(json.dumps(entry) + '\n' for entry in entries)
     best, best_path = -math.inf, checkpoint.model_file('best.pth')
     if os.path.exists(best_path):
-        if start:
-            best = checkpoint.read_weights(best_path, mmap=True).get('best_mIoU', best)
+        try:
+            held = checkpoint.read_weights(best_path, mmap=True)
+        except checkpoint.CheckpointError as e:  # a damaged file is no run's best
+            logger.warning('%s', e)
+            held = {}
+        held = held if isinstance(held, dict) else {}
+        step, miou = held.get('step'), held.get('best_mIoU')
+        if any(entry['step'] == step and entry.get('mIoU') == miou for entry in entries):
+            best = miou
         else:
-            logger.warning('%s is of an earlier run: the first evaluation of this one replaces it', best_path)
+            logger.warning('%s is not this run\'s (val.jsonl lists no evaluation of its step %s with its mIoU %s): '
+                           'the first evaluation of this run replaces it', best_path, step, miou)
     return max((entry['step'] for entry in entries), default=0), best
 
 
 def evaluation_due(step, validated):
-    """Every EVAL_EVERY steps and at the end, but not a step up to `validated`, the last that val.jsonl holds."""
-    return settings.EVAL_EVERY > 0 and step > validated and \
+    """Every EVAL_EVERY steps and at the end, but not a step up to `validated`, the last that val.jsonl holds,
+    nor on a VAL_SPLIT without labels (main says so once)."""
+    return settings.EVAL_EVERY > 0 and dataset.has_labels(settings.VAL_SPLIT) and step > validated and \
         (step % settings.EVAL_EVERY == 0 or step >= settings.ITER_MAX)
 
 
@@ -175,14 +189,16 @@ def validate(net, optimizer, scaler, device, rank, world, step, writer, best):
     net.train()
     if rank == 0:
         result = dict(step=step, **evaluation.summary(confusion, n_images), seconds=round(time.time() - tic, 1))
-        evaluation.write_scalars(writer, result, step)
+        first = n_images if n_images < len(dataset.read_ids(settings.VAL_SPLIT)) else None  # a subset: tagged so
+        evaluation.write_scalars(writer, result, step, first)
         if result['mIoU'] is not None and result['mIoU'] > best:  # before val.jsonl: a run killed in between
             best = result['mIoU']                                 # evaluates this step again
             checkpoint.save_checkpoint('best.pth', net, optimizer, scaler, step, {'best_mIoU': best})
         with open(os.path.join(settings.LOG_DIR, evaluation.VAL_LOG), 'a') as f:
             f.write(json.dumps(checkpoint.plain(result)) + '\n')  # settings such as numpy scales too
         miou = math.nan if result['mIoU'] is None else result['mIoU']
-        logger.info('step %d: %s mIoU %.2f%% (best %.2f%%), %d %s images in %.1f s', step, evaluation.scalar_prefix(),
+        logger.info('step %d: %s mIoU %.2f%% (best %.2f%%), %d %s images in %.1f s', step,
+                    evaluation.scalar_prefix(first),
                     100 * miou, 100 * best, n_images, settings.VAL_SPLIT, result['seconds'])
     return best
 
@@ -233,6 +249,9 @@ def main():
     if problems:
         raise SystemExit(f'the data in DATA_ROOT={settings.DATA_ROOT!r} has problems (listed above); '
                          f'fix the files, or N_CLASSES={settings.N_CLASSES} if the labels have more classes')
+    if rank == 0 and settings.EVAL_EVERY > 0 and not dataset.has_labels(settings.VAL_SPLIT):
+        logger.warning('VAL_SPLIT=%r has images only, no labels to score: validation while training is skipped '
+                       '(set EVAL_EVERY = 0, or a labelled VAL_SPLIT to validate on)', settings.VAL_SPLIT)
 
     # ---------------------------------------------------------------- model and optimizer
     torch.manual_seed(settings.SEED)  # identical initial weights in every process

@@ -1,6 +1,7 @@
 """Deployment: export.py to ONNX, eval.py --onnx through onnxruntime, and your own images as a viewer shows them."""
 import json
 import os
+import re
 
 import numpy as np
 import onnx
@@ -66,6 +67,7 @@ def test_export_metadata(trained):
     assert meta['classes'] == list(dataset.VOC_CLASSES) and meta['n_classes'] == 21 and meta['dataset'] == 'voc'
     assert meta['mean'] == [0.485, 0.456, 0.406] and meta['std'] == [0.229, 0.224, 0.225]
     assert meta['stride'] == 8 and 'k*8+1' in meta['padding'] and meta['step'] == 2 and meta['eval_stage_num'] == 3
+    assert meta['n_layers'] == 50 and meta['n_bases'] == 64 and meta['ema_channels'] == 512 and meta['em_norm'] == 'l2'
     assert [i.name for i in model.graph.input] == ['img']
     assert [o.name for o in model.graph.output] == ['logits']
     assert [d.dim_param != '' for d in model.graph.input[0].type.tensor_type.shape.dim] == [True, False, True, True]
@@ -118,20 +120,56 @@ def test_frozen_graph_follows_batch_and_size_and_leaves_the_net_alone(trained, t
         assert torch.equal(tensor, weights[name]), name
 
 
-def test_onnx_file_for_other_settings_is_an_error(trained, tiny_settings, monkeypatch):
-    path = str(trained / 'models' / 'final.onnx')
-    monkeypatch.setattr(settings, 'EVAL_STRIDE', 16)
-    with pytest.raises(ValueError, match='stride 8 .* give 16 .*EVAL_STRIDE'):
-        evaluation.onnx_net(path)
-    monkeypatch.setattr(settings, 'EVAL_STRIDE', None)
-    monkeypatch.setattr(settings, 'N_CLASSES', 5)
-    with pytest.raises(ValueError, match='n_classes 21 .* give 5 .*N_CLASSES'):
-        evaluation.onnx_net(path)
-    with pytest.raises(ValueError, match='no export.py metadata'):
-        plain = onnx.load(path)
-        del plain.metadata_props[:]
-        onnx.save(plain, str(trained / 'plain.onnx'))
+# each setting that shapes the exported graph, changed alone in the folder: (setting, value, metadata key, the
+# file's value, the folder's value)
+OTHER_GRAPHS = [('N_CLASSES', 5, 'n_classes', 21, 5), ('N_LAYERS', 101, 'n_layers', 50, 101),
+                ('EVAL_STRIDE', 16, 'stride', 8, 16), ('STRIDE', 16, 'stride', 8, 16),
+                ('EVAL_STAGE_NUM', 1, 'eval_stage_num', 3, 1), ('STAGE_NUM', 2, 'eval_stage_num', 3, 2),
+                ('N_BASES', 32, 'n_bases', 64, 32), ('EMA_CHANNELS', 256, 'ema_channels', 512, 256),
+                ('EM_NORM', 'none', 'em_norm', 'l2', 'none'), ('MEAN', (0.5, 0.5, 0.5), 'mean', [0.485], [0.5]),
+                ('STD', [0.25] * 3, 'std', [0.229], [0.25]),
+                ('DATASET', None, 'classes', ['background'], ['sky'])]
+
+
+@pytest.mark.parametrize('setting, value, key, in_file, in_folder', OTHER_GRAPHS, ids=[g[0] for g in OTHER_GRAPHS])
+def test_onnx_file_for_other_settings_is_an_error_naming_the_setting(trained, tiny_settings, monkeypatch, setting,
+                                                                     value, key, in_file, in_folder):
+    if setting == 'DATASET':  # a dataset of as many classes with other names
+        monkeypatch.setitem(dataset.DATASETS, 'voc', dict(dataset.DATASETS['voc'], classes=('sky',) * 21))
+    else:
+        monkeypatch.setattr(settings, setting, value)
+    shown = lambda v: re.escape(str(v)[:-1] if isinstance(v, list) else str(v))  # noqa: E731 (lists: their start)
+    with pytest.raises(ValueError, match=f'final.onnx was exported with {key} {shown(in_file)}.* but this folder\'s '
+                                         f'settings give {shown(in_folder)}.*{setting}'):
+        evaluation.onnx_net(str(trained / 'models' / 'final.onnx'))
+
+
+def test_onnx_file_without_metadata_is_an_error(trained, tiny_settings):
+    model = onnx.load(str(trained / 'models' / 'final.onnx'))
+    kept = [prop for prop in model.metadata_props if prop.key != 'n_bases']  # an export.py before n_bases
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(trained / 'older.onnx'))
+    with pytest.raises(ValueError, match='older.onnx has no export.py metadata for n_bases'):
+        evaluation.onnx_net(str(trained / 'older.onnx'))
+    del model.metadata_props[:]
+    onnx.save(model, str(trained / 'plain.onnx'))
+    with pytest.raises(ValueError, match='plain.onnx has no export.py metadata for n_classes'):
         evaluation.onnx_net(str(trained / 'plain.onnx'))
+
+
+def test_eval_onnx_refuses_a_file_of_other_em_iterations(trained):
+    """The issue's case through eval.py: a file exported at 3 EM iterations, evaluated in a folder set to 1."""
+    original = (trained / 'settings.py').read_text()
+    try:
+        (trained / 'settings.py').write_text(original + 'EVAL_STAGE_NUM = 1\n')
+        done = run_script(trained, 'eval.py', '--onnx', 'models/final.onnx', env=ONE_THREAD)
+    finally:
+        (trained / 'settings.py').write_text(original)
+    assert done.returncode != 0 and 'Traceback' not in done.stderr
+    assert "models/final.onnx was exported with eval_stage_num 3 but this folder's settings give 1 " \
+           "(EVAL_STAGE_NUM (None: STAGE_NUM))" in done.stderr
+    assert not list((trained / 'logdir').glob('eval_*stages1*'))
 
 
 # ---------------------------------------------------------------- your own images
@@ -172,10 +210,27 @@ def own_images(folder):
     gray16 = np.tile(np.arange(64, dtype=np.uint16) * 1000, (48, 1))  # 0 .. 63000 of 65535
     Image.fromarray(gray16).save(folder / 'gray16.png')
     Image.new('CMYK', (64, 48), (0, 255, 255, 64)).save(folder / 'cmyk.jpg', quality=100)
+    # every mode by its values, transparency kept through every conversion
+    Image.fromarray(gray16).save(folder / 'gray16_transparent.png', transparency=5000)  # column 5 see-through
+    Image.fromarray(photo).save(folder / 'rgb_transparent.png', transparency=tuple(int(c) for c in RED))
+    Image.fromarray(gray).save(folder / 'gray_transparent.png', transparency=50)  # row 10 see-through
+    steps = np.tile(np.arange(64), (48, 1))
+    Image.fromarray((steps * 4).astype(np.int32)).save(folder / 'int32_8bit.tif')  # 32-bit integers, 0..252
+    Image.fromarray(gray16.astype(np.int32)).save(folder / 'int32_16bit.tif')  # 32-bit integers, 0..63000
+    Image.fromarray((steps * 3.9).astype(np.float32)).save(folder / 'float_255.tif')  # floats 0..245.7
+    Image.fromarray((steps / 63).astype(np.float32)).save(folder / 'float_1.tif')  # floats 0..1
     blend = alpha[..., None] / 255
     rgb_of = lambda grey: np.repeat(grey[..., None], 3, axis=2)  # noqa: E731
     colours = np.array([RED, BLUE, (0, 200, 0)])[(np.arange(48 * 64) % 3).reshape(48, 64)]
-    return {'phone.jpg': photo,
+    see_through = lambda shown, where: np.where(where[..., None], MEAN_COLOUR, shown)  # noqa: E731
+    return {'gray16_transparent.png': see_through(rgb_of(np.round(gray16 / 257)), gray16 == 5000),
+            'rgb_transparent.png': see_through(photo, (photo == RED).all(axis=2)),
+            'gray_transparent.png': see_through(rgb_of(gray), gray == 50),
+            'int32_8bit.tif': rgb_of(steps * 4),
+            'int32_16bit.tif': rgb_of(np.round(gray16 / 257)),
+            'float_255.tif': rgb_of(np.round((steps * 3.9).astype(np.float32))),
+            'float_1.tif': rgb_of(np.round((steps / 63).astype(np.float32).astype(np.float64) * 255)),
+            'phone.jpg': photo,
             'rgba.png': blend * photo + (1 - blend) * MEAN_COLOUR,
             'la.png': blend * rgb_of(gray) + (1 - blend) * MEAN_COLOUR,
             'palette.png': colours,
@@ -191,6 +246,17 @@ def test_read_photo_gives_what_a_viewer_shows(tmp_path, monkeypatch):
         assert read.shape == (48, 64, 3), name  # the EXIF-rotated JPEG is stored 64 × 48
         tolerance = 4 if name.endswith('.jpg') else 0.5  # JPEG's rounding; PNGs exact
         assert np.abs(read - shown).max() <= tolerance, name
+
+
+@pytest.mark.parametrize('values, why', [(np.arange(48 * 64, dtype=np.float32).reshape(48, 64) / 3, '0..1023.67'),
+                                         (np.full((48, 64), np.nan, np.float32), 'nan..nan'),
+                                         (np.arange(48 * 64, dtype=np.int32).reshape(48, 64) * 30, '0..92130'),
+                                         (np.arange(48 * 64, dtype=np.int32).reshape(48, 64) - 1, '-1..3070')])
+def test_read_photo_refuses_values_of_no_known_range(tmp_path, values, why):
+    """Floats beyond 0..255, NaN, integers beyond 16 bits or below 0: how such a file looks is unknown."""
+    Image.fromarray(values).save(tmp_path / 'odd.tif')
+    with pytest.raises(ValueError, match=f'image {tmp_path / "odd.tif"} has [IF] values {why}: neither'):
+        dataset.read_photo(tmp_path / 'odd.tif')
 
 
 def test_segment_folder_of_own_images(trained, tmp_path):

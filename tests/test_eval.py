@@ -18,7 +18,8 @@ import eval
 import evaluation
 import network
 import settings
-from conftest import ONE_THREAD, TWO_PROCESSES, make_experiment, run_script
+from conftest import ONE_THREAD, ROOT, TWO_PROCESSES, make_experiment, run_script
+from test_val import read_scalars
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
 
@@ -336,6 +337,50 @@ def test_segment_own_images(experiment, demo_data, tmp_path):
                          '--save-pred', str(tmp_path / 'out'), env=ONE_THREAD)
     assert missing.returncode != 0 and 'nowhere.jpg' in missing.stderr and 'Traceback' not in missing.stderr
     assert read_mask(tmp_path / 'out' / f'{VAL_IDS[0]}.png').size == size
+
+
+def test_another_folders_checkpoint_never_replaces_this_folders_results(experiment):
+    """The issue's case: in one folder, eval.py of its own checkpoint, then of another folder's of the same name.
+    The other's results go apart (named by their path), stay out of this folder's TensorBoard curve, and
+    compare.py shows this folder's own number only."""
+    other = experiment.parent / 'other' / 'models'
+    other.mkdir(parents=True)
+    torch.manual_seed(5)
+    torch.save({'net': network.EMANet(n_classes=21, n_layers=50).state_dict(), 'step': 9}, other / 'ckpt.pth')
+    own = run_script(experiment, 'eval.py', 'ckpt.pth', env=ONE_THREAD)
+    assert own.returncode == 0, own.stderr
+    mine = (experiment / 'logdir' / 'eval_ckpt.json').read_text()
+    theirs = run_script(experiment, 'eval.py', '../other/models/ckpt.pth', env=ONE_THREAD)
+    assert theirs.returncode == 0, theirs.stderr
+    assert "../other/models/ckpt.pth is not in MODEL_DIR='models'" in theirs.stderr
+    assert (experiment / 'logdir' / 'eval_ckpt.json').read_text() == mine
+    with open(experiment / 'logdir' / eval.OTHER_CHECKPOINTS / 'eval_up_other_models_ckpt.json') as f:
+        result = json.load(f)
+    assert result['step'] == 9 and result['checkpoint'] == '../other/models/ckpt.pth'
+    assert result['confusion'] != json.loads(mine)['confusion']  # other weights: the two are told apart
+    assert {step for step, _ in read_scalars(experiment / 'logdir')['val/mIoU']} == {7}  # no point at step 9
+    table = run_script(experiment.parent, os.path.join(ROOT, 'compare.py'), 'exp', '--csv')
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert 'ckpt mIoU' in header and 'other' not in header and 'up_' not in header
+    assert f"{100 * json.loads(mine)['mIoU']:.2f}" in row.split(',')
+
+
+def test_result_names_tell_checkpoints_from_elsewhere_apart(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(settings, 'MODEL_DIR', './models')
+    monkeypatch.setattr(settings, 'LOG_DIR', 'logs')
+    (tmp_path / 'models').mkdir()
+    other = os.path.join('logs', eval.OTHER_CHECKPOINTS)
+    assert eval.result_path('models/final.pth') == os.path.join('logs', 'eval_final.json')
+    assert eval.result_path(str(tmp_path / 'models' / 'step_4.pth')) == os.path.join('logs', 'eval_step_4.json')
+    assert eval.result_path('final.pth') == os.path.join(other, 'eval_final.json')  # this folder, not MODEL_DIR
+    assert eval.result_path('../exp_a/models/final.pth') == os.path.join(other, 'eval_up_exp_a_models_final.json')
+    assert eval.result_path('../exp_b/models/final.pth') == os.path.join(other, 'eval_up_exp_b_models_final.json')
+    monkeypatch.setattr(settings, 'EVAL_FLIP', True)
+    assert eval.result_path('../exp_a/models/final.onnx') == \
+        os.path.join(other, 'eval_up_exp_a_models_final_flip_onnx.json')
+    assert eval.result_path('models/final.onnx') == os.path.join('logs', 'eval_final_flip_onnx.json')
 
 
 def test_missing_or_mismatched_checkpoint_is_an_error(experiment):

@@ -225,6 +225,53 @@ def test_voc_comp5_files_and_archive(monkeypatch, tmp_path):
         assert archive.getnames()[-1] == 'results/VOC2012/Segmentation/comp5_test_cls/2008_000001.png'
 
 
+def test_a_submission_holds_this_evaluations_files_only(tmp_path, servers):
+    """The issue's case: --submit on val, then on test into the same folder, would mix 4 val masks into the test
+    archive. The second run is refused, naming the folder, which it leaves as it was; a new folder gets the test
+    split's files and nothing else."""
+    root, n_classes, ckpt = servers['voc']
+    experiment = make_experiment(tmp_path / 'exp', root, DATASET='voc', N_CLASSES=n_classes, VAL_SPLIT='val')
+    first = run_script(experiment, 'eval.py', ckpt, '--submit', 'submit')
+    assert first.returncode == 0, first.stderr
+    written = {path: path.read_bytes() for path in (experiment / 'submit').rglob('*') if path.is_file()}
+    val_ids = dataset.read_ids('val', root)
+    assert len(written) == len(val_ids) + 1  # the masks and results.tgz
+    with open(experiment / 'settings.py', 'a') as f:
+        f.write("VAL_SPLIT = 'test'\n")
+    again = run_script(experiment, 'eval.py', ckpt, '--submit', 'submit')
+    assert again.returncode != 0 and 'Traceback' not in again.stderr
+    assert '--submit submit is not empty' in again.stderr
+    assert {path: path.read_bytes() for path in (experiment / 'submit').rglob('*') if path.is_file()} == written
+    test = run_script(experiment, 'eval.py', ckpt, '--submit', 'submit_test')
+    assert test.returncode == 0, test.stderr
+    with tarfile.open(experiment / 'submit_test' / 'results.tgz') as archive:
+        masks = [name for name in archive.getnames() if name.endswith('.png')]
+    assert sorted(masks) == sorted(f'results/VOC2012/Segmentation/comp6_test_cls/{i}.png' for i in VOC_TEST)
+    assert sorted(path.name for path in (experiment / 'submit_test').rglob('*.png')) == \
+        sorted(f'{i}.png' for i in VOC_TEST)
+
+
+def test_a_flat_submission_folder_with_other_files_is_refused(monkeypatch, tmp_path):
+    """Cityscapes' and ADE20K's folders are zipped whole: a file already there (a mask of an earlier evaluation,
+    anything) is refused before anything is loaded or written."""
+    monkeypatch.setattr(settings, 'DATASET', 'ade20k')
+    monkeypatch.setattr(settings, 'N_CLASSES', 150)
+    (tmp_path / 'submit').mkdir()
+    (tmp_path / 'submit' / 'ADE_val_00000001.png').write_bytes(b'an earlier mask')
+    monkeypatch.setattr(sys, 'argv', ['eval.py', 'nowhere.pth', '--submit', str(tmp_path / 'submit')])
+    with pytest.raises(ValueError, match=f'--submit {tmp_path / "submit"} is not empty'):
+        eval_script.main()
+    assert os.listdir(tmp_path / 'submit') == ['ADE_val_00000001.png']
+
+
+def test_submit_with_own_images_is_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys, 'argv', ['eval.py', '--image', 'a.jpg', '--submit', str(tmp_path / 'submit')])
+    with pytest.raises(SystemExit):
+        eval_script.parse_args()
+    assert '--submit writes the server\'s files of VAL_SPLIT: not with --image' in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / 'submit')
+
+
 def test_submit_without_a_server_names_those_with_one(monkeypatch, tmp_path):
     monkeypatch.setattr(settings, 'DATASET', 'context')
     monkeypatch.setattr(sys, 'argv', ['eval.py', 'final.pth', '--submit', str(tmp_path / 'submit')])

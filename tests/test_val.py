@@ -3,7 +3,11 @@ checkpoint's step, --all) and the protocol names that keep every protocol's resu
 import json
 import math
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -61,6 +65,7 @@ def test_protocol_names_tags_and_files(monkeypatch, assignments, name):
     monkeypatch.setattr(settings, 'LOG_DIR', 'logs')
     assert evaluation.protocol() == name
     assert evaluation.scalar_prefix() == ('val_' + name if name else 'val')
+    assert evaluation.scalar_prefix(12) == '_'.join(filter(None, ('val', name, 'first12')))  # a subset's own tag
     assert eval.result_path('models/final.pth') == os.path.join('logs', f'eval_final_{name}.json' if name else
                                                                 'eval_final.json')
 
@@ -75,6 +80,30 @@ def test_validation_history_of_a_resumed_and_of_a_fresh_run(monkeypatch, tmp_pat
     assert (tmp_path / 'val.jsonl').read_text() == ''.join(lines)  # the cut line is gone, the others kept
     assert train.validation_history(0) == (0, -math.inf)  # a fresh run: nothing of an earlier one counts
     assert (tmp_path / 'val.jsonl').read_text() == ''
+
+
+def test_best_pth_is_this_runs_only_if_val_jsonl_vouches_for_it(monkeypatch, tmp_path):
+    """Whose best.pth it is comes from what it holds: its step and mIoU must be an evaluation val.jsonl lists.
+    Otherwise (another run's; a copy; one that was damaged) it counts for nothing and is replaced, warned once."""
+    monkeypatch.setattr(settings, 'LOG_DIR', str(tmp_path))
+    monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path))
+    lines = ''.join(json.dumps({'step': step, 'mIoU': miou}) + '\n' for step, miou in ((2, 0.25), (4, 0.5)))
+    warnings = []
+    monkeypatch.setattr(train.logger, 'warning', lambda message, *args: warnings.append(message % args))
+    for held, best in (({'step': 4, 'best_mIoU': 0.5}, 0.5),   # listed: this run's
+                       ({'step': 2, 'best_mIoU': 0.25}, 0.25),  # an earlier best of this run, also listed
+                       ({'step': 6, 'best_mIoU': 0.5}, -math.inf),   # a step val.jsonl does not hold
+                       ({'step': 4, 'best_mIoU': 0.75}, -math.inf),  # the step, but another mIoU: another run's
+                       ({'net': {}}, -math.inf)):                     # the authors' kind of file, no step
+        (tmp_path / 'val.jsonl').write_text(lines)
+        torch.save({'net': {}, **held}, tmp_path / 'best.pth')
+        warnings.clear()
+        assert train.validation_history(5) == (4, best), held
+        assert len(warnings) == (best == -math.inf), held
+    assert f"{tmp_path / 'best.pth'} is not this run's" in warnings[0]
+    (tmp_path / 'best.pth').write_bytes(b'damaged')
+    assert train.validation_history(5) == (4, -math.inf)
+    assert 'best.pth is truncated or corrupt' in warnings[-2] and "is not this run's" in warnings[-1]
 
 
 def test_eval_report_writes_the_protocols_file_and_tensorboard_curve(monkeypatch, tmp_path):
@@ -122,6 +151,7 @@ def trained(tmp_path_factory, demo_data):
     out['resumed_log'] = val_log(experiment)
     out['resumed_final'] = weights(models / 'final.pth')
     out['resumed_best'] = torch.load(models / 'best.pth', weights_only=True)
+    out['resumed_scalars'] = read_scalars(experiment / 'logdir')
     return out
 
 
@@ -159,7 +189,13 @@ def test_a_resume_does_not_repeat_a_logged_evaluation_and_evaluations_leave_the_
     assert 'resumed from ./models/latest.pth at step 2' in resumed.stderr and 'step 5/5 loss' in resumed.stderr
     log = trained['resumed_log']
     assert [entry['step'] for entry in log] == [2, 4, 5] and log[:2] == trained['log'][:2]  # 4 not again
-    assert resumed.stderr.count('val mIoU') == 1 and log[2]['n_images'] == 2  # the first 2 images of 3
+    assert resumed.stderr.count('% (best ') == 1 and log[2]['n_images'] == 2  # the first 2 images of 3
+    # a subset is tagged as one: its numbers never join the whole split's curve (the first run's step 5)
+    assert f"step 5: val_first2 mIoU {100 * log[2]['mIoU']:.2f}%" in resumed.stderr
+    scalars = trained['resumed_scalars']
+    assert scalars['val_first2/mIoU'] == [(5, pytest.approx(log[2]['mIoU'], abs=1e-7))]
+    assert scalars['val_first2/images'] == [(5, 2)] and 'val_first2_class/background' in scalars
+    assert scalars['val/mIoU'] == trained['scalars']['val/mIoU'] and scalars['val/images'][-1] == (5, 3)
     # the first run evaluated after steps 2 and 4, this one never before step 5: the same weights
     assert same_weights(trained['resumed_final'], trained['final'])
     check_best(trained['resumed_best'], log, trained['experiment'])  # the best of both runs
@@ -179,3 +215,58 @@ def test_eval_all_fills_the_curve_with_what_training_measured(trained):
     assert single['step'] == 4 and single['protocol'] == ''
     assert {key: single[key] for key in METRICS} == {key: trained['log'][1][key] for key in METRICS}
     assert read_scalars(log_dir)['val/mIoU'][-1] == (4, pytest.approx(single['mIoU'], abs=1e-7))
+
+
+# ---------------------------------------------------------------- whose best.pth, which split: through train.py
+
+def test_a_fresh_runs_best_pth_is_its_own_after_an_interruption(tmp_path, demo_data):
+    """The issue's case: a best.pth left by a run of other settings, a fresh run stopped by SIGTERM before its
+    first evaluation, then resumed: its first evaluation replaces best.pth, which then holds this run's weights,
+    settings and the mIoU val.jsonl records."""
+    dataset.write_lists({'val_two': dataset.read_ids('val', str(demo_data))[:2]}, str(demo_data))
+    experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=1000, EVAL_EVERY=1000,
+                                 VAL_SPLIT='val_two', EMA_CHANNELS=256, CROP_SIZE=17)
+    (experiment / 'models').mkdir()
+    earlier = {'net': {'fc2.bias': torch.ones(21)}, 'step': 3, 'best_mIoU': 0.9, 'settings': {'LR': 0.5}}
+    torch.save(earlier, experiment / 'models' / 'best.pth')
+    # stopped once it logged step 1: the evaluation at step 1000 is hundreds of steps away
+    with subprocess.Popen([sys.executable, 'train.py'], cwd=experiment, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if 'step 1/1000' in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        rest = ''.join(lines) + process.stderr.read()
+    assert process.returncode == 128 + signal.SIGTERM, rest
+    stopped = int(re.search(r'latest.pth holds step (\d+)', rest).group(1))
+    assert 'val mIoU' not in rest and val_log(experiment) == []
+    assert "best.pth is not this run's" in rest  # the fresh run said so too
+    with open(experiment / 'settings.py', 'a') as f:
+        f.write(f'ITER_MAX = {stopped + 1}\n')
+    resumed = run_script(experiment, 'train.py')
+    assert resumed.returncode == 0, resumed.stderr
+    assert "best.pth is not this run's (val.jsonl lists no evaluation of its step 3 with its mIoU 0.9)" in \
+        resumed.stderr
+    log = val_log(experiment)
+    assert [entry['step'] for entry in log] == [stopped + 1]
+    best = torch.load(experiment / 'models' / 'best.pth', weights_only=True)
+    final = torch.load(experiment / 'models' / 'final.pth', weights_only=True)
+    assert best['step'] == stopped + 1 and best['best_mIoU'] == log[0]['mIoU'] and best['settings'] == final['settings']
+    assert same_weights(best['net'], final['net'])
+
+
+def test_no_validation_on_a_split_without_labels(tmp_path, root):
+    """VAL_SPLIT = 'test' (images only) with EVAL_EVERY: nothing to score, so no evaluation runs; the run says so
+    once. A finished run started again says it again, and evaluates nothing either."""
+    dataset.write_lists({'test': dataset.read_ids('val', root)[:3]}, root)
+    experiment = make_experiment(tmp_path / 'exp', root, ITER_MAX=2, EVAL_EVERY=1, VAL_SPLIT='test')
+    for run in range(2):
+        done = run_script(experiment, 'train.py')
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.count("VAL_SPLIT='test' has images only, no labels to score: validation while training "
+                                 "is skipped") == 1
+        assert 'mIoU' not in done.stderr
+    assert val_log(experiment) == [] and not (experiment / 'models' / 'best.pth').exists()
+    assert not any(tag.startswith('val') for tag in read_scalars(experiment / 'logdir'))
