@@ -305,13 +305,25 @@ def test_eval_set_takes_evaluation_settings_only(monkeypatch, capsys):
     assert eval_script.parse_args().set == [{}]
     for argv, message in ((['--set', 'N_BASES=8'], 'N_BASES shapes training'),
                           (['--set', 'EVAL_STAGENUM=2'], 'did you mean EVAL_STAGE_NUM'),
-                          (['--set', 'EVAL_FLIP=True', '--set', 'EVAL_FLIP=False'], 'given twice')):
+                          (['--set', 'EVAL_FLIP=True', '--set', 'EVAL_FLIP=False'], 'given twice'),
+                          (['--set', 'EVAL_FLIP=False,True', '--save-pred', 'p'], 'write over each other'),
+                          (['--set', 'EVAL_STAGE_NUM=1,2', '--submit', 's'], 'write over each other')):
         monkeypatch.setattr(sys, 'argv', ['eval.py', *argv])
         with pytest.raises(SystemExit):
             eval_script.parse_args()
         assert message in capsys.readouterr().err
+    monkeypatch.setattr(sys, 'argv', ['eval.py', '--set', 'EVAL_FLIP=True', '--save-pred', 'p'])
+    assert eval_script.parse_args().set == [{'EVAL_FLIP': True}]  # one evaluation: its masks are its own
     with pytest.raises(ValueError, match='N_BASES is no evaluation setting'):
         grid.eval_specs(['EVAL_FLIP=True;N_BASES=8'])
+
+
+def test_eval_onnx_refuses_half_precision_it_would_not_compute(monkeypatch):
+    import eval as eval_script
+    monkeypatch.setattr(settings, 'EVAL_AMP', True)
+    monkeypatch.setattr(sys, 'argv', ['eval.py', '--onnx', 'never_read.onnx'])
+    with pytest.raises(ValueError, match='EVAL_AMP=True with --onnx: onnxruntime computes in float32'):
+        eval_script.main()
 
 
 # ---------------------------------------------------------------- compare.py --plot
