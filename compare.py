@@ -248,13 +248,14 @@ def table(folders, experiments):
 
 
 def evaluated_with(result, values):
-    """{EVAL_* setting: its effective value} that an eval.py result was measured with: scales, flip, window and
-    stride as its JSON records them, the EM iterations (stage_num; a result of before it was recorded: as the
-    folder's settings values give them)."""
-    stage_num = result.get('stage_num', values.get('EVAL_STAGE_NUM') or values.get('STAGE_NUM'))
-    recorded = (result.get('scales'), result.get('flip'), result.get('window'), result.get('stride'), stage_num)
-    return {name: tuple(value) if isinstance(value, list) else value
-            for name, value in zip(evaluation.EVAL_SETTINGS, recorded)}
+    """{EVAL_* setting (evaluation.EVAL_SETTINGS): its effective value} that an eval.py result was measured with:
+    scales, flip, window, stride and precision as its JSON records them, the EM iterations (stage_num; a result of
+    before it was recorded: as the folder's settings values give them)."""
+    recorded = {'EVAL_SCALES': result.get('scales'), 'EVAL_FLIP': result.get('flip'),
+                'EVAL_WINDOW': result.get('window'), 'EVAL_STRIDE': result.get('stride'),
+                'EVAL_STAGE_NUM': result.get('stage_num', values.get('EVAL_STAGE_NUM') or values.get('STAGE_NUM')),
+                'EVAL_AMP': result.get('precision', 'float32') != 'float32'}
+    return {name: tuple(value) if isinstance(value, list) else value for name, value in recorded.items()}
 
 
 def distinct(values):

@@ -326,9 +326,9 @@ def test_pretrained_loads_strictly(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(drop='layer2.1.conv2.weight'), r'resnet50s.pth: missing key 5.1.conv2.weight'),
-    (dict(reshape='layer1.0.bn1.bias'), r'resnet50s.pth: key 4.0.bn1.bias has shape \(7, 7\) in the file but \(64,\)'),
-    (dict(extra={'layer3.6.conv1.weight': torch.zeros(1)}), r'resnet50s.pth: unexpected key 6.6.conv1.weight'),
+    (dict(drop='layer2.1.conv2.weight'), r'resnet50s.pth: missing key layer2.1.conv2.weight'),
+    (dict(reshape='layer1.0.bn1.bias'), r'resnet50s.pth: key layer1.0.bn1.bias has shape \(7, 7\) in the file but \(64,\)'),
+    (dict(extra={'layer3.6.conv1.weight': torch.zeros(1)}), r'resnet50s.pth: unexpected key layer3.6.conv1.weight'),
 ])
 def test_pretrained_errors_name_key_and_file(monkeypatch, tmp_path, kwargs, message):
     net = small_net(monkeypatch)
