@@ -159,6 +159,13 @@ def validation_history(start):
     return max((entry['step'] for entry in entries), default=0), best
 
 
+def saves_due(step):
+    """(step_<N>.pth, latest.pth) due after step: step_<N>.pth every ITER_SAVE steps; latest.pth every
+    ITER_SAVE // 10 steps (every step when that is 0) and at ITER_MAX."""
+    return step % settings.ITER_SAVE == 0, \
+        step % max(1, settings.ITER_SAVE // 10) == 0 or step == settings.ITER_MAX
+
+
 def evaluation_due(step, validated):
     """Every EVAL_EVERY steps and at the end, but not a step up to `validated`, the last that val.jsonl holds,
     nor on a VAL_SPLIT without labels (main says so once)."""
@@ -331,8 +338,8 @@ def main():
                 f'global batch in smaller micro-batches), AMP = True, a smaller CROP_SIZE or N_LAYERS = 50, or more '
                 f'GPUs (torchrun). Nothing of this step was saved; rerunning resumes from the last latest.pth.') from None
         stopping, = max_over_processes([len(signals)], host_group)  # every process stops at the same step
-        save_step = step % settings.ITER_SAVE == 0
-        save_latest = step % max(1, settings.ITER_SAVE // 10) == 0 or step == settings.ITER_MAX or stopping
+        save_step, save_latest = saves_due(step)
+        save_latest = save_latest or stopping
         log_line = step % settings.LOG_EVERY == 0 or step == settings.ITER_MAX
         evaluate = evaluation_due(step, validated)
         timed_steps += 1

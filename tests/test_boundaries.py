@@ -46,6 +46,21 @@ def test_evaluation_due(monkeypatch, iter_max, eval_every, due):
         assert train.evaluation_due(iter_max, iter_max - 1) and not train.evaluation_due(iter_max, iter_max)
 
 
+@pytest.mark.parametrize('iter_save, step_files, latest', [
+    (9, [9, 18], list(range(1, 21))),           # ITER_SAVE // 10 = 0: latest.pth at every step
+    (10, [10, 20], list(range(1, 21))),         # = 1
+    (19, [19], list(range(1, 21))),             # = 1 still
+    (20, [20], list(range(2, 21, 2))),          # = 2
+    (30, [], list(range(3, 19, 3)) + [20]),     # = 3, and ITER_MAX (20) always, though 20 % 3 != 0
+])
+def test_checkpoint_cadence_at_the_boundaries(monkeypatch, iter_save, step_files, latest):
+    monkeypatch.setattr(settings, 'ITER_MAX', 20)
+    monkeypatch.setattr(settings, 'ITER_SAVE', iter_save)
+    due = {step: train.saves_due(step) for step in range(1, 21)}
+    assert [step for step, (kept, _) in due.items() if kept] == step_files
+    assert [step for step, (_, latest_due) in due.items() if latest_due] == latest
+
+
 def test_poly_lr_at_the_boundaries(monkeypatch):
     for name, value in dict(LR=0.01, ITER_MAX=100, POLY_POWER=0.9, LR_DECAY=10).items():
         monkeypatch.setattr(settings, name, value)
