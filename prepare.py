@@ -56,6 +56,7 @@ import collections
 import contextlib
 import functools
 import json
+import math
 import os
 import time
 
@@ -798,7 +799,8 @@ def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_frac
             raise SystemExit(f'prepare: --val-fraction {val_fraction} of {len(pairs)} pairs: give a fraction in '
                              f'(0, 1) of at least 2 pairs, or --val-images and --val-masks')
         order = np.random.default_rng(SPLIT_SEED).permutation(len(pairs))
-        n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+        # the nearest whole count, a half rounded up (round() would send 2.5 down and 3.5 up); 1 to n - 1
+        n_val = min(len(pairs) - 1, max(1, math.floor(val_fraction * len(pairs) + 0.5)))
         ids = sorted(pairs)
         lists = {'train': sorted(ids[i] for i in order[n_val:]), 'val': sorted(ids[i] for i in order[:n_val])}
     ids = sorted(pairs)

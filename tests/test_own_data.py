@@ -225,6 +225,20 @@ def test_binary_masks_need_binary_and_ignore_names_no_label(tmp_path):
     assert dataset.read_lines(f'{out}/classes.txt') == ['class_0', 'class_1']
 
 
+@pytest.mark.parametrize('n, fraction, n_val', [
+    (4, 0.25, 1), (8, 0.25, 2),             # exact fractions
+    (10, 0.25, 3), (14, 0.25, 4),           # exactly half a pair over: up, both times (round() gives 2 and 4)
+    (9, 0.5, 5), (4, 0.1, 1), (4, 0.9, 3),  # a half up; at least one pair in val, at least one in train
+])
+def test_the_split_at_exact_fractions(tmp_path, n, fraction, n_val):
+    for index in range(n):
+        save_image(np.zeros((4, 4), np.uint8), f'{tmp_path}/images/{index}.png')
+        save_image(np.zeros((4, 4), np.uint8), f'{tmp_path}/masks/{index}.png')
+    prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'), val_fraction=fraction)
+    lists = {split: dataset.read_list(f'{tmp_path}/data/lists/{split}.txt') for split in ('train', 'val')}
+    assert (len(lists['val']), len(lists['train'])) == (n_val, n - n_val)
+
+
 def test_sizes_unpaired_folders_and_the_split(tmp_path):
     miniature(tmp_path, n=8)
     images, masks, out = f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data')
