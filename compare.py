@@ -317,6 +317,7 @@ def plot_data(names, experiments):
 def plot(panels, path):
     """Draws panels side by side into path (matplotlib, no display needed); non-numeric x values are categories."""
     import matplotlib  # here: only --plot needs it
+    import matplotlib.ticker
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
@@ -326,6 +327,8 @@ def plot(panels, path):
             ax.plot(xs if numeric else range(len(xs)), ys, marker='o', label=label or None)
             if not numeric:
                 ax.set_xticks(range(len(xs)), [x if isinstance(x, str) else repr(x) for x in xs])
+            elif all(isinstance(x, int) for x in xs):  # steps, EM iterations, bases: no tick between two values
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set(title=panel['title'], xlabel=panel['xlabel'], ylabel=panel['ylabel'])
         ax.grid(alpha=0.3)
         if any(label for label, _, _ in panel['lines']):
