@@ -129,12 +129,19 @@ def load_state(module, state, path, file_key=str):
                             f'is it for another N_LAYERS?')
 
 
-def load_checkpoint(net, path, optimizer=None, scaler=None):
-    """Loads a checkpoint `{'net': state_dict, 'step': N, ...}` (the authors' files included) into net, and
-    into optimizer and scaler when given; returns the whole checkpoint dict."""
+def read_checkpoint(path):
+    """The checkpoint dict `{'net': state_dict, 'step': N, ...}` at path (the authors' files included), unloaded;
+    anything else is a CheckpointError naming the file."""
     ckpt = read_weights(path)
     if not isinstance(ckpt, dict) or 'net' not in ckpt:
         raise CheckpointError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict')
+    return ckpt
+
+
+def load_checkpoint(net, path, optimizer=None, scaler=None):
+    """Loads a checkpoint (`read_checkpoint`) into net, and into optimizer and scaler when given; returns the
+    whole checkpoint dict."""
+    ckpt = read_checkpoint(path)
     load_state(net, ckpt['net'], path)
     if optimizer is not None:
         if 'optimizer' not in ckpt or 'scaler' not in ckpt:

@@ -29,7 +29,7 @@ import evaluation
 import network
 import runtime
 import settings
-from checkpoint import load_state, read_weights
+from checkpoint import load_state, read_checkpoint
 
 dependencies = ['torch', 'numpy', 'PIL', 'scipy']
 
@@ -96,9 +96,7 @@ def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=
     at test time (the authors' files: also the one they were trained at, 8 by default); scales, flip, window
     replace the checkpoint's EVAL_SCALES, EVAL_FLIP, EVAL_WINDOW; device: 'cuda' when there is one, else 'cpu'."""
     path = checkpoint
-    ckpt = read_weights(path)
-    if not isinstance(ckpt, dict) or 'net' not in ckpt:
-        raise ValueError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict')
+    ckpt = read_checkpoint(path)
     values = stored_settings(ckpt, stride)
     for name, value in (('EVAL_SCALES', scales), ('EVAL_FLIP', flip), ('EVAL_WINDOW', window)):
         if value is not None:
