@@ -13,7 +13,8 @@
 Sections:
   table1     paper Table 1: parameters and multiply-adds at 513x513 of the ResNet-101 OS8 backbone and of the
              head (fc0 + EMA unit) for EMA_CHANNELS 512 and 256, counted on the meta device (no compute)
-  train      training images/s and peak memory of network.train_step: float32 against AMP + channels-last
+  train      training images/s and peak memory of network.train_step: float32 against AMP + channels-last (on
+             CPU: float32 channels-last), the variants taking turns within each repeat
   infer      inference images/s (eval, inference_mode): on CUDA the settings' AMP + channels-last; on CPU eager
              float32, its runtime.freeze graph (what eval.py runs) and onnxruntime on an export_onnx file; the
              variants take turns within each repeat, and each row gives its speed-up over eager
@@ -184,9 +185,9 @@ def random_images(batch, height, width, device, channels_last):
     return img.contiguous(memory_format=torch.channels_last) if channels_last else img
 
 
-def measure_training(device, args, amp, channels_last, compiled):
-    """images/s and peak MiB of network.train_step (SGD with momentum, as train.py) on random images and
-    labels at CROP_SIZE."""
+def training_step(device, args, amp, channels_last, compiled):
+    """(a call of network.train_step: SGD with momentum, as train.py, on random images and labels at CROP_SIZE;
+    dtype; peak MiB of a step after the warm-up ones) for one variant, with a network of its own."""
     baseline = start_peak_memory(device)
     net = build_net(device, channels_last).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=settings.LR, momentum=settings.LR_MOM)
@@ -198,32 +199,43 @@ def measure_training(device, args, amp, channels_last, compiled):
     img = random_images(args.batch, crop, crop, device, channels_last)
     label = torch.randint(settings.N_CLASSES, (args.batch, crop, crop), device=device)
     steps = itertools.count(1)
-    seconds = median_seconds(
-        lambda: network.train_step(model, net, optimizer, scaler, img, label, dtype, next(steps), 0), device, args)
-    memory = peak_mib(device, baseline)
-    if compiled:
-        torch.compiler.reset()  # the compiled graphs hold the weights: free them for the next measurement
-    return {'dtype': dtype_name(dtype), 'channels_last': channels_last, 'compiled': compiled,
-            'images_per_s': args.batch / seconds, 'peak_mib': memory}
+
+    def step():
+        network.train_step(model, net, optimizer, scaler, img, label, dtype, next(steps), 0)
+    for _ in range(max(1, args.warmup)):
+        step()
+    restart_peak(device)
+    step()
+    return step, dtype, peak_mib(device, baseline)
 
 
 def run_train(device, args):
+    """Each variant's images/s, from steps that take turns within each repeat (`interleaved_seconds`): the
+    ratios hold on a machine whose load comes and goes."""
     amp_label = 'AMP + channels-last' if device.type == 'cuda' else 'channels-last (AMP n/a on CPU: float32)'
     variants = {'float32': ('float32', dict(amp=False, channels_last=False, compiled=False)),
                 'amp_channels_last': (amp_label, dict(amp=True, channels_last=True, compiled=False)),
                 'amp_channels_last_compiled': (amp_label + ' + torch.compile',
                                                dict(amp=True, channels_last=True, compiled=True))}
+    steps = {name: training_step(device, args, **options) for name, (_, options) in variants.items()
+             if args.compile or not options['compiled']}
+    seconds = interleaved_seconds({name: step for name, (step, _, _) in steps.items()}, device, args)
     results, rows = {}, []
-    for name, (label, options) in variants.items():
-        if options['compiled'] and not args.compile:
+    for name, (label, _) in variants.items():
+        if name not in steps:
             results[name] = None
             rows.append([label, 'not run (--compile)', '', ''])
             continue
-        results[name] = measure_training(device, args, **options)
-        speedup = results[name]['images_per_s'] / results['float32']['images_per_s']
+        _, dtype, memory = steps[name]
+        results[name] = {'dtype': dtype_name(dtype), 'channels_last': variants[name][1]['channels_last'],
+                         'compiled': variants[name][1]['compiled'], 'images_per_s': args.batch / seconds[name],
+                         'peak_mib': memory, 'vs_float32': seconds['float32'] / seconds[name]}
         rows.append([label, results[name]['dtype'], f"{results[name]['images_per_s']:.2f}",
-                     format_mib(results[name]['peak_mib']), f'{speedup:.2f}x'])
-    results['speedup'] = results['amp_channels_last']['images_per_s'] / results['float32']['images_per_s']
+                     format_mib(memory), f"{results[name]['vs_float32']:.2f}x"])
+    del steps
+    if args.compile:
+        torch.compiler.reset()  # the compiled graphs hold the weights: free them for what is measured next
+    results['speedup'] = results['amp_channels_last']['vs_float32']
     results['config'] = model_config(args.batch, settings.CROP_SIZE)
     print_table(f'Training, {describe_model()}, batch {args.batch}, crop {settings.CROP_SIZE}',
                 ['variant', 'dtype', 'images/s', 'peak MiB', 'vs float32'], rows)

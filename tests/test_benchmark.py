@@ -1,9 +1,6 @@
 """benchmark.py: paper Table 1 sizes, the analytic growth of the two attention blocks, the reference data
 pipeline, and a tiny end-to-end run. Nothing here asserts on a timing."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,9 +9,7 @@ import torch
 import benchmark
 import dataset
 import settings
-from conftest import HANG_GUARD
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_script
 
 
 @pytest.mark.parametrize('channels', [512, 256])
@@ -99,10 +94,9 @@ def numbers(tree):
 @pytest.mark.long
 def test_tiny_run_prints_table_and_writes_json(tmp_path):
     out = tmp_path / 'bench.json'
-    command = [sys.executable, 'benchmark.py', '--json', str(out), '--device', 'cpu', '--layers', '50',
-               '--crop', '33', '--batch', '1', '--eval-batch', '1', '--iters', '1', '--warmup', '0',
-               '--repeats', '1', '--infer-sizes', '33x33', '--sizes', '17,33', '--data-images', '2']
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD)
+    run = run_script(ROOT, 'benchmark.py', '--json', str(out), '--device', 'cpu', '--layers', '50', '--crop', '33',
+                     '--batch', '1', '--eval-batch', '1', '--iters', '1', '--warmup', '0', '--repeats', '1',
+                     '--infer-sizes', '33x33', '--sizes', '17,33', '--data-images', '2')
     assert run.returncode == 0, run.stderr
     for title in ('cpu, torch', 'Paper Table 1', 'Training, EMANet-50', 'AMP n/a on CPU', 'Inference',
                   'EM unit', 'Data loading'):
@@ -114,7 +108,9 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
     assert train['config']['n_layers'] == 50 and train['config']['crop'] == 33
     assert train['amp_channels_last']['channels_last'] and train['amp_channels_last']['dtype'] == 'float32'
     assert train['amp_channels_last_compiled'] is None
-    assert train['float32']['images_per_s'] > 0 and train['speedup'] > 0
+    assert train['float32']['images_per_s'] > 0 and train['float32']['vs_float32'] == 1
+    assert train['speedup'] == train['amp_channels_last']['vs_float32'] == pytest.approx(
+        train['amp_channels_last']['images_per_s'] / train['float32']['images_per_s'])
     assert results['infer']['33x33']['images_per_s'] > 0
     assert results['infer']['33x33']['onnxruntime']['images_per_s'] > 0 and 'onnxruntime float32' in run.stdout
     assert results['infer']['33x33']['frozen']['images_per_s'] > 0 and 'frozen TorchScript' in run.stdout
