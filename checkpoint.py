@@ -16,6 +16,7 @@ import numbers
 import os
 import pickle
 import re
+import shutil
 import socket
 import time
 import zipfile
@@ -187,6 +188,27 @@ def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
             os.remove(tmp)
         raise CheckpointError(f'could not write {path}: {e.strerror or e}. The previous checkpoint is intact; '
                               f'free space or fix MODEL_DIR={settings.MODEL_DIR!r}, then rerun to resume') from None
+
+
+def link_checkpoint(source, name):
+    """MODEL_DIR/name becomes the file MODEL_DIR/source is (final.pth at ITER_MAX: latest.pth, just written),
+    atomically and without writing its hundreds of MB again: a hard link, or a synced copy on a filesystem
+    without them. A later save of source replaces that file with a new one and leaves name as it is."""
+    path = model_file(name)
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        try:
+            os.link(model_file(source), tmp)
+        except OSError:  # a filesystem without hard links (what else failed fails the copy too)
+            shutil.copyfile(model_file(source), tmp)
+            with open(tmp, 'rb+') as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CheckpointError(f'could not write {path}: {e.strerror or e}; {model_file(source)} holds the same '
+                              'checkpoint') from None
 
 
 def lock_model_dir():

@@ -387,8 +387,11 @@ def main():
             tic, timed_steps = time.time(), 0
 
     # ---------------------------------------------------------------- the final save
-    if rank == 0:
-        checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, settings.ITER_MAX)
+    if rank == 0:  # latest.pth holds ITER_MAX (saves_due): final.pth is that file
+        try:
+            checkpoint.link_checkpoint('latest.pth', 'final.pth')
+        except checkpoint.CheckpointError as e:
+            raise SystemExit(str(e)) from None
         writer.close()
         logger.info('done: %s', final)
     if dist.is_initialized():

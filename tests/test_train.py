@@ -3,11 +3,13 @@
 Also a script: under torchrun (or plain python) `python tests/test_train.py ddp-step OUT` runs two
 training steps on a fixed global batch and saves the weights, for the DDP equivalence test.
 """
+import errno
 import glob
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,6 +156,36 @@ def test_full_disk_keeps_the_previous_checkpoint(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == ['latest.pth']
 
 
+@pytest.mark.parametrize('hard_links', [True, False])
+def test_final_pth_is_the_latest_pth_of_iter_max_and_stays_when_latest_moves_on(monkeypatch, tmp_path, hard_links):
+    monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path))
+    net = torch.nn.Conv2d(3, 4, 1)  # the format, not the network, is under test
+    optimizer, scaler = torch.optim.SGD(net.parameters(), lr=0.1), torch.amp.GradScaler('cuda', enabled=False)
+    if not hard_links:
+        def refused(*args):
+            raise OSError(errno.EPERM, 'Operation not permitted')
+        monkeypatch.setattr(os, 'link', refused)
+    checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, 4)
+    checkpoint.link_checkpoint('latest.pth', 'final.pth')
+    assert (tmp_path / 'final.pth').read_bytes() == (tmp_path / 'latest.pth').read_bytes()
+    assert os.path.samefile(tmp_path / 'final.pth', tmp_path / 'latest.pth') == hard_links
+    with torch.no_grad():
+        net.weight.add_(1)
+    checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, 6)  # ITER_MAX raised: training goes on
+    final, latest = (torch.load(tmp_path / name, weights_only=True) for name in ('final.pth', 'latest.pth'))
+    assert final['step'] == 4 and latest['step'] == 6 and torch.equal(final['net']['weight'] + 1, latest['net']['weight'])
+    assert sorted(os.listdir(tmp_path)) == ['final.pth', 'latest.pth']
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(os, 'link', full_disk)
+    monkeypatch.setattr(shutil, 'copyfile', full_disk)
+    with pytest.raises(checkpoint.CheckpointError, match=r'could not write .*final.pth: No space left on device; '
+                                                        r'.*latest.pth holds the same checkpoint'):
+        checkpoint.link_checkpoint('latest.pth', 'final.pth')
+    assert torch.load(tmp_path / 'final.pth', weights_only=True)['step'] == 4
+    assert sorted(os.listdir(tmp_path)) == ['final.pth', 'latest.pth']
+
+
 def test_non_finite_weights_are_never_written(monkeypatch, tmp_path):
     net, optimizer, scaler = small_run_state(monkeypatch, tmp_path)
     with torch.no_grad():
@@ -210,6 +242,7 @@ def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics
     assert 'step 4/4 loss' in result.stderr and 'img/s ETA' in result.stderr
     assert sorted(os.listdir(experiment / 'models')) == ['final.pth', 'latest.pth', 'step_2.pth', 'step_4.pth', 'train.lock']
     assert (experiment / 'models' / 'train.lock').read_text() == ''  # released at the end
+    assert os.path.samefile(experiment / 'models' / 'final.pth', experiment / 'models' / 'latest.pth')  # one write
     ckpt = torch.load(experiment / 'models' / 'final.pth', weights_only=True)
     assert ckpt['step'] == 4 and {'net', 'optimizer', 'scaler', 'settings'} <= set(ckpt)
     assert ckpt['settings']['CROP_SIZE'] == 33
