@@ -1,10 +1,20 @@
+import atexit
 import glob
+import logging
+import math
 import os
+import random
+import runpy
 import shlex
+import site
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
+import types
 
 import numpy as np
 import pytest
@@ -18,18 +28,21 @@ import dataset  # noqa: E402
 import prepare  # noqa: E402
 import settings  # noqa: E402
 
-# an experiment small enough for a 2-core CPU: ResNet-50 from scratch on tiny crops
-TINY = dict(N_LAYERS=50, PRETRAINED=None, CROP_SIZE=33, BATCH_SIZE=2, ITER_MAX=4, ITER_SAVE=2, LOG_EVERY=1,
+# an experiment small enough for a 2-core CPU: ResNet-50 from scratch on tiny crops, saving latest.pth and final.pth
+# at the end only (each save is hundreds of MB written and synced; tests of the cadence set ITER_SAVE)
+TINY = dict(N_LAYERS=50, PRETRAINED=None, CROP_SIZE=33, BATCH_SIZE=2, ITER_MAX=4, ITER_SAVE=1000, LOG_EVERY=1,
             IMAGE_EVERY=2, NUM_WORKERS=0, BN_MOM=0.1, LR=1e-3, EVAL_EVERY=0)
 HANG_GUARD = 900  # seconds: only a hung run takes this long, however loaded the machine is
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # processes that must compute the same numbers bit for bit
+# where python's own modules and installed packages live: what a forked script keeps of this process's imports
+PYTHON_FOLDERS = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, site.getusersitepackages()})
 TORCHRUN = ('-m', 'torch.distributed.run')  # python's arguments that launch a script under torchrun
 TWO_PROCESSES = (*TORCHRUN, '--standalone', '--nproc_per_node=2')  # DDP with 2 processes on this machine
 
 
-if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: a core per worker, for its own and its subprocesses' torch
+if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: a core per worker, for its subprocesses' torch too
     os.environ['OMP_NUM_THREADS'] = '1'    # (more threads than cores spin against each other)
-    torch.set_num_threads(1)
+torch.set_num_threads(1)  # a ForkedScript would wait forever for OpenMP threads that this process had started
 
 
 def pytest_configure(config):
@@ -87,7 +100,10 @@ def make_experiment(path, data_root, **overrides):
 
 def run_script(experiment, *args, timeout=HANG_GUARD, env=None):
     """Runs `python args...` in the experiment folder like a user would; returns the CompletedProcess.
-    On a timeout the whole process group goes (torchrun and its workers too)."""
+    A script (or -c code) runs as a `ForkedScript`: a process of its own, with its own exit code, output and
+    modules, without paying torch's import again; torchrun (-m) gets a fresh interpreter. On a timeout the whole process group goes (torchrun and its workers too)."""
+    if args[0] != '-m':
+        return run_forked(experiment, args, timeout, env)
     command = [sys.executable, *args]
     with subprocess.Popen(command, cwd=experiment, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
@@ -98,6 +114,107 @@ def run_script(experiment, *args, timeout=HANG_GUARD, env=None):
             process.communicate()
             raise
     return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def run_forked(cwd, args, timeout, env):
+    """`python args...` in cwd as a `ForkedScript`, waited for like subprocess.run."""
+    outputs = [tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')]
+    process = ForkedScript(cwd, args, env, *outputs)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    out, err = (output.seek(0) or output.read() for output in outputs)
+    return subprocess.CompletedProcess([sys.executable, *args], process.returncode, out, err)
+
+
+class ForkedScript:
+    """`python args...` (a script or -c code) in cwd, as a forked child of this process: what a fresh
+    interpreter would do, minus importing torch and the libraries again (seconds each time on 2 cores). The child
+    forgets every module this process imported from outside python's folders, so the scripts in cwd (or the
+    script's folder) are the ones that run; it starts a session of its own, with python's signal handlers, no
+    logging handlers and no exit handlers of its parent's. Has the Popen methods the tests use."""
+
+    def __init__(self, cwd, args, env, stdout, stderr):
+        self.args, self.returncode = [sys.executable, *args], None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child never returns into the tests
+            code = 1
+            try:
+                code = self.child(cwd, args, env or {}, stdout, stderr)
+            finally:
+                os._exit(code)
+
+    @staticmethod
+    def child(cwd, args, env, stdout, stderr):
+        """The child's exit code, as the interpreter would give it."""
+        code = 1
+        try:
+            os.setsid()
+            os.chdir(cwd)
+            os.environ.update(env)
+            if 'OMP_NUM_THREADS' in env:
+                torch.set_num_threads(int(env['OMP_NUM_THREADS']))
+            os.dup2(stdout.fileno(), 1)
+            os.dup2(stderr.fileno(), 2)
+            sys.stdout = open(1, 'w', closefd=False)
+            sys.stderr = open(2, 'w', closefd=False, errors='backslashreplace')
+            sys.stdin = open(os.devnull)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            atexit._clear()
+            # generators seeded from the OS as a new interpreter's (torch's too, which a new one seeds with a
+            # constant: stricter), so a script that forgot to seed one is caught rather than given this state
+            random.seed()
+            np.random.seed()
+            torch.seed()
+            for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+                if isinstance(logger, logging.Logger):
+                    logger.handlers.clear()
+            for name, module in list(sys.modules.items()):
+                path = getattr(module, '__file__', None)
+                if path and not path.startswith(PYTHON_FOLDERS):
+                    del sys.modules[name]
+            folder = '' if args[0] == '-c' else os.path.dirname(os.path.abspath(args[0]))
+            sys.path[:] = [folder] + [p for p in sys.path if p not in ('', ROOT, os.path.join(ROOT, 'tests'))]
+            if args[0] == '-c':  # a __main__ without a file, as python -c has
+                sys.argv = list(args[1:])
+                sys.modules['__main__'] = main = types.ModuleType('__main__')
+                exec(compile(args[1], '<string>', 'exec'), main.__dict__)
+            else:
+                sys.argv = list(args)
+                runpy.run_path(args[0], run_name='__main__')
+            code = 0
+        except SystemExit as e:  # sys.exit(n) or sys.exit(message), as the interpreter takes them
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return code
+
+    def poll(self):
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig):
+        os.kill(self.pid, sig)
 
 
 class Payload:

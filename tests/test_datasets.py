@@ -5,8 +5,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from PIL import Image
 import dataset
 import prepare
 import settings
-from conftest import HANG_GUARD, ROOT, make_experiment, run_script
+from conftest import ROOT, make_experiment, run_script
 
 HEIGHT, WIDTH = 40, 60
 
@@ -344,8 +342,7 @@ def context_miniature(voc, context):
 def test_cityscapes_command_writes_train_ids_and_lists(tmp_path):
     root = tmp_path / 'cityscapes'
     sources = cityscapes_miniature(root)
-    done = subprocess.run([sys.executable, 'prepare.py', 'cityscapes', '--root', str(root)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=HANG_GUARD)
+    done = run_script(ROOT, 'prepare.py', 'cityscapes', '--root', str(root))
     assert done.returncode == 0, done.stderr
     assert (root / 'lists' / 'train.txt').read_text().split() == [
         'train/aachen/aachen_000000_000019', 'train/aachen/aachen_000001_000019', 'train/bochum/bochum_000000_000313']

@@ -4,7 +4,7 @@ points at a file, and at a heading, that exists; the README's test command is th
 
 A script's accepted options are what `python SCRIPT --help` (`python prepare.py SUBCOMMAND --help`, the same for
 grid.py) lists.
-All of them run in one subprocess, once per test session: each script runs as `__main__` with that argv,
+All of them run in one process, once per test session: each script runs as `__main__` with that argv,
 as `python` would run it, so torch is imported once. A script with no argument parser accepts
 no arguments at all and is not run.
 """
@@ -12,12 +12,10 @@ import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 
-from conftest import HANG_GUARD, ROOT
+from conftest import ROOT, run_script
 
 DOCS = ('README.md', 'DATASETS.md')
 LAUNCHERS = ('python', 'torchrun', 'bash')
@@ -146,9 +144,8 @@ def help_keys():
 
 @pytest.fixture(scope='session')
 def helps():
-    """--help text of every key of help_keys(), from one subprocess."""
-    result = subprocess.run([sys.executable, '-c', HELP_RUNNER, json.dumps(help_keys())], cwd=ROOT,
-                            capture_output=True, text=True, timeout=HANG_GUARD)
+    """--help text of every key of help_keys(), from one process."""
+    result = run_script(ROOT, '-c', HELP_RUNNER, json.dumps(help_keys()))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
 

@@ -72,7 +72,7 @@ def ran(tmp_path_factory):
     rng = np.random.default_rng(0)
     samples = {f'{index:03d}': block_sample(rng, 37, 50) for index in range(4)}
     root = write_root(tmp / 'root', samples, {split: list(samples) for split in SPLITS})
-    make_experiment(tmp / 'base', root, EMA_CHANNELS=16, N_BASES=4)
+    make_experiment(tmp / 'base', root, EMA_CHANNELS=16, N_BASES=4, ITER_SAVE=2)  # A's step_2.pth starts B
     (tmp / 'blocks.txt').write_text(BLOCKS)
     made = grid_py(tmp, 'make', 'g', '--each', 'blocks.txt')
     assert made.returncode == 0, made.stderr

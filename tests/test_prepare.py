@@ -2,8 +2,6 @@
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import scipy.io
 
 import dataset
 import prepare
-from conftest import HANG_GUARD, ROOT, SPLITS, break_sample, write_jpeg
+from conftest import ROOT, SPLITS, break_sample, run_script, write_jpeg
 
 
 # ---------------------------------------------------------------- prepare
@@ -106,15 +104,14 @@ def run_check(tmp_path, data_root):
         shutil.copy(os.path.join(ROOT, name), experiment / name)
     with open(experiment / 'settings.py', 'a') as f:
         f.write(f'\nDATA_ROOT = {str(data_root)!r}\n')
-    done = subprocess.run([sys.executable, 'prepare.py', 'check'], cwd=experiment, capture_output=True, text=True,
-                          timeout=HANG_GUARD)
+    done = run_script(experiment, 'prepare.py', 'check')
     return done.returncode, done.stdout + done.stderr
 
 
 def test_demo_command_writes_a_dataset_that_check_accepts(tmp_path):
     out = tmp_path / 'demo'
-    subprocess.run([sys.executable, 'prepare.py', 'demo', str(out), '--seed', '5'], cwd=ROOT, check=True,
-                   capture_output=True, timeout=HANG_GUARD)
+    done = run_script(ROOT, 'prepare.py', 'demo', str(out), '--seed', '5')
+    assert done.returncode == 0, done.stderr
     splits = {split: dataset.read_ids(split, str(out)) for split in SPLITS}
     assert splits['trainaug'] == splits['train'] and len(splits['train']) >= 200 and len(splits['val']) >= 40
     assert not set(splits['train']) & set(splits['val'])

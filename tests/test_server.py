@@ -3,7 +3,6 @@ splits, and eval.py --submit's files in each benchmark server's format."""
 import fnmatch
 import json
 import os
-import subprocess
 import sys
 import tarfile
 
@@ -19,7 +18,7 @@ import network
 import prepare
 import settings
 import train
-from conftest import HANG_GUARD, ROOT, TWO_PROCESSES, make_experiment, run_script, write_jpeg
+from conftest import ROOT, TWO_PROCESSES, make_experiment, run_script, write_jpeg
 from test_datasets import COCO_THING_IDS, PANOPTIC_STUFF, ade20k_miniature, cityscapes_miniature, write_image
 from test_prepare import voc_sbd_miniature
 
@@ -485,8 +484,7 @@ def test_workers_started_by_spawn_convert_and_check_with_the_parents_dataset(tmp
     whose DATASET is VOC: prepare.py's label workers and check()'s must take the dataset of their parent."""
     root = tmp_path / 'ADEChallengeData2016'
     ade20k_miniature(root)
-    done = subprocess.run([sys.executable, '-c', SPAWNED, str(root)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=HANG_GUARD)
+    done = run_script(ROOT, '-c', SPAWNED, str(root))
     assert done.returncode == 0, done.stderr
     assert 'labels: 5 written' in done.stderr and 'check: 5 images, 0 problems' in done.stderr
     assert 149 in dataset.read_label(str(root / 'labels' / 'training' / 'ADE_train_00000001.png'))

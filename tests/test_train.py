@@ -22,7 +22,8 @@ import torch
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 else:
-    from conftest import HANG_GUARD, ONE_THREAD, ROOT, TORCHRUN, TWO_PROCESSES, Payload, make_experiment, run_script
+    from conftest import (HANG_GUARD, ONE_THREAD, ROOT, TORCHRUN, TWO_PROCESSES, ForkedScript, Payload, make_experiment,
+                          run_script)
 
 import checkpoint
 import network
@@ -236,7 +237,7 @@ def read_scalars(logdir):
 
 @pytest.mark.long
 def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics(tmp_path, demo_data):
-    experiment = make_experiment(tmp_path / 'exp', demo_data)
+    experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_SAVE=2)
     result = run_script(experiment, 'train.py')
     assert result.returncode == 0, result.stderr
     assert 'step 4/4 loss' in result.stderr and 'img/s ETA' in result.stderr
@@ -316,9 +317,10 @@ def start_training(experiment, log_path, *launcher):
     """train.py (under launcher, e.g. torchrun) in the background, one thread per process: tiny steps gain
     nothing from more, and lose much to a busy machine."""
     log = open(log_path, 'a')
-    command = list(launcher or [sys.executable]) + ['train.py']
-    return subprocess.Popen(command, cwd=experiment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **ONE_THREAD})
+    if not launcher:
+        return ForkedScript(experiment, ['train.py'], ONE_THREAD, log, log)
+    return subprocess.Popen([*launcher, 'train.py'], cwd=experiment, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, **ONE_THREAD})
 
 
 def wait_for(log_path, text, process, since=0):
@@ -477,12 +479,9 @@ def ddp_step(out):
 @pytest.mark.long
 def test_one_ddp_step_equals_one_single_process_step(tmp_path):
     script = os.path.join(ROOT, 'tests', 'test_train.py')
-    env = {**os.environ, **ONE_THREAD}
-    single = subprocess.run([sys.executable, script, 'ddp-step', str(tmp_path / 'single.pth')],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
+    single = run_script(ROOT, script, 'ddp-step', str(tmp_path / 'single.pth'), env=ONE_THREAD)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, *TWO_PROCESSES, script, 'ddp-step', str(tmp_path / 'ddp.pth')],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
+    ddp = run_script(ROOT, *TWO_PROCESSES, script, 'ddp-step', str(tmp_path / 'ddp.pth'), env=ONE_THREAD)
     assert ddp.returncode == 0, ddp.stderr
     single = torch.load(tmp_path / 'single.pth.rank0')
     initial = initial_net().double().state_dict()

@@ -133,8 +133,8 @@ def trained(tmp_path_factory, demo_data):
     1) at steps 2, 4 and 5 (the end). Then the folder as a run killed after its evaluation of step 4 leaves it
     when its last latest.pth was that of step 2, resumed with EVAL_IMAGES = 2."""
     dataset.write_lists({'val_three': dataset.read_ids('val', str(demo_data))[:3]}, str(demo_data))
-    experiment = make_experiment(tmp_path_factory.mktemp('val') / 'exp', demo_data, ITER_MAX=5, EVAL_EVERY=2,
-                                 VAL_SPLIT='val_three', EMA_CHANNELS=256, CROP_SIZE=17)
+    experiment = make_experiment(tmp_path_factory.mktemp('val') / 'exp', demo_data, ITER_MAX=5, ITER_SAVE=2,
+                                 EVAL_EVERY=2, VAL_SPLIT='val_three', EMA_CHANNELS=256, CROP_SIZE=17)
     models = experiment / 'models'
     first = run_script(experiment, *TWO_PROCESSES, 'train.py', env=ONE_THREAD)
     assert first.returncode == 0, first.stderr
