@@ -163,52 +163,55 @@ def load_scaler(scaler, state, path):
     scaler.load_state_dict(state)
 
 
-def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
-    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} and the entries of extra (e.g.
-    best.pth's 'best_mIoU') atomically: a temporary file, synced, then renamed over the old one, so a kill at
-    any moment leaves the previous complete file or the new one. Refuses non-finite weights."""
-    state = net.state_dict()
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if bad is not None:
-        raise CheckpointError(f'step {step}: {bad} is not finite; {name} was not written')
-    path = model_file(name)
+def replace_file(path, write, remedy):
+    """Writes path atomically: write(tmp) fills a temporary file beside it, synced, which then replaces path, so a
+    kill at any moment leaves the old file or the new one. An OSError removes the temporary file and stops with a
+    CheckpointError naming path, then remedy."""
     tmp = f'{path}.tmp{os.getpid()}'
-    optimizer_state = optimizer.state_dict()  # its hyper-parameters come from settings: LR may be a numpy float
-    optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
-    ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
-            'settings': plain(settings.effective()), **(extra or {})}
     try:
-        with open(tmp, 'wb') as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except OSError as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise CheckpointError(f'could not write {path}: {e.strerror or e}. The previous checkpoint is intact; '
-                              f'free space or fix MODEL_DIR={settings.MODEL_DIR!r}, then rerun to resume') from None
+        raise CheckpointError(f'could not write {path}: {e.strerror or e}{remedy}') from None
+
+
+def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} and the entries of extra (e.g.
+    best.pth's 'best_mIoU') atomically (`replace_file`). Refuses non-finite weights."""
+    state = net.state_dict()
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f'step {step}: {bad} is not finite; {name} was not written')
+    optimizer_state = optimizer.state_dict()  # its hyper-parameters come from settings: LR may be a numpy float
+    optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
+    ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
+            'settings': plain(settings.effective()), **(extra or {})}
+
+    def write(tmp):
+        with open(tmp, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+    replace_file(model_file(name), write, '. The previous checkpoint is intact; free space or fix '
+                                          f'MODEL_DIR={settings.MODEL_DIR!r}, then rerun to resume')
 
 
 def link_checkpoint(source, name):
     """MODEL_DIR/name becomes the file MODEL_DIR/source is (final.pth at ITER_MAX: latest.pth, just written),
     atomically and without writing its hundreds of MB again: a hard link, or a synced copy on a filesystem
     without them. A later save of source replaces that file with a new one and leaves name as it is."""
-    path = model_file(name)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
+    source = model_file(source)
+
+    def write(tmp):
         try:
-            os.link(model_file(source), tmp)
+            os.link(source, tmp)
         except OSError:  # a filesystem without hard links (what else failed fails the copy too)
-            shutil.copyfile(model_file(source), tmp)
+            shutil.copyfile(source, tmp)
             with open(tmp, 'rb+') as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise CheckpointError(f'could not write {path}: {e.strerror or e}; {model_file(source)} holds the same '
-                              'checkpoint') from None
+    replace_file(model_file(name), write, f'; {source} holds the same checkpoint')
 
 
 def lock_model_dir():
