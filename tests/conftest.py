@@ -1,5 +1,6 @@
 import atexit
 import glob
+import importlib
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ TWO_PROCESSES = (*TORCHRUN, '--standalone', '--nproc_per_node=2')  # DDP with 2 
 if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: a core per worker, for its subprocesses' torch too
     os.environ['OMP_NUM_THREADS'] = '1'    # (more threads than cores spin against each other)
 torch.set_num_threads(1)  # a ForkedScript would wait forever for OpenMP threads that this process had started
+importlib.import_module('torch._dynamo')  # what a script's first torch.optim call imports (2 s): once, not per script
 
 
 def pytest_configure(config):
