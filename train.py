@@ -371,13 +371,10 @@ def main():
                     pred = net(img[:1]).argmax(dim=1)[0]
                 net.train()
                 writer.add_image('train/input_truth_prediction', colour_panel(img[0], label[0], pred), step)
-            try:
-                if save_step:
-                    checkpoint.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
-                if save_latest:
-                    checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, step)
-            except checkpoint.CheckpointError as e:
-                raise SystemExit(str(e)) from None
+            if save_step:
+                checkpoint.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
+            if save_latest:
+                checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, step)
         if stopping:
             logger.info('stopped by a signal: latest.pth holds step %d; rerun to resume', step)
             sys.exit(128 + (signals[0] if signals else signal.SIGTERM))  # a due evaluation is done on resuming
@@ -388,10 +385,7 @@ def main():
 
     # ---------------------------------------------------------------- the final save
     if rank == 0:  # latest.pth holds ITER_MAX (saves_due): final.pth is that file
-        try:
-            checkpoint.link_checkpoint('latest.pth', 'final.pth')
-        except checkpoint.CheckpointError as e:
-            raise SystemExit(str(e)) from None
+        checkpoint.link_checkpoint('latest.pth', 'final.pth')
         writer.close()
         logger.info('done: %s', final)
     if dist.is_initialized():
