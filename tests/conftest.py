@@ -101,27 +101,17 @@ def make_experiment(path, data_root, **overrides):
 
 
 def run_script(experiment, *args, timeout=HANG_GUARD, env=None):
-    """Runs `python args...` in the experiment folder like a user would; returns the CompletedProcess.
-    A script (or -c code) runs as a `ForkedScript`: a process of its own, with its own exit code, output and
-    modules, without paying torch's import again; torchrun (-m) gets a fresh interpreter. On a timeout the whole process group goes (torchrun and its workers too)."""
-    if args[0] != '-m':
-        return run_forked(experiment, args, timeout, env)
+    """Runs `python args...` in the experiment folder like a user would; returns the CompletedProcess. A script
+    (or -c code) runs as a `ForkedScript`: a process of its own, with its own exit code, output and modules,
+    without paying torch's import again; torchrun (-m) gets a fresh interpreter. On a timeout the whole process
+    group goes (torchrun and its workers too)."""
     command = [sys.executable, *args]
-    with subprocess.Popen(command, cwd=experiment, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True) as process:
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise
-    return subprocess.CompletedProcess(command, process.returncode, out, err)
-
-
-def run_forked(cwd, args, timeout, env):
-    """`python args...` in cwd as a `ForkedScript`, waited for like subprocess.run."""
     outputs = [tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')]
-    process = ForkedScript(cwd, args, env, *outputs)
+    if args[0] == '-m':
+        process = subprocess.Popen(command, cwd=experiment, env={**os.environ, **(env or {})}, stdout=outputs[0],
+                                   stderr=outputs[1], start_new_session=True)
+    else:
+        process = ForkedScript(experiment, args, env, *outputs)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -129,7 +119,7 @@ def run_forked(cwd, args, timeout, env):
         process.wait()
         raise
     out, err = (output.seek(0) or output.read() for output in outputs)
-    return subprocess.CompletedProcess([sys.executable, *args], process.returncode, out, err)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 class ForkedScript:
