@@ -101,17 +101,12 @@ def make_experiment(path, data_root, **overrides):
 
 
 def run_script(experiment, *args, timeout=HANG_GUARD, env=None):
-    """Runs `python args...` in the experiment folder like a user would; returns the CompletedProcess. A script
-    (or -c code) runs as a `ForkedScript`: a process of its own, with its own exit code, output and modules,
-    without paying torch's import again; torchrun (-m) gets a fresh interpreter. On a timeout the whole process
+    """Runs `python args...` in the experiment folder like a user would; returns the CompletedProcess. It runs as
+    a `ForkedScript`: a process of its own, with its own exit code, output and modules, without paying torch's
+    import again (torchrun's workers are the fresh interpreters torchrun starts). On a timeout the whole process
     group goes (torchrun and its workers too)."""
-    command = [sys.executable, *args]
     outputs = [tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')]
-    if args[0] == '-m':
-        process = subprocess.Popen(command, cwd=experiment, env={**os.environ, **(env or {})}, stdout=outputs[0],
-                                   stderr=outputs[1], start_new_session=True)
-    else:
-        process = ForkedScript(experiment, args, env, *outputs)
+    process = ForkedScript(experiment, args, env, *outputs)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -119,11 +114,41 @@ def run_script(experiment, *args, timeout=HANG_GUARD, env=None):
         process.wait()
         raise
     out, err = (output.seek(0) or output.read() for output in outputs)
-    return subprocess.CompletedProcess(command, process.returncode, out, err)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def start_training(experiment, log_path, *launcher):
+    """train.py (under launcher: python's arguments before the script, e.g. TWO_PROCESSES for torchrun) in the
+    background, one thread per process: tiny steps gain nothing from more, and lose much to a busy machine."""
+    log = open(log_path, 'a')
+    return ForkedScript(experiment, [*launcher, 'train.py'], ONE_THREAD, log, log)
+
+
+def wait_for(log_path, text, process, since=0):
+    """Waits until text appears in the log after its first `since` characters."""
+    deadline = time.time() + HANG_GUARD
+    while time.time() < deadline:
+        if text in open(log_path).read()[since:]:
+            return
+        assert process.poll() is None, open(log_path).read()
+        time.sleep(0.05)
+    raise AssertionError(f'{text!r} not in {log_path}')
+
+
+def processes_in(folder):
+    """Pids of the processes whose working directory is folder."""
+    pids = []
+    for cwd in glob.glob('/proc/[0-9]*/cwd'):
+        try:
+            if os.readlink(cwd) == str(folder):
+                pids.append(cwd.split('/')[2])
+        except OSError:
+            pass
+    return pids
 
 
 class ForkedScript:
-    """`python args...` (a script or -c code) in cwd, as a forked child of this process: what a fresh
+    """`python args...` (a script, -c code or -m module) in cwd, as a forked child of this process: what a fresh
     interpreter would do, minus importing torch and the libraries again (seconds each time on 2 cores). The child
     forgets every module this process imported from outside python's folders, so the scripts in cwd (or the
     script's folder) are the ones that run; it starts a session of its own, with python's signal handlers, no
@@ -169,12 +194,15 @@ class ForkedScript:
                 path = getattr(module, '__file__', None)
                 if path and not path.startswith(PYTHON_FOLDERS):
                     del sys.modules[name]
-            folder = '' if args[0] == '-c' else os.path.dirname(os.path.abspath(args[0]))
+            folder = '' if args[0] in ('-c', '-m') else os.path.dirname(os.path.abspath(args[0]))
             sys.path[:] = [folder] + [p for p in sys.path if p not in ('', ROOT, os.path.join(ROOT, 'tests'))]
             if args[0] == '-c':  # a __main__ without a file, as python -c has
                 sys.argv = list(args[1:])
                 sys.modules['__main__'] = main = types.ModuleType('__main__')
                 exec(compile(args[1], '<string>', 'exec'), main.__dict__)
+            elif args[0] == '-m':  # sys.argv[0] becomes the module's file, as python -m has it
+                sys.argv = [args[1], *args[2:]]
+                runpy.run_module(args[1], run_name='__main__', alter_sys=True)
             else:
                 sys.argv = list(args)
                 runpy.run_path(args[0], run_name='__main__')

@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -22,8 +21,8 @@ import torch
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 else:
-    from conftest import (HANG_GUARD, ONE_THREAD, ROOT, TORCHRUN, TWO_PROCESSES, ForkedScript, Payload, make_experiment,
-                          run_script)
+    from conftest import (HANG_GUARD, ONE_THREAD, ROOT, TORCHRUN, TWO_PROCESSES, Payload, make_experiment,
+                          processes_in, run_script, start_training, wait_for)
 
 import checkpoint
 import network
@@ -124,10 +123,9 @@ def test_train_stops_before_training_naming_the_setting(tmp_path, demo_data, ove
 
 
 def test_batch_size_not_divisible_by_the_processes_is_named(tmp_path, demo_data):
-    experiment = make_experiment(tmp_path / 'exp', demo_data, BATCH_SIZE=16)
-    result = run_script(experiment, *TORCHRUN, '--standalone', '--nproc_per_node=3', 'train.py',
-                        env=ONE_THREAD)
-    assert result.returncode != 0 and 'BATCH_SIZE=16 is not divisible by the 3 processes' in result.stderr
+    experiment = make_experiment(tmp_path / 'exp', demo_data, BATCH_SIZE=5)
+    result = run_script(experiment, *TWO_PROCESSES, 'train.py', env=ONE_THREAD)
+    assert result.returncode != 0 and 'BATCH_SIZE=5 is not divisible by the 2 processes' in result.stderr
 
 
 # ---------------------------------------------------------------- checkpoints, in process
@@ -313,27 +311,6 @@ def test_non_finite_loss_stops_with_the_step_and_causes(tmp_path, demo_data):
     assert not glob.glob(str(experiment / 'models' / '*.pth'))
 
 
-def start_training(experiment, log_path, *launcher):
-    """train.py (under launcher, e.g. torchrun) in the background, one thread per process: tiny steps gain
-    nothing from more, and lose much to a busy machine."""
-    log = open(log_path, 'a')
-    if not launcher:
-        return ForkedScript(experiment, ['train.py'], ONE_THREAD, log, log)
-    return subprocess.Popen([*launcher, 'train.py'], cwd=experiment, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, **ONE_THREAD})
-
-
-def wait_for(log_path, text, process, since=0):
-    """Waits until text appears in the log after its first `since` characters."""
-    deadline = time.time() + HANG_GUARD
-    while time.time() < deadline:
-        if text in open(log_path).read()[since:]:
-            return
-        assert process.poll() is None, open(log_path).read()
-        time.sleep(0.05)
-    raise AssertionError(f'{text!r} not in {log_path}')
-
-
 @pytest.mark.parametrize('sig, workers', [(signal.SIGTERM, 0), (signal.SIGINT, 2)])
 def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig, workers):
     """SIGTERM as a cluster sends it to the process; SIGINT as Ctrl-C in a terminal sends it, to the
@@ -353,8 +330,7 @@ def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig, worke
 def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_model_dir_all_nodes_see(tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
     log = tmp_path / 'log'
-    torchrun = (sys.executable, *TWO_PROCESSES)
-    process = start_training(experiment, log, *torchrun)
+    process = start_training(experiment, log, *TWO_PROCESSES)
     wait_for(log, 'step 2/1000', process)
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=HANG_GUARD)
@@ -364,7 +340,7 @@ def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_model_
     with open(experiment / 'settings.py', 'a') as f:
         f.write(f'ITER_MAX = {step + 2}\n')
     since = len(log.read_text())
-    process = start_training(experiment, log, *torchrun)
+    process = start_training(experiment, log, *TWO_PROCESSES)
     assert process.wait(timeout=HANG_GUARD) == 0, log.read_text()[since:]
     assert log.read_text()[since:].count(f'resumed from ./models/latest.pth at step {step}') == 1  # rank 0 only
     assert load_final(experiment)['step'] == step + 2
@@ -372,7 +348,7 @@ def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_model_
         f.write(f"ITER_MAX = {step + 4}\nMODEL_DIR = './models' if os.environ['RANK'] == '0' else './elsewhere'\n")
     since = len(log.read_text())
     port = free_port()  # two nodes on this machine, with torchrun's multi-node flags
-    nodes = [start_training(experiment, log, sys.executable, *TORCHRUN, '--nnodes=2', f'--node_rank={node}',
+    nodes = [start_training(experiment, log, *TORCHRUN, '--nnodes=2', f'--node_rank={node}',
                             '--nproc_per_node=1', '--master_addr=127.0.0.1', f'--master_port={port}')
              for node in (0, 1)]
     assert [node.wait(timeout=HANG_GUARD) != 0 for node in nodes] == [True, True]
@@ -385,28 +361,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def processes_in(folder):
-    """Pids of the processes whose working directory is folder."""
-    pids = []
-    for cwd in glob.glob('/proc/[0-9]*/cwd'):
-        try:
-            if os.readlink(cwd) == str(folder):
-                pids.append(cwd.split('/')[2])
-        except OSError:
-            pass
-    return pids
-
-
 def load_final(experiment):
     return torch.load(experiment / 'models' / 'final.pth', weights_only=True)
 
 
-LONG = dict(ITER_MAX=30, ITER_SAVE=30, CROP_SIZE=17, EMA_CHANNELS=256, LOG_EVERY=1, IMAGE_EVERY=1000)
+LONG = dict(ITER_MAX=16, ITER_SAVE=20, CROP_SIZE=17, EMA_CHANNELS=256, LOG_EVERY=1, IMAGE_EVERY=1000)
 
 
 @pytest.mark.long
 def test_interrupted_run_ends_with_the_uninterrupted_weights(tmp_path, demo_data):
-    """Thirty tiny steps, killed four times at random moments (SIGKILL, even mid-save, and SIGTERM) a few
+    """Sixteen tiny steps, killed four times at random moments (SIGKILL, even mid-save, and SIGTERM) a few
     steps past a save, resumed each time, end bit for bit where one uninterrupted run ends. The kills follow
     the steps the log shows, not the clock: however loaded the machine, every restart resumes."""
     reference = make_experiment(tmp_path / 'reference', demo_data, **LONG)
@@ -418,9 +382,9 @@ def test_interrupted_run_ends_with_the_uninterrupted_weights(tmp_path, demo_data
     for attempt in range(4):
         since = len(log.read_text()) if log.exists() else 0
         process = start_training(experiment, log)
-        # past the next latest.pth save (every 3 steps) whatever the machine's speed, then a random moment
+        # past the next latest.pth save (every 2 steps) whatever the machine's speed, then a random moment
         # within the following steps, sometimes mid-save
-        target += rng.randint(5, 7)
+        target += rng.randint(3, 4)
         wait_for(log, f'step {target}/', process, since)
         time.sleep(rng.uniform(0, 0.5))
         process.send_signal(signal.SIGKILL if attempt % 2 == 0 else signal.SIGTERM)

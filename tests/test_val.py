@@ -6,8 +6,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ import eval
 import evaluation
 import settings
 import train
-from conftest import ONE_THREAD, TWO_PROCESSES, make_experiment, run_script
+from conftest import HANG_GUARD, ONE_THREAD, TWO_PROCESSES, make_experiment, run_script, start_training, wait_for
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
 
@@ -230,16 +228,12 @@ def test_a_fresh_runs_best_pth_is_its_own_after_an_interruption(tmp_path, demo_d
     earlier = {'net': {'fc2.bias': torch.ones(21)}, 'step': 3, 'best_mIoU': 0.9, 'settings': {'LR': 0.5}}
     torch.save(earlier, experiment / 'models' / 'best.pth')
     # stopped once it logged step 1: the evaluation at step 1000 is hundreds of steps away
-    with subprocess.Popen([sys.executable, 'train.py'], cwd=experiment, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as process:
-        lines = []
-        for line in process.stderr:
-            lines.append(line)
-            if 'step 1/1000' in line:
-                process.send_signal(signal.SIGTERM)
-                break
-        rest = ''.join(lines) + process.stderr.read()
-    assert process.returncode == 128 + signal.SIGTERM, rest
+    log = tmp_path / 'log'
+    process = start_training(experiment, log)
+    wait_for(log, 'step 1/1000', process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=HANG_GUARD) == 128 + signal.SIGTERM, log.read_text()
+    rest = log.read_text()
     stopped = int(re.search(r'latest.pth holds step (\d+)', rest).group(1))
     assert 'val mIoU' not in rest and val_log(experiment) == []
     assert "best.pth is not this run's" in rest  # the fresh run said so too

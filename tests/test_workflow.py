@@ -10,13 +10,12 @@ import re
 import runpy
 import signal
 import socket
-import sys
 
 import pytest
 import torch
 
-from conftest import HANG_GUARD, TWO_PROCESSES, copy_code, make_experiment, run_script
-from test_train import processes_in, start_training, wait_for
+from conftest import (HANG_GUARD, TWO_PROCESSES, copy_code, make_experiment, processes_in, run_script,
+                      start_training, wait_for)
 
 import checkpoint
 import settings
@@ -115,7 +114,7 @@ def test_a_killed_run_leaves_a_stale_lock_that_the_next_run_takes_over(tmp_path,
 def test_under_torchrun_rank_0_holds_the_lock(tmp_path, root):
     experiment = make_experiment(tmp_path / 'exp', root, ITER_MAX=1000, ITER_SAVE=10000)
     log = tmp_path / 'log'
-    torchrun = start_training(experiment, log, sys.executable, *TWO_PROCESSES)
+    torchrun = start_training(experiment, log, *TWO_PROCESSES)
     try:
         wait_for(log, 'step 2/1000', torchrun)
         holder = (experiment / 'models' / 'train.lock').read_text().strip()
