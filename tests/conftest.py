@@ -26,13 +26,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dataset  # noqa: E402
+import network  # noqa: E402
 import prepare  # noqa: E402
 import settings  # noqa: E402
 
-# an experiment small enough for a 2-core CPU: ResNet-50 from scratch on tiny crops, saving latest.pth and final.pth
-# at the end only (each save is hundreds of MB written and synced; tests of the cadence set ITER_SAVE)
+# an experiment small enough for a 2-core CPU: ResNet-50 from scratch on tiny crops, a 64-channel EM unit (at 512,
+# its fc0 alone holds 9.4M of 34M weights: a third of every step's optimizer update and every checkpoint), saving
+# latest.pth and final.pth at the end only (each save is 200 MB written and synced; tests of the cadence set
+# ITER_SAVE)
 TINY = dict(N_LAYERS=50, PRETRAINED=None, CROP_SIZE=33, BATCH_SIZE=2, ITER_MAX=4, ITER_SAVE=1000, LOG_EVERY=1,
-            IMAGE_EVERY=2, NUM_WORKERS=0, BN_MOM=0.1, LR=1e-3, EVAL_EVERY=0)
+            IMAGE_EVERY=2, NUM_WORKERS=0, BN_MOM=0.1, LR=1e-3, EVAL_EVERY=0, EMA_CHANNELS=64)
 HANG_GUARD = 900  # seconds: only a hung run takes this long, however loaded the machine is
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # processes that must compute the same numbers bit for bit
 # where python's own modules and installed packages live: what a forked script keeps of this process's imports
@@ -100,6 +103,16 @@ def make_experiment(path, data_root, **overrides):
     return path
 
 
+def tiny_net(n_classes=21):
+    """An EMANet of TINY's shape (what a TINY experiment's checkpoints hold), whatever this process's settings."""
+    saved = settings.EMA_CHANNELS
+    settings.EMA_CHANNELS = TINY['EMA_CHANNELS']
+    try:
+        return network.EMANet(n_classes, TINY['N_LAYERS'])
+    finally:
+        settings.EMA_CHANNELS = saved
+
+
 def run_script(experiment, *args, timeout=HANG_GUARD, env=None):
     """Runs `python args...` in the experiment folder like a user would; returns the CompletedProcess. It runs as
     a `ForkedScript`: a process of its own, with its own exit code, output and modules, without paying torch's
@@ -145,6 +158,13 @@ def processes_in(folder):
         except OSError:
             pass
     return pids
+
+
+def stop(process):
+    """SIGKILL for a process group a failed test leaves behind."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 class ForkedScript:

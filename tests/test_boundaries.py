@@ -99,8 +99,8 @@ def test_windows_of_an_image_the_window_fits(monkeypatch):
 
 @pytest.fixture
 def tiny(monkeypatch, tmp_path, root):
-    """A tiny EMANet-50 (EMA_CHANNELS 64) on the conftest root's 6 images, its folders in tmp_path."""
-    for name, value in {**TINY, 'DATA_ROOT': root, 'MODEL_DIR': str(tmp_path / 'models'), 'EMA_CHANNELS': 64,
+    """A tiny EMANet-50 on the conftest root's 6 images, its folders in tmp_path."""
+    for name, value in {**TINY, 'DATA_ROOT': root, 'MODEL_DIR': str(tmp_path / 'models'),
                         'LOG_DIR': str(tmp_path / 'logdir'), 'VAL_SPLIT': 'val', 'EVAL_IMAGES': 1}.items():
         monkeypatch.setattr(settings, name, value)
     os.makedirs(tmp_path / 'models')

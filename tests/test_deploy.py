@@ -67,7 +67,8 @@ def test_export_metadata(trained):
     assert meta['classes'] == list(dataset.VOC_CLASSES) and meta['n_classes'] == 21 and meta['dataset'] == 'voc'
     assert meta['mean'] == [0.485, 0.456, 0.406] and meta['std'] == [0.229, 0.224, 0.225]
     assert meta['stride'] == 8 and 'k*8+1' in meta['padding'] and meta['step'] == 2 and meta['eval_stage_num'] == 3
-    assert meta['n_layers'] == 50 and meta['n_bases'] == 64 and meta['ema_channels'] == 512 and meta['em_norm'] == 'l2'
+    assert meta['n_layers'] == 50 and meta['n_bases'] == 64 and meta['em_norm'] == 'l2'
+    assert meta['ema_channels'] == TINY['EMA_CHANNELS']
     assert [i.name for i in model.graph.input] == ['img']
     assert [o.name for o in model.graph.output] == ['logits']
     assert [d.dim_param != '' for d in model.graph.input[0].type.tensor_type.shape.dim] == [True, False, True, True]
@@ -125,7 +126,8 @@ def test_frozen_graph_follows_batch_and_size_and_leaves_the_net_alone(trained, t
 OTHER_GRAPHS = [('N_CLASSES', 5, 'n_classes', 21, 5), ('N_LAYERS', 101, 'n_layers', 50, 101),
                 ('EVAL_STRIDE', 16, 'stride', 8, 16), ('STRIDE', 16, 'stride', 8, 16),
                 ('EVAL_STAGE_NUM', 1, 'eval_stage_num', 3, 1), ('STAGE_NUM', 2, 'eval_stage_num', 3, 2),
-                ('N_BASES', 32, 'n_bases', 64, 32), ('EMA_CHANNELS', 256, 'ema_channels', 512, 256),
+                ('N_BASES', 32, 'n_bases', 64, 32),
+                ('EMA_CHANNELS', 256, 'ema_channels', TINY['EMA_CHANNELS'], 256),
                 ('EM_NORM', 'none', 'em_norm', 'l2', 'none'), ('MEAN', (0.5, 0.5, 0.5), 'mean', [0.485], [0.5]),
                 ('STD', [0.25] * 3, 'std', [0.229], [0.25]),
                 ('DATASET', None, 'classes', ['background'], ['sky'])]
@@ -321,7 +323,6 @@ def test_exported_file_takes_a_batch_of_3(tmp_path, monkeypatch):
     (the fixture's export.py checks ResNet-50's), in a few seconds rather than a minute."""
     for name, value in TINY.items():
         monkeypatch.setattr(settings, name, value)
-    monkeypatch.setattr(settings, 'EMA_CHANNELS', 64)
     net = network.EMANet(5).eval()
     net.extractor = torch.nn.Conv2d(3, 2048, 3, stride=8, padding=1)  # b × 2048 × h/8 × w/8, as ResNet-50's
     path = str(tmp_path / 'net.onnx')

@@ -18,7 +18,7 @@ import eval
 import evaluation
 import network
 import settings
-from conftest import ONE_THREAD, ROOT, TWO_PROCESSES, make_experiment, run_script
+from conftest import ONE_THREAD, ROOT, TWO_PROCESSES, make_experiment, run_script, tiny_net
 from test_val import read_scalars
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
@@ -278,7 +278,7 @@ def experiment(tmp_path_factory, demo_data):
     folder = tmp_path_factory.mktemp('eval') / 'exp'
     make_experiment(folder, demo_data, VAL_SPLIT='val_small', MODEL_DIR='models', LOG_DIR='logdir')
     (folder / 'models').mkdir()
-    torch.save({'net': network.EMANet(n_classes=21, n_layers=50).state_dict(), 'step': 7}, folder / 'models' / 'ckpt.pth')
+    torch.save({'net': tiny_net().state_dict(), 'step': 7}, folder / 'models' / 'ckpt.pth')
     return folder
 
 
@@ -346,7 +346,7 @@ def test_another_folders_checkpoint_never_replaces_this_folders_results(experime
     other = experiment.parent / 'other' / 'models'
     other.mkdir(parents=True)
     torch.manual_seed(5)
-    torch.save({'net': network.EMANet(n_classes=21, n_layers=50).state_dict(), 'step': 9}, other / 'ckpt.pth')
+    torch.save({'net': tiny_net().state_dict(), 'step': 9}, other / 'ckpt.pth')
     own = run_script(experiment, 'eval.py', 'ckpt.pth', env=ONE_THREAD)
     assert own.returncode == 0, own.stderr
     mine = (experiment / 'logdir' / 'eval_ckpt.json').read_text()
@@ -388,7 +388,7 @@ def test_missing_or_mismatched_checkpoint_is_an_error(experiment):
     assert missing.returncode != 0 and 'Traceback' not in missing.stderr
     assert os.path.join('models', 'final.pth') in missing.stderr and 'does not exist' in missing.stderr
     assert not (experiment / 'logdir' / 'eval_final.json').exists()
-    torch.save({'net': network.EMANet(n_classes=5, n_layers=50).state_dict(), 'step': 1},
+    torch.save({'net': tiny_net(5).state_dict(), 'step': 1},
                experiment / 'models' / 'five.pth')
     other = run_script(experiment, 'eval.py', 'five.pth', env=ONE_THREAD)
     assert other.returncode != 0 and 'Traceback' not in other.stderr

@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
     samples = {f'{index:03d}': block_sample(rng, 37, 50) for index in range(4)}
     root = write_root(tmp / 'root', samples, {split: list(samples) for split in SPLITS})
     # latest.pth and final.pth at step 2, nothing else: every save of a ResNet-50 is 100 MB written and synced
-    experiment = make_experiment(tmp / 'exp', root, ITER_MAX=2, ITER_SAVE=20, EMA_CHANNELS=64, N_BASES=8)
+    experiment = make_experiment(tmp / 'exp', root, ITER_MAX=2, ITER_SAVE=20, N_BASES=8)
     with open(experiment / 'settings.py', 'a') as f:
         f.write(NON_LITERAL)
     foreign = {'fc2.bias': torch.zeros(21)}  # weights of no EMANet of this folder: resuming from them fails loudly

@@ -67,7 +67,7 @@ def same_weights(a, b):
 @pytest.fixture(scope='module')
 def ran(tmp_path_factory):
     """(tmp, the results of the three `grid.py run`s): A trained, then A B C run (A skipped, B resumed, C fails),
-    then again (A and B skipped)."""
+    then A B again (both skipped)."""
     tmp = tmp_path_factory.mktemp('grid')
     rng = np.random.default_rng(0)
     samples = {f'{index:03d}': block_sample(rng, 37, 50) for index in range(4)}
@@ -82,7 +82,7 @@ def ran(tmp_path_factory):
     for folder in (B, F):  # killed after step 2: latest.pth of step 2, nothing after it
         shutil.copy(tmp / A / 'models' / 'step_2.pth', tmp / folder / 'models' / 'latest.pth')
     second = grid_py(tmp, 'run', A, B, C, '--eval', SPEC)
-    third = grid_py(tmp, 'run', A, B, C, '--eval', SPEC)
+    third = grid_py(tmp, 'run', A, B, '--eval', SPEC)
     return tmp, first, second, third
 
 
@@ -175,7 +175,7 @@ def test_run_resumes_records_failures_and_skips_what_is_done(ran):
     assert failed['state'] == 'failed' and failed['returncode'] == 1 and failed['command'] == 'python train.py'
     assert 'CROP_SIZE=4 is smaller than the output stride STRIDE=8' in failed['tail'][-1]
     # the third run starts nothing for A and B: their logs are as the second left them
-    assert third.returncode == 1
+    assert third.returncode == 0, third.stderr
     assert all(f'{folder}: finished and evaluated, skipped' in third.stderr for folder in (A, B))
     assert (tmp / B / 'grid_eval.log').read_text().count('==== ') == 2
 

@@ -381,7 +381,7 @@ def test_the_python_api_segments_as_eval_does(trained, tmp_path):
     torch.save({'net': torch.load(experiment / 'models' / 'final.pth', weights_only=True)['net'], 'step': 4}, authors)
     hub = torch.hub.load(ROOT, 'emanet', checkpoint=str(authors), source='local')
     assert {key: hub.settings[key] for key in ('N_CLASSES', 'N_LAYERS', 'EMA_CHANNELS', 'N_BASES', 'STRIDE')} == \
-        {'N_CLASSES': 3, 'N_LAYERS': TINY['N_LAYERS'], 'EMA_CHANNELS': 512, 'N_BASES': 64, 'STRIDE': 8}
+        {'N_CLASSES': 3, 'N_LAYERS': TINY['N_LAYERS'], 'EMA_CHANNELS': TINY['EMA_CHANNELS'], 'N_BASES': 64, 'STRIDE': 8}
     assert np.array_equal(hub(str(photos[0])), model(str(photos[0])))
     flipped = torch.hub.load(ROOT, 'emanet', checkpoint=str(experiment / 'models' / 'final.pth'), source='local',
                              scales=(0.75, 1.0), flip=True)

@@ -14,7 +14,7 @@ import dataset
 import network
 import settings
 import train
-from conftest import ONE_THREAD, make_experiment, run_script
+from conftest import ONE_THREAD, TINY, make_experiment, run_script
 
 
 # ---------------------------------------------------------------- initialisation
@@ -143,6 +143,7 @@ def test_eval_py_runs_the_ablation_protocol(tmp_path, demo_data, monkeypatch):
     image_id = dataset.read_ids('val', str(demo_data))[0]
     dataset.write_lists({'val_one': [image_id]}, str(demo_data))
     (experiment / 'models').mkdir()
+    monkeypatch.setattr(settings, 'EMA_CHANNELS', TINY['EMA_CHANNELS'])
     monkeypatch.setattr(settings, 'STRIDE', 16)
     trained = network.EMANet(21, 50)
     torch.save({'net': trained.state_dict(), 'step': 5}, experiment / 'models' / 'final.pth')

@@ -14,11 +14,10 @@ from PIL import Image
 import checkpoint
 import dataset
 import eval as eval_script
-import network
 import prepare
 import settings
 import train
-from conftest import ROOT, TWO_PROCESSES, make_experiment, run_script, write_jpeg
+from conftest import ROOT, TWO_PROCESSES, make_experiment, run_script, tiny_net, write_jpeg
 from test_datasets import COCO_THING_IDS, PANOPTIC_STUFF, ade20k_miniature, cityscapes_miniature, write_image
 from test_prepare import voc_sbd_miniature
 
@@ -35,14 +34,13 @@ CITYSCAPES_IDS = {0: 7, 1: 8, 2: 11, 3: 12, 4: 13, 5: 17, 6: 19, 7: 20, 8: 21, 9
 
 # ---------------------------------------------------------------- INIT_FROM
 
-def test_init_from_starts_the_whole_network_and_resume_ignores_it(tmp_path, root, monkeypatch):
+def test_init_from_starts_the_whole_network_and_resume_ignores_it(tmp_path, root):
     """A run with LR = 0, EM_MOM = 1 and BN_MOM = 0 changes no weight, no base and no BN statistic, so its
     final.pth holds exactly the network it started from: every tensor of the source file (the authors' format,
     {'net', 'step'}, with weights unlike any seed's) must be there. A mismatched source names the key and both
     shapes; a folder with a checkpoint of its own resumes from it and never reads INIT_FROM."""
-    monkeypatch.setattr(settings, 'N_LAYERS', 50)
     torch.manual_seed(1)
-    source = network.EMANet(21, 50).state_dict()
+    source = tiny_net().state_dict()
     for key, value in source.items():
         if value.is_floating_point():  # BN statistics and the bases too: a seed's init never has them
             value.add_(torch.rand_like(value))
@@ -60,10 +58,10 @@ def test_init_from_starts_the_whole_network_and_resume_ignores_it(tmp_path, root
     # the optimizer starts fresh: one step's momentum buffers, none from the source (it had none)
     assert len(ckpt['optimizer']['state']) > 0
 
-    torch.save({'net': network.EMANet(5, 50).state_dict(), 'step': 1}, tmp_path / 'five_classes.pth')
+    torch.save({'net': tiny_net(5).state_dict(), 'step': 1}, tmp_path / 'five_classes.pth')
     with pytest.raises(checkpoint.CheckpointError, match=r'five_classes.pth: key fc2.weight has shape \(5, 256, 1, 1\) '
                                                          r'in the file but \(21, 256, 1, 1\)'):
-        checkpoint.init_from(network.EMANet(21, 50), str(tmp_path / 'five_classes.pth'))
+        checkpoint.init_from(tiny_net(), str(tmp_path / 'five_classes.pth'))
 
     with open(experiment / 'settings.py', 'a') as f:  # resumed with a source that would not even load
         f.write(f"ITER_MAX = 2\nINIT_FROM = {str(tmp_path / 'five_classes.pth')!r}\n")
@@ -111,7 +109,7 @@ def servers(tmp_path_factory):
     roots = {}
     for name, root, n_classes in (('voc', voc, 21), ('cityscapes', cityscapes, 19), ('ade20k', ade20k, 150)):
         torch.manual_seed(0)
-        torch.save({'net': network.EMANet(n_classes, 50).state_dict(), 'step': 7}, base / f'{name}.pth')
+        torch.save({'net': tiny_net(n_classes).state_dict(), 'step': 7}, base / f'{name}.pth')
         roots[name] = (str(root), n_classes, str(base / f'{name}.pth'))
     return roots
 

@@ -17,7 +17,7 @@ import export
 import network
 import settings
 import train
-from conftest import TINY, make_experiment, run_script
+from conftest import TINY, make_experiment, run_script, tiny_net
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
 
@@ -43,15 +43,15 @@ def broken_state(state, key):
 def files(tmp_path_factory):
     """{kind: broken whole checkpoint}, {kind: broken backbone file}, and the valid files they derive from."""
     folder = tmp_path_factory.mktemp('strict')
-    saved = settings.MODEL_DIR, settings.N_LAYERS
-    settings.MODEL_DIR, settings.N_LAYERS = str(folder), 50
+    saved = settings.MODEL_DIR
+    settings.MODEL_DIR = str(folder)
     try:
         torch.manual_seed(0)
-        net = network.EMANet(21, 50)
+        net = tiny_net()
         optimizer = torch.optim.SGD(train.param_groups(net), lr=1e-3, momentum=0.9)
         checkpoint.save_checkpoint('valid.pth', net, optimizer, torch.amp.GradScaler('cpu', enabled=False), 3)
     finally:
-        settings.MODEL_DIR, settings.N_LAYERS = saved
+        settings.MODEL_DIR = saved
     valid = torch.load(folder / 'valid.pth', weights_only=True)
     whole = {}
     for kind, key in BROKEN.items():

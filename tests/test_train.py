@@ -21,8 +21,8 @@ import torch
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 else:
-    from conftest import (HANG_GUARD, ONE_THREAD, ROOT, TORCHRUN, TWO_PROCESSES, Payload, make_experiment,
-                          processes_in, run_script, start_training, wait_for)
+    from conftest import (HANG_GUARD, ONE_THREAD, ROOT, TINY, TORCHRUN, TWO_PROCESSES, Payload, make_experiment,
+                          processes_in, run_script, start_training, stop, wait_for)
 
 import checkpoint
 import network
@@ -264,7 +264,7 @@ def test_smoke_run_then_eval_writes_checkpoints_settings_tensorboard_and_metrics
 
 
 def initial_net():
-    """The EMANet-50 that train.py starts every process from: initialised after seeding with SEED."""
+    """The EMANet that train.py starts every process from: initialised after seeding with SEED."""
     torch.manual_seed(settings.SEED)
     return network.EMANet(21, 50)
 
@@ -284,16 +284,17 @@ runpy.run_path('train.py', run_name='__main__')
 
 
 @pytest.mark.long
-def test_compiled_step_matches_eager_and_saves_plain_names(tmp_path, demo_data):
+def test_compiled_step_matches_eager_and_saves_plain_names(tmp_path, demo_data, monkeypatch):
     """COMPILE=True: the first step's loss, gradients and bases are eager's to rounding, and final.pth loads
     into a plain EMANet."""
+    monkeypatch.setattr(settings, 'EMA_CHANNELS', TINY['EMA_CHANNELS'])
     weights, losses = {}, {}
     for name, extra in (('eager', {}), ('compiled', {'COMPILE': True})):
         experiment = make_experiment(tmp_path / name, demo_data, ITER_MAX=1, **extra)
         result = run_script(experiment, '-c', AOT_EAGER_TRAIN)
         assert result.returncode == 0, result.stderr
         assert ('torch.compile: EMANet' in result.stderr) == (name == 'compiled'), result.stderr
-        weights[name] = checkpoint.load_checkpoint(network.EMANet(21, 50), experiment / 'models' / 'final.pth')['net']
+        weights[name] = checkpoint.load_checkpoint(initial_net(), experiment / 'models' / 'final.pth')['net']
         losses[name] = float(re.search(r'step 1/1 loss (\S+)', result.stderr).group(1))
     assert losses['compiled'] == pytest.approx(losses['eager'], rel=1e-3)
     initial = initial_net().state_dict()
@@ -327,13 +328,25 @@ def test_signal_saves_the_current_step_and_exits(tmp_path, demo_data, sig, worke
 
 
 @pytest.mark.long
-def test_sigterm_under_torchrun_saves_every_rank_exits_and_resumes_from_a_model_dir_all_nodes_see(tmp_path, demo_data):
+def test_under_torchrun_rank_0_holds_the_lock_sigterm_saves_and_the_run_resumes_from_a_model_dir_all_nodes_see(
+        tmp_path, demo_data):
     experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=10000)
     log = tmp_path / 'log'
     process = start_training(experiment, log, *TWO_PROCESSES)
-    wait_for(log, 'step 2/1000', process)
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=HANG_GUARD)
+    try:
+        wait_for(log, 'step 2/1000', process)
+        holder = (experiment / 'models' / 'train.lock').read_text().strip()
+        pid = re.match(r'pid (\d+) on ', holder).group(1)
+        assert pid in processes_in(experiment) and int(pid) != process.pid  # a worker, not the launcher
+        assert b'RANK=0' in open(f'/proc/{pid}/environ', 'rb').read().split(b'\0')  # rank 0
+        second = run_script(experiment, 'train.py')
+        assert second.returncode != 0 and holder in second.stderr, second.stderr
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=HANG_GUARD)
+    finally:
+        stop(process)
+    assert (experiment / 'models' / 'train.lock').read_text() == ''
     step = torch.load(experiment / 'models' / 'latest.pth', weights_only=True)['step']
     assert step >= 2 and f'latest.pth holds step {step}' in log.read_text()
     assert processes_in(experiment) == []
@@ -365,7 +378,7 @@ def load_final(experiment):
     return torch.load(experiment / 'models' / 'final.pth', weights_only=True)
 
 
-LONG = dict(ITER_MAX=16, ITER_SAVE=20, CROP_SIZE=17, EMA_CHANNELS=256, LOG_EVERY=1, IMAGE_EVERY=1000)
+LONG = dict(ITER_MAX=16, ITER_SAVE=20, CROP_SIZE=17, LOG_EVERY=1, IMAGE_EVERY=1000)
 
 
 @pytest.mark.long
@@ -423,9 +436,14 @@ def freeze_batch_norm(net, img):
             m.eval()
 
 
+# the settings of ddp_step's net and steps (an EM unit of 64 channels: its 512 would be a third of the float64 work)
+DDP_STEP = dict(N_LAYERS=50, PRETRAINED=None, BATCH_SIZE=2, LR=1e-5, EMA_CHANNELS=64)
+
+
 def ddp_step(out):
     """Two steps on a fixed global batch of 2 images, split across however many processes run this."""
-    settings.N_LAYERS, settings.PRETRAINED, settings.BATCH_SIZE, settings.LR = 50, None, 2, 1e-5
+    for name, value in DDP_STEP.items():
+        setattr(settings, name, value)
     rank, world, device = runtime.setup_runtime()
     net = initial_net().double()  # float64: a random net's gradients amplify rounding
     img, label = fixed_global_batch()
@@ -441,13 +459,15 @@ def ddp_step(out):
 
 
 @pytest.mark.long
-def test_one_ddp_step_equals_one_single_process_step(tmp_path):
+def test_one_ddp_step_equals_one_single_process_step(tmp_path, monkeypatch):
     script = os.path.join(ROOT, 'tests', 'test_train.py')
     single = run_script(ROOT, script, 'ddp-step', str(tmp_path / 'single.pth'), env=ONE_THREAD)
     assert single.returncode == 0, single.stderr
     ddp = run_script(ROOT, *TWO_PROCESSES, script, 'ddp-step', str(tmp_path / 'ddp.pth'), env=ONE_THREAD)
     assert ddp.returncode == 0, ddp.stderr
     single = torch.load(tmp_path / 'single.pth.rank0')
+    for name, value in DDP_STEP.items():
+        monkeypatch.setattr(settings, name, value)
     initial = initial_net().double().state_dict()
     assert torch.equal(single['emau.conv1.weight'], initial['emau.conv1.weight'])  # same start; frozen
     assert not torch.equal(single['fc2.weight'], initial['fc2.weight'])  # the steps moved the weights

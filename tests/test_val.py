@@ -132,7 +132,7 @@ def trained(tmp_path_factory, demo_data):
     when its last latest.pth was that of step 2, resumed with EVAL_IMAGES = 2."""
     dataset.write_lists({'val_three': dataset.read_ids('val', str(demo_data))[:3]}, str(demo_data))
     experiment = make_experiment(tmp_path_factory.mktemp('val') / 'exp', demo_data, ITER_MAX=5, ITER_SAVE=2,
-                                 EVAL_EVERY=2, VAL_SPLIT='val_three', EMA_CHANNELS=256, CROP_SIZE=17)
+                                 EVAL_EVERY=2, VAL_SPLIT='val_three', CROP_SIZE=17)
     models = experiment / 'models'
     first = run_script(experiment, *TWO_PROCESSES, 'train.py', env=ONE_THREAD)
     assert first.returncode == 0, first.stderr
@@ -223,7 +223,7 @@ def test_a_fresh_runs_best_pth_is_its_own_after_an_interruption(tmp_path, demo_d
     settings and the mIoU val.jsonl records."""
     dataset.write_lists({'val_two': dataset.read_ids('val', str(demo_data))[:2]}, str(demo_data))
     experiment = make_experiment(tmp_path / 'exp', demo_data, ITER_MAX=1000, ITER_SAVE=1000, EVAL_EVERY=1000,
-                                 VAL_SPLIT='val_two', EMA_CHANNELS=256, CROP_SIZE=17)
+                                 VAL_SPLIT='val_two', CROP_SIZE=17)
     (experiment / 'models').mkdir()
     earlier = {'net': {'fc2.bias': torch.ones(21)}, 'step': 3, 'best_mIoU': 0.9, 'settings': {'LR': 0.5}}
     torch.save(earlier, experiment / 'models' / 'best.pth')

@@ -1,5 +1,6 @@
 """The research workflow as a user meets it, through the real scripts: misspelt settings, one run per
-experiment folder (and the lock a killed run leaves), continuing a finished run, and compare.py."""
+experiment folder (and the lock a killed run leaves; rank 0's lock under torchrun is checked by test_train's
+torchrun run), continuing a finished run, and compare.py."""
 import csv
 import errno
 import fcntl
@@ -14,8 +15,7 @@ import socket
 import pytest
 import torch
 
-from conftest import (HANG_GUARD, TWO_PROCESSES, copy_code, make_experiment, processes_in, run_script,
-                      start_training, wait_for)
+from conftest import HANG_GUARD, copy_code, make_experiment, run_script, start_training, stop, wait_for
 
 import checkpoint
 import settings
@@ -28,13 +28,6 @@ def append(experiment, **assignments):
 
 def checkpoints(experiment):
     return {path.name: path.stat().st_mtime_ns for path in (experiment / 'models').glob('*.pth')}
-
-
-def stop(process):
-    """SIGKILL for a process group a failed test leaves behind."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 # ---------------------------------------------------------------- misspelt settings
@@ -108,29 +101,6 @@ def test_a_killed_run_leaves_a_stale_lock_that_the_next_run_takes_over(tmp_path,
     assert f'taking over ./models/train.lock from a run that ended without releasing it ({holder}' in again.stderr
     assert torch.load(experiment / 'models' / 'final.pth', weights_only=True)['step'] == 1
     assert lock.read_text() == ''
-
-
-@pytest.mark.long
-def test_under_torchrun_rank_0_holds_the_lock(tmp_path, root):
-    experiment = make_experiment(tmp_path / 'exp', root, ITER_MAX=1000, ITER_SAVE=10000)
-    log = tmp_path / 'log'
-    torchrun = start_training(experiment, log, *TWO_PROCESSES)
-    try:
-        wait_for(log, 'step 2/1000', torchrun)
-        holder = (experiment / 'models' / 'train.lock').read_text().strip()
-        pid = re.match(r'pid (\d+) on ', holder).group(1)
-        assert pid in processes_in(experiment) and int(pid) != torchrun.pid  # a worker, not the launcher
-        environment = open(f'/proc/{pid}/environ', 'rb').read().split(b'\0')
-        assert b'RANK=0' in environment  # rank 0
-        second = run_script(experiment, 'train.py')
-        assert second.returncode != 0 and holder in second.stderr, second.stderr
-        assert torchrun.poll() is None
-        torchrun.send_signal(signal.SIGTERM)
-        torchrun.wait(timeout=HANG_GUARD)
-    finally:
-        stop(torchrun)
-    assert 'latest.pth holds step' in log.read_text()
-    assert (experiment / 'models' / 'train.lock').read_text() == ''
 
 
 def test_a_filesystem_without_posix_locks_is_named_not_taken_for_a_running_run(monkeypatch, tmp_path):
