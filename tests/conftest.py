@@ -66,12 +66,16 @@ def _deterministic():
     yield
 
 
+DEMO_TRAIN, DEMO_VAL = 40, 8  # demo_data's images: 40 train (no tiny run sees more), 8 val (`prepare.py demo`: 300, 60)
+DEMO_VAL_IDS = [f'{index:06d}' for index in range(DEMO_TRAIN, DEMO_TRAIN + DEMO_VAL)]  # make_demo's numbering
+
+
 @pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
-    """The generated demo dataset (`prepare.py demo`'s 300 training images), made once per test session (per
-    worker), with 20 val images rather than 60: every evaluation of it takes a third of the time."""
+    """The generated demo dataset (`prepare.py demo`'s images, fewer of them: DEMO_TRAIN, DEMO_VAL), made once per
+    test session (per worker)."""
     root = tmp_path_factory.mktemp('demo') / 'data'
-    prepare.make_demo(str(root), n_val=20)
+    prepare.make_demo(str(root), n_train=DEMO_TRAIN, n_val=DEMO_VAL)
     return root
 
 

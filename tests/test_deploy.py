@@ -17,11 +17,11 @@ import export
 import network
 import runtime
 import settings
-from conftest import ONE_THREAD, TINY, make_experiment, run_script
+from conftest import DEMO_VAL_IDS, ONE_THREAD, TINY, make_experiment, run_script
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
 
-VAL_IDS = ['000300', '000301']  # the first ids of the demo's val list
+VAL_IDS = DEMO_VAL_IDS[:2]
 
 
 @pytest.fixture(scope='module')

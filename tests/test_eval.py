@@ -18,12 +18,12 @@ import eval
 import evaluation
 import network
 import settings
-from conftest import ONE_THREAD, ROOT, TWO_PROCESSES, make_experiment, run_script, tiny_net
+from conftest import DEMO_VAL_IDS, ONE_THREAD, ROOT, TWO_PROCESSES, make_experiment, run_script, tiny_net
 from test_val import read_scalars
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
 
-VAL_IDS = ['000300', '000301', '000302']  # the first ids of the demo's val list
+VAL_IDS = DEMO_VAL_IDS[:3]
 
 
 # ---------------------------------------------------------------- metrics

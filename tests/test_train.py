@@ -419,8 +419,8 @@ def test_interrupted_run_ends_with_the_uninterrupted_weights(tmp_path, demo_data
 
 def fixed_global_batch():
     generator = torch.Generator().manual_seed(1)
-    img = torch.randn(2, 3, 33, 33, generator=generator, dtype=torch.float64)
-    return img, torch.randint(0, 21, (2, 33, 33), generator=generator)
+    img = torch.randn(2, 3, 17, 17, generator=generator, dtype=torch.float64)
+    return img, torch.randint(0, 21, (2, 17, 17), generator=generator)
 
 
 def freeze_batch_norm(net, img):
