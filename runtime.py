@@ -138,7 +138,7 @@ def freeze(net):
     each new image size, and every val image has its own.
     The trace sees a copy of net without gradients, called from a bare module: its weights go into the graph as
     constants (what freezing makes of them anyway), and TorchScript does not first script each of its ~470
-    submodules (0.6 s of 0.95 s for an EMANet-50 on 2 cores; the graph is the same)."""
+    submodules (0.5 s of 0.95 s for an EMANet-50 on one thread; the graph is the same)."""
     weights = copy.deepcopy(net).requires_grad_(False)
     caller = torch.nn.Module().eval()
     caller.forward = lambda img: weights(img)  # a function attribute: weights is no submodule of caller
