@@ -1,8 +1,10 @@
 import atexit
+import faulthandler
 import glob
 import importlib
+import inspect
+import io
 import logging
-import math
 import os
 import random
 import runpy
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import types
@@ -118,12 +121,13 @@ def tiny_net(n_classes=21):
 
 
 def run_script(experiment, *args, timeout=HANG_GUARD, env=None):
-    """Runs `python args...` in the experiment folder like a user would; returns the CompletedProcess. It runs as
-    a `ForkedScript`: a process of its own, with its own exit code, output and modules, without paying torch's
-    import again (torchrun's workers are the fresh interpreters torchrun starts). On a timeout the whole process
-    group goes (torchrun and its workers too)."""
+    """Runs `python args...` in the experiment folder like a user would, in a session of its own; returns the
+    CompletedProcess. It runs as a `ForkedScript`: a process of its own, with its own exit code, output and modules,
+    without paying torch's import again. Its output goes to files, not pipes, so that a process it leaves behind
+    cannot hold the test up. On a timeout the whole session goes (torchrun and its workers too)."""
     outputs = [tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')]
-    process = ForkedScript(experiment, args, env, *outputs)
+    process = ForkedScript([sys.executable, *args], cwd=experiment, env={**os.environ, **(env or {})},
+                           stdin=subprocess.DEVNULL, stdout=outputs[0], stderr=outputs[1], start_new_session=True)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -136,9 +140,11 @@ def run_script(experiment, *args, timeout=HANG_GUARD, env=None):
 
 def start_training(experiment, log_path, *launcher):
     """train.py (under launcher: python's arguments before the script, e.g. TWO_PROCESSES for torchrun) in the
-    background, one thread per process: tiny steps gain nothing from more, and lose much to a busy machine."""
-    log = open(log_path, 'a')
-    return ForkedScript(experiment, [*launcher, 'train.py'], ONE_THREAD, log, log)
+    background, in a session of its own, one thread per process: tiny steps gain nothing from more, and lose much
+    to a busy machine."""
+    with open(log_path, 'a') as log:
+        return ForkedScript([sys.executable, *launcher, 'train.py'], cwd=experiment, env={**os.environ, **ONE_THREAD},
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
 
 def wait_for(log_path, text, process, since=0):
@@ -171,41 +177,73 @@ def stop(process):
         process.wait()
 
 
-class ForkedScript:
-    """`python args...` (a script, -c code or -m module) in cwd, as a forked child of this process: what a fresh
-    interpreter would do, minus importing torch and the libraries again (seconds each time on 2 cores). The child
-    forgets every module this process imported from outside python's folders, so the scripts in cwd (or the
-    script's folder) are the ones that run; it starts a session of its own, with python's signal handlers, no
-    logging handlers and no exit handlers of its parent's. Has the Popen methods the tests use."""
+EXECUTE_CHILD = subprocess.Popen._execute_child  # how a Popen starts a program: fork and exec
 
-    def __init__(self, cwd, args, env, stdout, stderr):
-        self.args, self.returncode = [sys.executable, *args], None
-        self.pid = os.fork()
-        if self.pid == 0:  # the child never returns into the tests
+
+class ForkedScript(subprocess.Popen):
+    """A Popen for which `python [-u] args...` (a script, -c code or -m module) runs as a fork of this process: what
+    a fresh interpreter would do, minus importing torch and the libraries again (2 s each time, 4 s where a script
+    builds an optimizer, on 2 cores). Other commands start as usual. The child forgets every module this process
+    imported from outside python's folders, so the scripts in cwd (or the script's folder) are the ones that run;
+    it takes the environment, stdio, session and process group a Popen gives, python's signal handlers, no logging
+    handlers and no exit handlers of its parent's. Every Popen in the child forks the same way, so the interpreters
+    that a script starts (torchrun's workers, grid.py's runs, submitit's jobs) skip the imports too."""
+
+    def _execute_child(self, *params):
+        call = types.SimpleNamespace(**inspect.signature(EXECUTE_CHILD).bind(self, *params).arguments)
+        command = [call.args] if isinstance(call.args, (str, bytes, os.PathLike)) else [*map(os.fsdecode, call.args)]
+        python_args = command[1:][command[1:2] == ['-u']:]
+        if (call.shell or call.executable not in (None, sys.executable) or command[0] != sys.executable
+                or not python_args or python_args[0].startswith('-') and python_args[0] not in ('-c', '-m')
+                or call.preexec_fn or call.umask >= 0 or (call.uid, call.gid, call.gids) != (None,) * 3):
+            return EXECUTE_CHILD(self, *params)
+        sys.stdout.flush()  # nothing of this process's buffers written twice
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child never returns into its parent's code
             code = 1
             try:
-                code = self.child(cwd, args, env or {}, stdout, stderr)
+                code = ForkedScript.child(call, python_args, unbuffered=command[1] == '-u')
             finally:
                 os._exit(code)
+        self.pid, self._child_created = pid, True
+        self._close_pipe_fds(call.p2cread, call.p2cwrite, call.c2pread, call.c2pwrite, call.errread, call.errwrite)
 
     @staticmethod
-    def child(cwd, args, env, stdout, stderr):
+    def child(call, args, unbuffered):
         """The child's exit code, as the interpreter would give it."""
         code = 1
         try:
-            os.setsid()
-            os.chdir(cwd)
-            os.environ.update(env)
-            if 'OMP_NUM_THREADS' in env:
-                torch.set_num_threads(int(env['OMP_NUM_THREADS']))
-            os.dup2(stdout.fileno(), 1)
-            os.dup2(stderr.fileno(), 2)
-            sys.stdout = open(1, 'w', closefd=False)
-            sys.stderr = open(2, 'w', closefd=False, errors='backslashreplace')
-            sys.stdin = open(os.devnull)
+            if call.start_new_session:
+                os.setsid()
+            elif call.process_group >= 0:
+                os.setpgid(0, call.process_group)
+            for source, target in ((call.p2cread, 0), (call.c2pwrite, 1), (call.errwrite, 2)):
+                if source != -1:
+                    os.dup2(source, target)
+            pipe_ends = {call.p2cread, call.p2cwrite, call.c2pread, call.c2pwrite, call.errread, call.errwrite}
+            for fd in pipe_ends - {-1, 0, 1, 2}:  # the parent's ends, and the child's now that they are 0, 1, 2
+                os.close(fd)
+            if call.cwd is not None:
+                os.chdir(call.cwd)
+            if call.env is not None:
+                os.environ.clear()
+                os.environ.update(call.env)
+            if 'OMP_NUM_THREADS' in os.environ:
+                torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
+            unbuffered = unbuffered or bool(os.environ.get('PYTHONUNBUFFERED'))
+            sys.stdin = open(0, closefd=False)
+            sys.stdout = (io.TextIOWrapper(open(1, 'wb', buffering=0, closefd=False), write_through=True)
+                          if unbuffered else open(1, 'w', closefd=False))
+            sys.stderr = open(2, 'w', buffering=1, closefd=False, errors='backslashreplace')
+            for number in signal.valid_signals():
+                if callable(signal.getsignal(number)):
+                    signal.signal(number, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            faulthandler.disable()
             atexit._clear()
+            subprocess.Popen._execute_child = ForkedScript._execute_child
             # generators seeded from the OS as a new interpreter's (torch's too, which a new one seeds with a
             # constant: stricter), so a script that forgot to seed one is caught rather than given this state
             random.seed()
@@ -216,12 +254,12 @@ class ForkedScript:
                     logger.handlers.clear()
             for name, module in list(sys.modules.items()):
                 path = getattr(module, '__file__', None)
-                if path and not path.startswith(PYTHON_FOLDERS):
+                if path and not path.startswith(PYTHON_FOLDERS) or args[0] == '-m' and name == args[1]:
                     del sys.modules[name]
             folder = '' if args[0] in ('-c', '-m') else os.path.dirname(os.path.abspath(args[0]))
             sys.path[:] = [folder] + [p for p in sys.path if p not in ('', ROOT, os.path.join(ROOT, 'tests'))]
             if args[0] == '-c':  # a __main__ without a file, as python -c has
-                sys.argv = list(args[1:])
+                sys.argv = ['-c', *args[2:]]
                 sys.modules['__main__'] = main = types.ModuleType('__main__')
                 exec(compile(args[1], '<string>', 'exec'), main.__dict__)
             elif args[0] == '-m':  # sys.argv[0] becomes the module's file, as python -m has it
@@ -238,27 +276,10 @@ class ForkedScript:
         except BaseException:
             traceback.print_exc()
         atexit._run_exitfuncs()
+        threading._shutdown()  # the interpreter waits for its threads before it exits
         sys.stdout.flush()
         sys.stderr.flush()
         return code
-
-    def poll(self):
-        if self.returncode is None:
-            done, status = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout=None):
-        deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(self.args, timeout)
-            time.sleep(0.02)
-        return self.returncode
-
-    def send_signal(self, sig):
-        os.kill(self.pid, sig)
 
 
 class Payload:

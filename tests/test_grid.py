@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import HANG_GUARD, ROOT, SPLITS, block_sample, copy_code, make_experiment, run_script, write_root
+from conftest import (HANG_GUARD, ROOT, SPLITS, ForkedScript, block_sample, copy_code, make_experiment, run_script,
+                      write_root)
 
 import compare
 import grid
@@ -197,7 +198,7 @@ def test_status_lines(ran):
 def test_ctrl_c_stops_the_run_which_saves_latest(ran):
     tmp = ran[0]
     command = [sys.executable, str(tmp / 'base' / 'grid.py'), 'run', E]
-    with subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+    with ForkedScript(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         deadline = time.time() + HANG_GUARD
         log = tmp / E / 'grid_train.log'
         while not (log.exists() and 'step 1/1000' in log.read_text()):

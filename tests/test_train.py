@@ -337,8 +337,10 @@ def test_under_torchrun_rank_0_holds_the_lock_sigterm_saves_and_the_run_resumes_
         wait_for(log, 'step 2/1000', process)
         holder = (experiment / 'models' / 'train.lock').read_text().strip()
         pid = re.match(r'pid (\d+) on ', holder).group(1)
-        assert pid in processes_in(experiment) and int(pid) != process.pid  # a worker, not the launcher
-        assert b'RANK=0' in open(f'/proc/{pid}/environ', 'rb').read().split(b'\0')  # rank 0
+        workers = [worker for worker in processes_in(experiment) if int(worker) != process.pid]
+        assert pid in workers  # a worker, not the launcher
+        # rank 0: the one worker that writes TensorBoard's events
+        assert [worker for worker in workers if 'events.out.tfevents' in open_files(worker)] == [pid]
         second = run_script(experiment, 'train.py')
         assert second.returncode != 0 and holder in second.stderr, second.stderr
         assert process.poll() is None
@@ -366,6 +368,17 @@ def test_under_torchrun_rank_0_holds_the_lock_sigterm_saves_and_the_run_resumes_
              for node in (0, 1)]
     assert [node.wait(timeout=HANG_GUARD) != 0 for node in nodes] == [True, True]
     assert f"resume from different steps (0 to {step + 2}): MODEL_DIR='./elsewhere'" in log.read_text()[since:]
+
+
+def open_files(pid):
+    """The paths that process pid holds open, joined by newlines."""
+    paths = []
+    for fd in glob.glob(f'/proc/{pid}/fd/*'):
+        try:
+            paths.append(os.readlink(fd))
+        except OSError:  # closed since the listing
+            pass
+    return '\n'.join(paths)
 
 
 def free_port():
