@@ -1,11 +1,13 @@
-"""demo.sh, clean.sh and tensorboard.sh, run from a copy of the repository as a user would."""
+"""demo.sh, clean.sh and tensorboard.sh, run from a copy of the repository as a user would; and ForkedScript, which
+runs the tests' python commands."""
 import json
 import os
 import subprocess
+import textwrap
 
 import pytest
 
-from conftest import HANG_GUARD, copy_code, make_experiment
+from conftest import HANG_GUARD, copy_code, make_experiment, run_script
 
 
 def bash(python_first, folder, *args, env=None, timeout=HANG_GUARD):
@@ -94,3 +96,23 @@ def test_tensorboard_serves_several_experiments_side_by_side_named_by_folder(tmp
     not_an_experiment = bash(python_first, here, 'exp_a/tensorboard.sh', 'exp_a', 'notes', env=env)
     assert not_an_experiment.returncode == 1 and 'tensorboard --logdir' not in not_an_experiment.stdout
     assert 'notes is not an experiment folder (no settings.py)' in not_an_experiment.stderr
+
+
+def test_a_forked_script_and_the_python_it_starts_see_their_folder_arguments_environment_and_streams(tmp_path):
+    """What the tests rely on when a script runs as a fork of the test process: the folder's settings.py, not the
+    one the tests imported; the arguments, environment, exit code and separate output streams a fresh interpreter
+    gets; and a python that the script starts is a fork too (torch already imported)."""
+    (tmp_path / 'settings.py').write_text("WHERE = 'this folder'\n")
+    (tmp_path / 'script.py').write_text(textwrap.dedent("""
+        import os, subprocess, sys
+        import settings
+        print(settings.WHERE, sys.argv, os.environ['ANSWER'], os.getcwd(), 'torch' in sys.modules)
+        code = 'import sys, settings; print(sys.argv, settings.WHERE, "torch" in sys.modules); sys.exit(5)'
+        inner = subprocess.run([sys.executable, '-c', code, 'x'], capture_output=True, text=True)
+        print(inner.returncode, inner.stdout.strip(), inner.stderr, file=sys.stderr)
+        sys.exit(3)
+    """))
+    done = run_script(tmp_path, 'script.py', 'a', env={'ANSWER': '42'})
+    assert done.returncode == 3
+    assert done.stdout == f"this folder ['script.py', 'a'] 42 {tmp_path} True\n"
+    assert done.stderr == "5 ['-c', 'x'] this folder True \n"
