@@ -1,5 +1,6 @@
 import atexit
 import faulthandler
+import gc
 import glob
 import importlib
 import inspect
@@ -199,6 +200,7 @@ class ForkedScript(subprocess.Popen):
             return EXECUTE_CHILD(self, *params)
         sys.stdout.flush()  # nothing of this process's buffers written twice
         sys.stderr.flush()
+        gc.freeze()  # the child's collections skip this process's objects rather than copy every page they are on
         pid = os.fork()
         if pid == 0:  # the child never returns into its parent's code
             code = 1
@@ -206,6 +208,7 @@ class ForkedScript(subprocess.Popen):
                 code = ForkedScript.child(call, python_args, unbuffered=command[1] == '-u')
             finally:
                 os._exit(code)
+        gc.unfreeze()
         self.pid, self._child_created = pid, True
         self._close_pipe_fds(call.p2cread, call.p2cwrite, call.c2pread, call.c2pwrite, call.errread, call.errwrite)
 
