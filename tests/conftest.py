@@ -51,7 +51,10 @@ TWO_PROCESSES = (*TORCHRUN, '--standalone', '--nproc_per_node=2')  # DDP with 2 
 if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: a core per worker, for its subprocesses' torch too
     os.environ['OMP_NUM_THREADS'] = '1'    # (more threads than cores spin against each other)
 torch.set_num_threads(1)  # a ForkedScript would wait forever for OpenMP threads that this process had started
-importlib.import_module('torch._dynamo')  # what a script's first torch.optim call imports (2 s): once, not per script
+# what scripts import on first use, once per worker rather than in every script: torch._dynamo (torch.optim's first
+# call, 2 s on 2 cores), onnx and torch's exporter (export.py, 2 s), tensorboardX (train.py, eval.py: 0.2 s)
+for module in ('torch._dynamo', 'onnx', 'torch.onnx._internal.exporter._core', 'tensorboardX'):
+    importlib.import_module(module)
 
 
 def pytest_configure(config):
