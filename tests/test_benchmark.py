@@ -9,7 +9,7 @@ import torch
 import benchmark
 import dataset
 import settings
-from conftest import ROOT, run_script
+from harness import ROOT, run_script
 
 
 @pytest.mark.parametrize('channels', [512, 256])

@@ -14,7 +14,7 @@ import evaluation
 import network
 import settings
 import train
-from conftest import TINY
+from harness import TINY
 
 
 class Scalars:
@@ -99,7 +99,7 @@ def test_windows_of_an_image_the_window_fits(monkeypatch):
 
 @pytest.fixture
 def tiny(monkeypatch, tmp_path, root):
-    """A tiny EMANet-50 on the conftest root's 6 images, its folders in tmp_path."""
+    """A tiny EMANet-50 on conftest's `root`: 6 images, its folders in tmp_path."""
     for name, value in {**TINY, 'DATA_ROOT': root, 'MODEL_DIR': str(tmp_path / 'models'),
                         'LOG_DIR': str(tmp_path / 'logdir'), 'VAL_SPLIT': 'val', 'EVAL_IMAGES': 1}.items():
         monkeypatch.setattr(settings, name, value)

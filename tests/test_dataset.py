@@ -11,7 +11,7 @@ from PIL import Image
 import benchmark
 import dataset
 import settings
-from conftest import CLASS_COLOURS, break_sample
+from harness import CLASS_COLOURS, break_sample
 
 
 def unnormalize(image):

@@ -15,7 +15,7 @@ from PIL import Image
 import dataset
 import prepare
 import settings
-from conftest import ROOT, make_experiment, run_script
+from harness import ROOT, make_experiment, run_script
 
 HEIGHT, WIDTH = 40, 60
 

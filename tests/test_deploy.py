@@ -17,7 +17,7 @@ import export
 import network
 import runtime
 import settings
-from conftest import DEMO_VAL_IDS, ONE_THREAD, TINY, make_experiment, run_script
+from harness import DEMO_VAL_IDS, ONE_THREAD, TINY, make_experiment, run_script
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
 

@@ -15,7 +15,7 @@ import shlex
 
 import pytest
 
-from conftest import ROOT, run_script
+from harness import ROOT, run_script
 
 DOCS = ('README.md', 'DATASETS.md')
 LAUNCHERS = ('python', 'torchrun', 'bash')

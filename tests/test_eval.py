@@ -18,7 +18,7 @@ import eval
 import evaluation
 import network
 import settings
-from conftest import DEMO_VAL_IDS, ONE_THREAD, ROOT, TWO_PROCESSES, make_experiment, run_script, tiny_net
+from harness import DEMO_VAL_IDS, ONE_THREAD, ROOT, TWO_PROCESSES, make_experiment, run_script, tiny_net
 from test_val import read_scalars
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
@@ -271,7 +271,7 @@ def test_attention_maps_of_emanet(monkeypatch):
 
 @pytest.fixture(scope='module')
 def experiment(tmp_path_factory, demo_data):
-    """An experiment folder (conftest's tiny ResNet-50 settings) evaluating the demo data's first 3 val images,
+    """An experiment folder (harness.py's tiny ResNet-50 settings) evaluating the demo data's first 3 val images,
     with a checkpoint models/ckpt.pth of that model."""
     with open(dataset.list_path('val_small', str(demo_data)), 'w') as f:
         f.write(''.join(image_id + '\n' for image_id in VAL_IDS))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SPLITS, block_sample, copy_code, make_experiment, run_script, write_root
+from harness import SPLITS, block_sample, copy_code, make_experiment, run_script, write_root
 
 import checkpoint
 import runtime

@@ -21,7 +21,7 @@ import network
 import runtime
 import settings
 import train
-from conftest import TINY
+from harness import TINY
 
 
 @contextlib.contextmanager

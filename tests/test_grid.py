@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import (HANG_GUARD, ROOT, SPLITS, ForkedScript, block_sample, copy_code, make_experiment, run_script,
+from harness import (HANG_GUARD, ROOT, SPLITS, ForkedScript, block_sample, copy_code, make_experiment, run_script,
                       write_root)
 
 import compare

@@ -11,7 +11,7 @@ import checkpoint
 import network
 import settings
 from checkpoint import CheckpointError
-from conftest import Payload
+from harness import Payload
 from network import EMANet, EMAU
 
 

@@ -17,7 +17,7 @@ import dataset
 import hubconf
 import prepare
 import settings
-from conftest import ROOT, TINY, make_experiment, run_script
+from harness import ROOT, TINY, make_experiment, run_script
 
 pytestmark = pytest.mark.xdist_group(__name__)  # the trained experiment is shared by the module's tests
 

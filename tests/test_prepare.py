@@ -9,7 +9,7 @@ import scipy.io
 
 import dataset
 import prepare
-from conftest import ROOT, SPLITS, break_sample, run_script, write_jpeg
+from harness import ROOT, SPLITS, break_sample, run_script, write_jpeg
 
 
 # ---------------------------------------------------------------- prepare

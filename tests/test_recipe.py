@@ -14,7 +14,7 @@ import dataset
 import network
 import settings
 import train
-from conftest import ONE_THREAD, TINY, make_experiment, run_script
+from harness import ONE_THREAD, TINY, make_experiment, run_script
 
 
 # ---------------------------------------------------------------- initialisation

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import HANG_GUARD, copy_code, make_experiment, run_script
+from harness import HANG_GUARD, copy_code, make_experiment, run_script
 
 
 def bash(python_first, folder, *args, env=None, timeout=HANG_GUARD):

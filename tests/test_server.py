@@ -17,7 +17,7 @@ import eval as eval_script
 import prepare
 import settings
 import train
-from conftest import ROOT, TWO_PROCESSES, make_experiment, run_script, tiny_net, write_jpeg
+from harness import ROOT, TWO_PROCESSES, make_experiment, run_script, tiny_net, write_jpeg
 from test_datasets import COCO_THING_IDS, PANOPTIC_STUFF, ade20k_miniature, cityscapes_miniature, write_image
 from test_prepare import voc_sbd_miniature
 

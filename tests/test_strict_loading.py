@@ -17,7 +17,7 @@ import export
 import network
 import settings
 import train
-from conftest import TINY, make_experiment, run_script, tiny_net
+from harness import TINY, make_experiment, run_script, tiny_net
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
 
@@ -78,7 +78,7 @@ def assert_refused(excinfo, error_type, key, path):
 
 @pytest.fixture
 def tiny(monkeypatch, tmp_path, root):
-    """This process's settings as a tiny experiment's on the conftest root, its folders in tmp_path."""
+    """This process's settings as a tiny experiment's on conftest's `root`, its folders in tmp_path."""
     for name, value in {**TINY, 'DATA_ROOT': root, 'MODEL_DIR': str(tmp_path / 'models'),
                         'LOG_DIR': str(tmp_path / 'logdir')}.items():
         monkeypatch.setattr(settings, name, value)

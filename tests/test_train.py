@@ -21,7 +21,7 @@ import torch
 if __name__ == '__main__':
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 else:
-    from conftest import (HANG_GUARD, ONE_THREAD, ROOT, TINY, TORCHRUN, TWO_PROCESSES, Payload, make_experiment,
+    from harness import (HANG_GUARD, ONE_THREAD, ROOT, TINY, TORCHRUN, TWO_PROCESSES, Payload, make_experiment,
                           processes_in, run_script, start_training, stop, wait_for)
 
 import checkpoint

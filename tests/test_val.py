@@ -16,7 +16,7 @@ import eval
 import evaluation
 import settings
 import train
-from conftest import HANG_GUARD, ONE_THREAD, TWO_PROCESSES, make_experiment, run_script, start_training, wait_for
+from harness import HANG_GUARD, ONE_THREAD, TWO_PROCESSES, make_experiment, run_script, start_training, wait_for
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
 

@@ -15,7 +15,7 @@ import socket
 import pytest
 import torch
 
-from conftest import HANG_GUARD, copy_code, make_experiment, run_script, start_training, stop, wait_for
+from harness import HANG_GUARD, copy_code, make_experiment, run_script, start_training, stop, wait_for
 
 import checkpoint
 import settings
