@@ -52,8 +52,8 @@ if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: a core per worker, for i
     os.environ['OMP_NUM_THREADS'] = '1'    # (more threads than cores spin against each other)
 torch.set_num_threads(1)  # a ForkedScript would wait forever for OpenMP threads that this process had started
 # what scripts import on first use, once per worker rather than in every script: torch._dynamo (torch.optim's first
-# call, 2 s on 2 cores), onnx and torch's exporter (export.py, 2 s), tensorboardX (train.py, eval.py: 0.2 s)
-for module in ('torch._dynamo', 'onnx', 'torch.onnx._internal.exporter._core', 'tensorboardX'):
+# call, 2 s on 2 cores), onnx (export.py, eval.py --onnx: 1.3 s), tensorboardX (train.py, eval.py: 0.2 s)
+for module in ('torch._dynamo', 'onnx', 'tensorboardX'):
     importlib.import_module(module)
 
 DEMO_TRAIN, DEMO_VAL = 40, 8  # demo_data's images: 40 train (no tiny run sees more), 8 val (`prepare.py demo`: 300, 60)
