@@ -1,6 +1,6 @@
 """pytest's hooks and the fixtures any test may ask for; what the tests share as code is in harness.py. Nothing
-here imports torch until a fixture runs: the controller of `pytest -n` runs no test, and importing torch, its
-compiler and ONNX exporter (harness.py) would hold up every worker's start by 8 s on 2 cores."""
+here imports torch until a fixture runs: the controller of `pytest -n` runs no test, and importing torch,
+torch._dynamo, onnx and tensorboardX (harness.py) there would hold up the workers' start by 6 s on 2 cores."""
 import os
 import shlex
 import sys
