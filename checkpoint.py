@@ -2,7 +2,8 @@
 name the file, resume, the pretrained backbone, and the one-run-per-folder lock.
 
 A checkpoint is `{'net': state_dict, 'step': N}` (the authors' released files are exactly that) plus, in ours,
-`optimizer`, `scaler` and `settings` (as plain values, see `plain`). Every load uses `torch.load(weights_only=True)`.
+`optimizer`, `scaler`, `settings` (as plain values, see `plain`) and `recipe` (the run against its published recipe,
+`recipe_record`). Every load uses `torch.load(weights_only=True)`.
 
 Two path rules. The files a run writes and resumes from (latest.pth, final.pth, step_<N>.pth, best.pth, train.lock,
 temporary files) are always `model_file(name)` = MODEL_DIR/name: a file of the same name in the working folder is
@@ -22,7 +23,9 @@ import time
 import zipfile
 
 import torch
+import torch.distributed as dist
 
+import dataset
 import settings
 
 
@@ -177,9 +180,33 @@ def replace_file(path, write, remedy):
         raise CheckpointError(f'could not write {path}: {e.strerror or e}{remedy}') from None
 
 
+def recipe_record(net):
+    """This run against its recipe (dataset.compare_recipe, plain values): the effective settings, torchrun's
+    processes and whether net's BatchNorm is synchronised across them (SyncBatchNorm: torchrun on GPUs)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    synced = any(isinstance(module, torch.nn.SyncBatchNorm) for module in net.modules())
+    return plain(dataset.compare_recipe(plain(settings.effective()), world, synced))
+
+
+def folder_recipe(model_dir, values):
+    """The recipe record of an experiment folder's run: that of the newer of MODEL_DIR's final.pth and latest.pth,
+    as the run compared itself, else (no run yet, a checkpoint without one) dataset.compare_recipe of its settings'
+    values as one process runs them; None without either. Raises ValueError for a RECIPE of no recipe of its
+    DATASET."""
+    paths = [os.path.join(model_dir, name) for name in ('final.pth', 'latest.pth')]
+    for path in sorted((p for p in paths if os.path.isfile(p)), key=os.path.getmtime, reverse=True):
+        try:
+            held = read_weights(path, mmap=True)
+        except CheckpointError:
+            continue
+        if isinstance(held, dict) and isinstance(held.get('recipe'), dict):
+            return held['recipe']
+    return dataset.compare_recipe(plain(values)) if values else None
+
+
 def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
-    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} and the entries of extra (e.g.
-    best.pth's 'best_mIoU') atomically (`replace_file`). Refuses non-finite weights."""
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings', 'recipe' (`recipe_record`)} and
+    the entries of extra (e.g. best.pth's 'best_mIoU') atomically (`replace_file`). Refuses non-finite weights."""
     state = net.state_dict()
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
@@ -187,7 +214,7 @@ def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
     optimizer_state = optimizer.state_dict()  # its hyper-parameters come from settings: LR may be a numpy float
     optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
     ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
-            'settings': plain(settings.effective()), **(extra or {})}
+            'settings': plain(settings.effective()), 'recipe': recipe_record(net), **(extra or {})}
 
     def write(tmp):
         with open(tmp, 'wb') as f:

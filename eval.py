@@ -248,9 +248,12 @@ def result_path(path):
     return os.path.join(folder, f'eval_{name}.json')
 
 
-def report(confusion, path, step, n_images, writer=None):
+def report(confusion, path, step, n_images, writer=None, recipe=None):
     """Prints the metrics and the per-class IoU table; writes `result_path(path)` and, given a writer and a
-    step, the TensorBoard scalars at that step. An images-only split (VAL_SPLIT = 'test') is predicted, not scored."""
+    step, the TensorBoard scalars at that step. An images-only split (VAL_SPLIT = 'test') is predicted, not scored.
+    recipe: the checkpoint's record of its run against its recipe (None: it holds none, as the authors' files and
+    ONNX files), kept in the JSON with whether this evaluation is under one of the recipe's protocols ('protocol')
+    and the recipe's result of it ('reported', dataset.recipe_result)."""
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
           f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}, '
           f'window {settings.EVAL_WINDOW}, stride {dataset.output_stride()}')
@@ -264,6 +267,9 @@ def report(confusion, path, step, n_images, writer=None):
     for name, iou in result['per_class'].items():
         print(f'  {name:<{width}}  {100 * (math.nan if iou is None else iou):6.2f}')
     result.update(checkpoint=path, step=step, confusion=np.asarray(confusion).tolist())
+    if recipe is not None and recipe['name'] is not None:
+        recipe = dict(recipe, **dict(zip(('protocol', 'reported'), dataset.recipe_result(recipe['name'], result))))
+    result['recipe'] = recipe
     out = result_path(path)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
@@ -373,9 +379,9 @@ def evaluate_checkpoints(args):
     for path in paths:
         if args.onnx:
             forward, meta = evaluation.onnx_net(path)
-            step = meta.get('step')
+            step, recipe = meta.get('step'), None
         else:
-            step = checkpoint.load_checkpoint(net, path).get('step')
+            step, recipe = map(checkpoint.load_checkpoint(net, path).get, ('step', 'recipe'))  # weights let go
             net = runtime.to_device(net.eval(), device)
             forward = evaluation.inference_net(net, device)
         if images:
@@ -392,7 +398,7 @@ def evaluate_checkpoints(args):
             elif not own_checkpoint(path):
                 logger.info('%s is not in MODEL_DIR=%r: its results are kept apart from this folder\'s own, out '
                             'of its TensorBoard curve', path, settings.MODEL_DIR)
-            report(confusion, path, step, n_images, writer if curve else None)
+            report(confusion, path, step, n_images, writer if curve else None, recipe)
             if args.submit and settings.DATASET == 'voc':
                 logger.info('wrote %s: upload it to the VOC server', write_archive(args.submit, args.comp))
             elif args.submit:

@@ -19,6 +19,9 @@ eval.py's), a line in LOG_DIR/val.jsonl, and MODEL_DIR/best.pth, the checkpoint 
 the weights it would have without. A resumed run does not repeat an evaluation that val.jsonl holds. A
 VAL_SPLIT without labels ('test') is not validated, which the run says once.
 A run that reached ITER_MAX says so and exits; raising ITER_MAX continues it.
+Before the first step rank 0 compares the run with its dataset's published recipe (dataset.RECIPES, the closest
+or RECIPE) and logs one line naming it, or one per deviation: the run's value, the recipe's and what a source says
+that costs; LOG_DIR/settings.txt (its last '# recipe:' lines) and every checkpoint ('recipe') keep the comparison.
 INIT_FROM starts a fresh folder from another run's whole network (staged training:
 COCO, then trainaug, then trainval), with a fresh optimizer and schedule.
 ACCUM_STEPS > 1 runs each process's share of the batch as that many micro-batches (network.train_step): the
@@ -227,6 +230,7 @@ def main():
     compiled = runtime.compiles(device, world)
     if settings.CROP_SIZE < settings.STRIDE:
         raise SystemExit(f'CROP_SIZE={settings.CROP_SIZE} is smaller than the output stride STRIDE={settings.STRIDE}')
+    dataset.compare_recipe(checkpoint.plain(settings.effective()))  # a RECIPE of no recipe of DATASET stops here
     if settings.INIT_FROM and settings.PRETRAINED:
         raise SystemExit(f'INIT_FROM={settings.INIT_FROM!r} starts the whole network, PRETRAINED='
                          f'{settings.PRETRAINED!r} only its backbone: set PRETRAINED = None to use INIT_FROM')
@@ -307,8 +311,12 @@ def main():
                              worker_init_fn=ignore_interrupts))
     writer = SummaryWriter(settings.LOG_DIR) if rank == 0 else None
     if rank == 0:
+        recipe = checkpoint.recipe_record(net)  # the published recipe and every deviation from it, before step 1
         with open(os.path.join(settings.LOG_DIR, 'settings.txt'), 'w') as f:
             f.writelines(f'{name} = {value!r}\n' for name, value in checkpoint.plain(settings.effective()).items())
+            f.writelines(f'# {line}\n' for line in dataset.recipe_lines(recipe))  # kept with the results
+        for line in dataset.recipe_lines(recipe):
+            (logger.warning if recipe['deviations'] else logger.info)('%s', line)
         logger.info('training EMANet-%d OS%d on %s x%d (%s), steps %d..%d, %d images; batch %d: %d process(es) x '
                     '%d micro-batch(es) of %d images', settings.N_LAYERS, settings.STRIDE, device, world,
                     dtype or torch.float32, start + 1, settings.ITER_MAX, len(train_set), settings.BATCH_SIZE, world,
