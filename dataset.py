@@ -503,7 +503,8 @@ def compare_recipe(values, world=1, synced_bn=False):
         raise ValueError(f'RECIPE={name!r} is no recipe of DATASET={values.get("DATASET")!r}: '
                          + (f'its recipes are {", ".join(map(repr, mine))}' if mine else 'it has none (RECIPE = None)'))
     # a run that starts from another run's network is a stage of a staged recipe, any other run is none
-    alike = [recipe for recipe in mine if bool(RECIPES[recipe]['settings']['INIT_FROM']) == bool(run['INIT_FROM'])]
+    alike = [recipe for recipe in mine
+             if (RECIPES[recipe]['settings']['INIT_FROM'] not in (None, UNKNOWN)) == bool(run['INIT_FROM'])]
     if name is None and mine:
         name = min(alike or mine, key=lambda recipe: len(deviations(run, recipe)))
     return {'name': name, 'dataset': values.get('DATASET'), 'deviations': deviations(run, name) if name else [],
