@@ -365,7 +365,7 @@ def test_plot_data_of_a_two_by_two_grid(tmp_path):
     out = tmp_path / 'grid.png'
     result = run_script(tmp_path, os.path.join(ROOT, 'compare.py'), *folders, '--plot', str(out), '--csv')
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].startswith('experiment,N_BASES,STAGE_NUM,step,final mIoU')
+    assert result.stdout.splitlines()[0].startswith('experiment,recipe,N_BASES,STAGE_NUM,step,final mIoU')
     with Image.open(out) as image:
         assert image.format == 'PNG' and image.size == (1500, 400)  # three panels
 

@@ -124,7 +124,8 @@ def test_each_deviation_from_paper_voc_is_named_with_its_cost(changes, world, sy
     count = f'{len(expected)} setting' + (' differs' if len(expected) == 1 else 's differ')
     assert lines[0] == f'{PAPER_VOC}: {count}' and len(lines) == 1 + len(expected)
     for line, (setting, ours, theirs, note, _) in zip(lines[1:], expected):
-        assert line.startswith(f'recipe:   {setting} {ours}' + (f' ({note})' if note else '') + f", the recipe's {theirs}")
+        note = f' ({note})' if note else ''
+        assert line.startswith(f"recipe:   {setting} {ours}{note}, the recipe's {theirs}")
     assert dataset.recipe_label(record) == f'paper VOC, {len(expected)} differ' + ('s' if len(expected) == 1 else '')
 
 
