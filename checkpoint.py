@@ -188,19 +188,31 @@ def recipe_record(net):
     return plain(dataset.compare_recipe(plain(settings.effective()), world, synced))
 
 
+def held_recipe(held, values):
+    """A checkpoint's record of its run against its recipe: its 'recipe', as the run compared itself, else (a run from
+    before the records) dataset.compare_recipe of the 'settings' it trained with, as one process runs them, values
+    (the folder's, plain) for any it lacks; None for a file without either (the authors' releases)."""
+    if not isinstance(held, dict):
+        return None
+    if isinstance(held.get('recipe'), dict):
+        return held['recipe']
+    trained = held.get('settings')
+    return plain(dataset.compare_recipe({**values, **trained})) if isinstance(trained, dict) else None
+
+
 def folder_recipe(model_dir, values):
-    """The recipe record of an experiment folder's run: that of the newer of MODEL_DIR's final.pth and latest.pth,
-    as the run compared itself, else (no run yet, a checkpoint without one) dataset.compare_recipe of its settings'
-    values as one process runs them; None without either. Raises ValueError for a RECIPE of no recipe of its
-    DATASET."""
+    """The recipe record of an experiment folder's run: that of the newer of MODEL_DIR's final.pth and latest.pth
+    (`held_recipe`: what trained, whatever settings.py says since), else (no run yet, the authors' file)
+    dataset.compare_recipe of its settings' values as one process runs them; None without either. Raises ValueError
+    for a RECIPE of no recipe of its DATASET."""
     paths = [os.path.join(model_dir, name) for name in ('final.pth', 'latest.pth')]
     for path in sorted((p for p in paths if os.path.isfile(p)), key=os.path.getmtime, reverse=True):
         try:
-            held = read_weights(path, mmap=True)
+            record = held_recipe(read_weights(path, mmap=True), plain(values))
         except CheckpointError:
             continue
-        if isinstance(held, dict) and isinstance(held.get('recipe'), dict):
-            return held['recipe']
+        if record is not None:
+            return record
     return dataset.compare_recipe(plain(values)) if values else None
 
 

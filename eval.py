@@ -36,9 +36,10 @@ LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint 
 another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _onnx is added for an
 ONNX file; _bf16 or _fp16 when EVAL_AMP evaluates in the training's half precision on CUDA rather than in float32;
 its 'recipe' is the checkpoint's record of the run against its published recipe, with whether this protocol is one
-the recipe reports and the recipe's number for it), and the metrics as TensorBoard scalars at the checkpoint's step in LOG_DIR: val/mIoU, val/pAcc,
-val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the whole split's curve, which eval.py --all fills;
-training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only EVAL_IMAGES = N). That is for the
+the recipe reports and the recipe's number for it), and the metrics as TensorBoard scalars at the checkpoint's step
+in LOG_DIR: val/mIoU, val/pAcc, val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the whole split's
+curve, which eval.py --all fills; training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only
+EVAL_IMAGES = N). That is for the
 checkpoints of this folder's MODEL_DIR: one from elsewhere is no result of this experiment, and its JSON goes to
 LOG_DIR/other_checkpoints/ named by its path (eval_up_exp_a_models_final.json), out of the TensorBoard curve and
 of compare.py. --onnx refuses a file exported with other settings than this folder's (each setting that shapes
@@ -252,9 +253,9 @@ def result_path(path):
 def report(confusion, path, step, n_images, writer=None, recipe=None):
     """Prints the metrics and the per-class IoU table; writes `result_path(path)` and, given a writer and a
     step, the TensorBoard scalars at that step. An images-only split (VAL_SPLIT = 'test') is predicted, not scored.
-    recipe: the checkpoint's record of its run against its recipe (None: it holds none, as the authors' files and
-    ONNX files), kept in the JSON with whether this evaluation is under one of the recipe's protocols ('protocol')
-    and the recipe's result of it ('reported', dataset.recipe_result)."""
+    recipe: the checkpoint's record of its run against its recipe (checkpoint.held_recipe; None: it holds none, as
+    the authors' files and ONNX files), kept in the JSON with whether this evaluation is under one of the recipe's
+    protocols ('protocol') and the recipe's result of it ('reported', dataset.recipe_result)."""
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
           f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}, '
           f'window {settings.EVAL_WINDOW}, stride {dataset.output_stride()}')
@@ -382,7 +383,9 @@ def evaluate_checkpoints(args):
             forward, meta = evaluation.onnx_net(path)
             step, recipe = meta.get('step'), None
         else:
-            step, recipe = map(checkpoint.load_checkpoint(net, path).get, ('step', 'recipe'))  # weights let go
+            held = checkpoint.load_checkpoint(net, path)
+            step, recipe = held.get('step'), checkpoint.held_recipe(held, checkpoint.plain(settings.effective()))
+            del held  # its weights are in net now
             net = runtime.to_device(net.eval(), device)
             forward = evaluation.inference_net(net, device)
         if images:

@@ -290,3 +290,19 @@ def test_compare_recipe_sets_the_runs_beside_their_recipes(ran, tmp_path):
         ['experiment', 'recipe'], ['exp', 'paper VOC, 8 differ'], ['exp_256', 'paper VOC 256, 1 differs']]
     wrong = run_script(tmp_path, str(experiment / 'compare.py'), '--recipe', 'paper VCO', str(experiment))
     assert wrong.returncode == 2 and "--recipe 'paper VCO' is no published recipe; they are 'paper VOC'" in wrong.stderr
+
+
+# ---------------------------------------------------------------- what was trained, whatever the files say since
+
+def test_a_run_from_before_the_records_is_compared_as_its_checkpoint_trained(tmp_path):
+    # trained from scratch at batch 2 before checkpoints kept a record; settings.py edited back to the paper's since
+    trained = {key: value for key, value in defaults(PRETRAINED=None, BATCH_SIZE=2).items() if key != 'RECIPE'}
+    torch.save({'net': {}, 'step': 2, 'settings': trained}, tmp_path / 'final.pth')
+    record = checkpoint.folder_recipe(str(tmp_path), defaults())
+    assert [(d['setting'], d['run']) for d in record['deviations']] == [('PRETRAINED', None), ('BATCH_SIZE', 2),
+                                                                        (NOTE, 2)]
+    assert checkpoint.held_recipe(torch.load(tmp_path / 'final.pth', weights_only=True), defaults()) == record
+    torch.save({'net': {}, 'step': 2, 'settings': {}}, tmp_path / 'final.pth')  # what it lacks is the folder's
+    assert checkpoint.folder_recipe(str(tmp_path), defaults(ITER_MAX=2))['deviations'][0]['setting'] == 'ITER_MAX'
+    torch.save({'net': {}, 'step': 2}, tmp_path / 'final.pth')  # the authors' file: only the folder's settings tell
+    assert checkpoint.folder_recipe(str(tmp_path), defaults())['deviations'] == []
