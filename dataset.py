@@ -272,25 +272,34 @@ BN_IMAGES = 'images per BatchNorm'  # how many images each BatchNorm normalises 
 PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale test (with EVAL_FLIP), mmsegmentation's too
 # what defines a recipe, in the order its tables list them. PRETRAINED is the backbone's kind ('ImageNet', or None:
 # from scratch, or the whole network of INIT_FROM); a recipe's INIT_FROM names the recipe whose final network starts
-# it (a run's: the file); EVAL_STRIDE is the output stride at test time
-RECIPE_KEYS = ('N_LAYERS', 'PRETRAINED', 'INIT_FROM', 'STRIDE', 'EVAL_STRIDE', 'CROP_SIZE', 'BATCH_SIZE', BN_IMAGES,
-               'LR', 'POLY_POWER', 'WEIGHT_DECAY', 'ITER_MAX', 'LOSS', 'OHEM_THRESH', 'OHEM_MIN_KEPT', 'STAGE_NUM',
-               'EMA_CHANNELS', 'N_BASES', 'TRAIN_SPLIT', 'EVAL_SCALES', 'EVAL_FLIP', 'EVAL_WINDOW')
+# it (a run's: the file); EVAL_STRIDE is the output stride at test time; SCALES the training's random rescaling
+RECIPE_KEYS = ('N_LAYERS', 'PRETRAINED', 'INIT_FROM', 'STRIDE', 'EVAL_STRIDE', 'CROP_SIZE', 'SCALES', 'BATCH_SIZE',
+               BN_IMAGES, 'BN_MOM', 'LR', 'LR_MOM', 'LR_DECAY', 'POLY_POWER', 'WEIGHT_DECAY', 'ITER_MAX', 'LOSS',
+               'OHEM_THRESH', 'OHEM_MIN_KEPT', 'STAGE_NUM', 'EM_MOM', 'EM_NORM', 'EM_GRAD', 'EMA_CHANNELS', 'N_BASES',
+               'TRAIN_SPLIT', 'EVAL_SCALES', 'EVAL_FLIP', 'EVAL_WINDOW')
 PROTOCOL_KEYS = ('EVAL_STRIDE', 'EVAL_SCALES', 'EVAL_FLIP', 'EVAL_WINDOW')  # a result's test-time protocol
 OHEM_KEYS = ('OHEM_THRESH', 'OHEM_MIN_KEPT')  # compared where both losses are 'ohem' (None otherwise)
 NOT_PUBLISHED = dict.fromkeys(RECIPE_KEYS, UNKNOWN)
 # the authors' release (XiaLiPKU/EMANet settings.py, network.py): 4 GPUs × 4 images with BatchNorm synchronised over
-# all 16, the ImageNet ResNet its network.py always loads, a 512-channel EM unit of 64 bases
+# all 16, the ImageNet ResNet its network.py always loads, a 512-channel EM unit of 64 bases, l2-normalised in the EM
+# iterations, which no gradient goes through
 AUTHORS = dict(N_LAYERS=101, PRETRAINED='ImageNet', INIT_FROM=None, STRIDE=8, EVAL_STRIDE=8, CROP_SIZE=513,
-               BATCH_SIZE=16, **{BN_IMAGES: 16}, LR=9e-3, POLY_POWER=0.9, WEIGHT_DECAY=1e-4, ITER_MAX=30000, LOSS='ce',
-               OHEM_THRESH=None, OHEM_MIN_KEPT=None, STAGE_NUM=3, EMA_CHANNELS=512, N_BASES=64,
-               TRAIN_SPLIT='trainaug', EVAL_SCALES=(1.0,), EVAL_FLIP=False, EVAL_WINDOW=None)
-# what mmsegmentation's configs/emanet (_base_/models/emanet_r50-d8.py, schedules/schedule_80k.py) and sssegmentation's
-# ssseg/configs/emanet/base_cfg.py share: the authors' values but for SGD's rate and weight decay, on 'train'; each
-# recipe adds its crop, batch (SyncBN across 4 GPUs: every image of the batch in each BatchNorm) and schedule
-PEERS = dict(AUTHORS, LR=1e-2, WEIGHT_DECAY=5e-4, TRAIN_SPLIT='train')
-MMSEG_769 = dict(PEERS, CROP_SIZE=769, BATCH_SIZE=8, **{BN_IMAGES: 8}, ITER_MAX=80000, EVAL_WINDOW=769)
+               SCALES=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), BATCH_SIZE=16, **{BN_IMAGES: 16}, BN_MOM=3e-4, LR=9e-3,
+               LR_MOM=0.9, LR_DECAY=10, POLY_POWER=0.9, WEIGHT_DECAY=1e-4, ITER_MAX=30000, LOSS='ce',
+               OHEM_THRESH=None, OHEM_MIN_KEPT=None, STAGE_NUM=3, EM_MOM=0.9, EM_NORM='l2', EM_GRAD=False,
+               EMA_CHANNELS=512, N_BASES=64, TRAIN_SPLIT='trainaug', EVAL_SCALES=(1.0,), EVAL_FLIP=False,
+               EVAL_WINDOW=None)
+# what mmsegmentation's configs/emanet (_base_/models/emanet_r50-d8.py, schedules/schedule_80k.py, ema_head.py) and
+# sssegmentation's ssseg/configs/emanet/base_cfg.py (ema.py) share: the authors' values but for SGD's rate and weight
+# decay, on 'train', each image rescaled by a random factor of 0.5 to 2.0 (not one of a list, as SCALES); their bases'
+# momentum 0.1 is our EM_MOM 0.9. mmsegmentation's BatchNorm momentum is PyTorch's default and its poly rate changes
+# every step; sssegmentation does not say. Each recipe adds its crop, batch (SyncBN across 4 GPUs: every image of the
+# batch in each BatchNorm) and schedule
+PEERS = dict(AUTHORS, SCALES='random 0.5 to 2.0', LR=1e-2, WEIGHT_DECAY=5e-4, TRAIN_SPLIT='train')
+MMSEG_769 = dict(PEERS, CROP_SIZE=769, BATCH_SIZE=8, **{BN_IMAGES: 8}, BN_MOM=0.1, LR_DECAY=1, ITER_MAX=80000,
+                 EVAL_WINDOW=769)
 MMSEG_512X1024 = dict(MMSEG_769, CROP_SIZE='512×1024', EVAL_WINDOW=None)  # a crop our square CROP_SIZE cannot be
+SSSEG = dict(PEERS, BN_MOM=UNKNOWN, LR_DECAY=UNKNOWN)
 # a reported result under another protocol than its recipe's own: the protocol's name, the EVAL_* values that differ
 MS_FLIP = dict(protocol='MS + flip', EVAL_SCALES=PAPER_SCALES, EVAL_FLIP=True)
 
@@ -358,22 +367,27 @@ RECIPES = {
         source='mmsegmentation configs/emanet: 512×1024, whole image',
         results=[dict(mIoU=77.59, split='val'), dict(mIoU=79.44, split='val', **MS_FLIP)]),
     'sssegmentation R-101': dict(
-        dataset='cityscapes', settings=dict(MMSEG_512X1024, ITER_MAX='about 82000'),
+        dataset='cityscapes', settings=dict(SSSEG, CROP_SIZE='512×1024', BATCH_SIZE=8, **{BN_IMAGES: 8},
+                                            ITER_MAX='about 82000'),
         source='sssegmentation model zoo and configs/emanet: 512×1024, batch 8, about 82k iterations (epochs)',
         results=[dict(mIoU=79.54, split='val')]),
     'PaddleSeg R-101': dict(
-        dataset='cityscapes', source='PaddleSeg configs/emanet: 1024×512, 80k',
-        settings=dict(NOT_PUBLISHED, N_LAYERS=101, STRIDE=8, CROP_SIZE='512×1024', ITER_MAX=80000,
-                      EVAL_SCALES=(1.0,), EVAL_FLIP=False),
+        dataset='cityscapes', source='PaddleSeg configs/emanet (emanet_resnet101_os8_cityscapes_1024x512_80k.yml, '
+                                     '_base_/cityscapes.yml): 1024×512, 80k, 2 images per GPU, whole image',
+        settings=dict(NOT_PUBLISHED, N_LAYERS=101, PRETRAINED='ImageNet', INIT_FROM=None, STRIDE=8, EVAL_STRIDE=8,
+                      CROP_SIZE='512×1024', SCALES=AUTHORS['SCALES'], LR=1e-2, LR_MOM=0.9, POLY_POWER=0.9,
+                      WEIGHT_DECAY=5e-4, ITER_MAX=80000, LOSS='ce', OHEM_THRESH=None, OHEM_MIN_KEPT=None, STAGE_NUM=3,
+                      EMA_CHANNELS=512, N_BASES=64, TRAIN_SPLIT='train', EVAL_SCALES=(1.0,), EVAL_FLIP=False,
+                      EVAL_WINDOW=None),
         results=[dict(mIoU=80.00, split='val'), dict(mIoU=80.23, split='val', protocol='flip', EVAL_FLIP=True),
                  dict(mIoU=80.53, split='val', protocol='MS + flip', EVAL_SCALES=UNKNOWN, EVAL_FLIP=True)]),
     'sssegmentation R-101 ADE20K': dict(
         dataset='ade20k', source='sssegmentation model zoo and configs/emanet: crop 512, batch 16, 130 epochs',
-        settings=dict(PEERS, CROP_SIZE=512, ITER_MAX='about 164000'),
+        settings=dict(SSSEG, CROP_SIZE=512, ITER_MAX='about 164000'),
         results=[dict(mIoU=44.39, split='val')]),
     'sssegmentation R-50 ADE20K': dict(
         dataset='ade20k', source='sssegmentation model zoo and configs/emanet: crop 512, batch 16, 130 epochs',
-        settings=dict(PEERS, N_LAYERS=50, CROP_SIZE=512, ITER_MAX='about 164000'),
+        settings=dict(SSSEG, N_LAYERS=50, CROP_SIZE=512, ITER_MAX='about 164000'),
         results=[dict(mIoU=41.77, split='val')]),
     'paper COCO-Stuff': dict(
         dataset='cocostuff', source='XiaLiPKU/EMANet#19 ("crop_size 513, max_step 30000, learning rate 9e-3. Almost '
@@ -435,6 +449,7 @@ def run_values(values, world=1, synced_bn=False):
     run = {key: values.get(key) for key in RECIPE_KEYS}
     run.update(PRETRAINED='ImageNet' if values.get('PRETRAINED') else None,
                EVAL_STRIDE=values.get('EVAL_STRIDE') or values.get('STRIDE'),
+               SCALES=tuple(float(scale) for scale in values.get('SCALES', ())),
                EVAL_SCALES=tuple(float(scale) for scale in values.get('EVAL_SCALES', ())),
                EVAL_WINDOW=plain_window(values.get('EVAL_WINDOW')))
     run[BN_IMAGES] = batch // (world if per_process else 1) // accum

@@ -189,9 +189,9 @@ def test_status_lines(ran):
     header, *lines = result.stdout.splitlines()
     assert header.split() == ['folder', 'state', 'step', 'ETA', 'best', 'val', 'mIoU', 'recipe']
     # the recipe column, counted by hand: the grid's tiny settings against 'paper VOC' differ in N_LAYERS,
-    # PRETRAINED, CROP_SIZE, BATCH_SIZE, images per BatchNorm, LR, ITER_MAX, EMA_CHANNELS and N_BASES; against
+    # PRETRAINED, CROP_SIZE, BATCH_SIZE, images per BatchNorm, BN_MOM, LR, ITER_MAX, EMA_CHANNELS and N_BASES; against
     # 'paper ablation' as many (STRIDE for N_LAYERS), and the paper's VOC recipe comes first
-    recipe = ['paper', 'VOC,', '9', 'differ']
+    recipe = ['paper', 'VOC,', '10', 'differ']
     assert lines[0].split() == [A, 'finished', '4/4', '-', '-', *recipe]  # as the run recorded it
     assert lines[1].startswith(C) and 'failed (python train.py: CROP_SIZE=4 is smaller' in lines[1]
     assert lines[1].split()[-7:] == ['0/4', '-', '-', *recipe]

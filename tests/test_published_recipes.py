@@ -129,6 +129,16 @@ def test_each_deviation_from_paper_voc_is_named_with_its_cost(changes, world, sy
     assert dataset.recipe_label(record) == f'paper VOC, {len(expected)} differ' + ('s' if len(expected) == 1 else '')
 
 
+def test_every_setting_of_the_authors_settings_py_is_compared():
+    # the augmentation, BatchNorm's and the bases' momentum, the bases' normalisation and gradient, SGD's momentum and
+    # the LR update interval are the authors' recipe too (their settings.py, network.py): none goes unnamed
+    for key, value, theirs in (('SCALES', (1.0,), (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)), ('BN_MOM', 0.1, 3e-4),
+                               ('LR_MOM', 0.0, 0.9), ('LR_DECAY', 1, 10), ('EM_MOM', 1.0, 0.9),
+                               ('EM_NORM', 'none', 'l2'), ('EM_GRAD', True, False)):
+        record = dataset.compare_recipe(defaults(**{key: value}))
+        assert [(d['setting'], d['run'], d['recipe']) for d in record['deviations']] == [(key, value, theirs)], key
+
+
 def test_the_closest_recipe_or_the_one_named():
     assert dataset.compare_recipe(defaults(EMA_CHANNELS=256))['name'] == 'paper VOC 256'
     ablation = dataset.compare_recipe(defaults(N_LAYERS=50, STRIDE=16, EVAL_STRIDE=8))
@@ -161,15 +171,17 @@ def test_what_a_source_does_not_publish_is_listed_and_from_scratch_still_named()
     line, = dataset.recipe_lines(record)
     assert line.startswith("recipe: follows 'authors Cityscapes' (81.14 mIoU val; ") and line.endswith(
         'in every setting it publishes; not published: PRETRAINED ImageNet, INIT_FROM None, STRIDE 8, EVAL_STRIDE 8, '
-        'CROP_SIZE 769, BATCH_SIZE 8, images per BatchNorm 8, LR 0.01, POLY_POWER 0.9, WEIGHT_DECAY 0.0001, '
-        'ITER_MAX 80000, OHEM_THRESH 0.7, OHEM_MIN_KEPT 100000, STAGE_NUM 3, EMA_CHANNELS 512, N_BASES 64, '
-        'TRAIN_SPLIT train, EVAL_WINDOW 769')
+        'CROP_SIZE 769, SCALES (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), BATCH_SIZE 8, images per BatchNorm 8, '
+        'BN_MOM 0.0003, LR 0.01, LR_MOM 0.9, LR_DECAY 10, POLY_POWER 0.9, WEIGHT_DECAY 0.0001, ITER_MAX 80000, '
+        'OHEM_THRESH 0.7, OHEM_MIN_KEPT 100000, STAGE_NUM 3, EM_MOM 0.9, EM_NORM l2, EM_GRAD False, EMA_CHANNELS 512, '
+        'N_BASES 64, TRAIN_SPLIT train, EVAL_WINDOW 769')
     scratch = dataset.compare_recipe(defaults(**cityscapes, PRETRAINED=None))
     assert [(d['setting'], d['run'], d['recipe']) for d in scratch['deviations']] == [('PRETRAINED', None, 'unknown')]
     assert SCRATCH in scratch['deviations'][0]['cost']
     mmseg = dataset.compare_recipe(defaults(**cityscapes, RECIPE='mmseg R-101 769'))
-    assert [(d['setting'], d['run'], d['recipe']) for d in mmseg['deviations']] == [('WEIGHT_DECAY', 1e-4, 5e-4),
-                                                                                    ('LOSS', 'ohem', 'ce')]
+    assert [(d['setting'], d['run'], d['recipe']) for d in mmseg['deviations']] == [
+        ('SCALES', (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), 'random 0.5 to 2.0'), ('BN_MOM', 3e-4, 0.1),
+        ('LR_DECAY', 10, 1), ('WEIGHT_DECAY', 1e-4, 5e-4), ('LOSS', 'ohem', 'ce')]
 
 
 def evaluated(**changes):
@@ -206,7 +218,7 @@ def test_train_py_passes_its_processes_and_whether_batchnorm_is_synchronised(mon
 RUN = dict(BATCH_SIZE=4, ACCUM_STEPS=4, ITER_MAX=2)  # from scratch, one process, 4 micro-batches of one image
 EXPECTED_LOG = [  # the lines train.py logs for TINY + RUN, written out: against 'paper VOC' (and 'paper ablation',
     # which differs in as many: STRIDE for N_LAYERS), as the first of equals
-    f'{PAPER_VOC}: 8 settings differ',
+    f'{PAPER_VOC}: 9 settings differ',
     'recipe:   N_LAYERS 50, the recipe\'s 101',
     'recipe:   PRETRAINED None, the recipe\'s ImageNet: a user who trained "from scratch" reached 40.x mIoU on VOC '
     'val, where the released weights give 80.x (XiaLiPKU/EMANet#52)',
@@ -217,6 +229,7 @@ EXPECTED_LOG = [  # the lines train.py logs for TINY + RUN, written out: against
     'runs of the authors\' code, BatchNorm over fewer images: BATCH_SIZE 12 in the ablation setting reached 76.04 '
     'mIoU on VOC val where the paper\'s Fig. 4 has 78.52 (XiaLiPKU/EMANet#37); batch 3 on COCO-Stuff 34.55 where '
     'the paper has 39.9 (XiaLiPKU/EMANet#23)',
+    'recipe:   BN_MOM 0.1, the recipe\'s 0.0003',
     'recipe:   LR 0.001, the recipe\'s 0.009',
     'recipe:   ITER_MAX 2, the recipe\'s 30000',
     'recipe:   EMA_CHANNELS 64, the recipe\'s 512',
@@ -287,7 +300,7 @@ def test_compare_recipe_sets_the_runs_beside_their_recipes(ran, tmp_path):
         ['N_BASES', '64', '64'], ['N_BASES', '64', '32', '*']]
     column = run_script(tmp_path, str(experiment / 'compare.py'), str(experiment), str(other), '--csv')
     assert [row[:2] for row in csv.reader(io.StringIO(column.stdout))] == [
-        ['experiment', 'recipe'], ['exp', 'paper VOC, 8 differ'], ['exp_256', 'paper VOC 256, 1 differs']]
+        ['experiment', 'recipe'], ['exp', 'paper VOC, 9 differ'], ['exp_256', 'paper VOC 256, 1 differs']]
     wrong = run_script(tmp_path, str(experiment / 'compare.py'), '--recipe', 'paper VCO', str(experiment))
     assert wrong.returncode == 2 and "--recipe 'paper VCO' is no published recipe; they are 'paper VOC'" in wrong.stderr
 
