@@ -8,6 +8,7 @@ DATASETS: its class names, its palette, and where an id's image, label and split
 verifies DATA_ROOT before training (and as `python prepare.py check`).
 """
 import functools
+import math
 import multiprocessing
 import os
 import time
@@ -463,8 +464,13 @@ def run_values(values, world=1, synced_bn=False):
 
 
 def same(ours, theirs):
-    """Whether a run's value is a recipe's; a list (JSON's) is the tuple it was."""
-    return (tuple(ours) if isinstance(ours, list) else ours) == (tuple(theirs) if isinstance(theirs, list) else theirs)
+    """Whether a run's value is a recipe's: a list (JSON's) is the tuple it was, and numbers are equal to float32's
+    precision (LR = 0.003 * 3 is 9e-3, and so is a numpy float32 9e-3)."""
+    if isinstance(ours, (list, tuple)) and isinstance(theirs, (list, tuple)):
+        return len(ours) == len(theirs) and all(map(same, ours, theirs))
+    if all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (ours, theirs)):
+        return math.isclose(ours, theirs, rel_tol=1e-6)
+    return ours == theirs
 
 
 def protocols(name):

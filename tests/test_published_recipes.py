@@ -11,6 +11,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,6 +138,14 @@ def test_every_setting_of_the_authors_settings_py_is_compared():
                                ('EM_NORM', 'none', 'l2'), ('EM_GRAD', True, False)):
         record = dataset.compare_recipe(defaults(**{key: value}))
         assert [(d['setting'], d['run'], d['recipe']) for d in record['deviations']] == [(key, value, theirs)], key
+
+
+def test_a_value_that_rounds_to_the_recipes_is_the_recipes():
+    float32 = [float(np.float32(value)) for value in (9e-3, 0.9, *dataset.PAPER_SCALES)]  # a numpy float32 setting
+    record = dataset.compare_recipe(defaults(LR=0.003 * 3, POLY_POWER=float32[1], EVAL_SCALES=float32[2:],
+                                             EVAL_FLIP=True, WEIGHT_DECAY=1e-4 + 1e-12))
+    assert record['deviations'] == []
+    assert [d['setting'] for d in dataset.compare_recipe(defaults(LR=9.1e-3))['deviations']] == ['LR']
 
 
 def test_the_closest_recipe_or_the_one_named():
