@@ -182,10 +182,17 @@ def replace_file(path, write, remedy):
 
 def recipe_record(net):
     """This run against its recipe (dataset.compare_recipe, plain values): the effective settings, torchrun's
-    processes and whether net's BatchNorm is synchronised across them (SyncBatchNorm: torchrun on GPUs)."""
+    processes, whether net's BatchNorm is synchronised across them (SyncBatchNorm: torchrun on GPUs), and the record
+    of the run whose network INIT_FROM holds (`held_recipe`: a stage whose first stage trained from scratch says so)."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     synced = any(isinstance(module, torch.nn.SyncBatchNorm) for module in net.modules())
-    return plain(dataset.compare_recipe(plain(settings.effective()), world, synced))
+    values, started = plain(settings.effective()), None
+    if settings.INIT_FROM:
+        try:
+            started = held_recipe(read_weights(settings.INIT_FROM, 'INIT_FROM', mmap=True), {})
+        except CheckpointError:  # gone since this run started from it: what it was is unknown
+            pass
+    return plain(dataset.compare_recipe(values, world, synced, started))
 
 
 def held_recipe(held, values):
@@ -196,8 +203,8 @@ def held_recipe(held, values):
         return None
     if isinstance(held.get('recipe'), dict):
         return held['recipe']
-    trained = held.get('settings')
-    return plain(dataset.compare_recipe({**values, **trained})) if isinstance(trained, dict) else None
+    trained = {**values, **held['settings']} if isinstance(held.get('settings'), dict) else {}
+    return plain(dataset.compare_recipe(trained)) if 'BATCH_SIZE' in trained else None
 
 
 def folder_recipe(model_dir, values):
@@ -217,8 +224,9 @@ def folder_recipe(model_dir, values):
 
 
 def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
-    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings', 'recipe' (`recipe_record`)} and
-    the entries of extra (e.g. best.pth's 'best_mIoU') atomically (`replace_file`). Refuses non-finite weights."""
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings', 'recipe'} and the entries of extra
+    (e.g. best.pth's 'best_mIoU'; train.py's 'recipe', compared once before its first step, else `recipe_record`)
+    atomically (`replace_file`). Refuses non-finite weights."""
     state = net.state_dict()
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
@@ -226,7 +234,9 @@ def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
     optimizer_state = optimizer.state_dict()  # its hyper-parameters come from settings: LR may be a numpy float
     optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
     ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
-            'settings': plain(settings.effective()), 'recipe': recipe_record(net), **(extra or {})}
+            'settings': plain(settings.effective()), **(extra or {})}
+    if 'recipe' not in ckpt:
+        ckpt['recipe'] = recipe_record(net)
 
     def write(tmp):
         with open(tmp, 'wb') as f:

@@ -411,8 +411,9 @@ def fewer(key):
 
 
 def from_scratch(run):
-    """Whether a run (`run_values`) starts from random weights: no backbone, no INIT_FROM."""
-    return run['PRETRAINED'] is None and not run['INIT_FROM']
+    """Whether a run's network (`run_values`) began from random weights: no backbone, and no INIT_FROM or one whose
+    network did (a record from before 'from scratch' was kept: no backbone, no INIT_FROM)."""
+    return run.get('from scratch', run['PRETRAINED'] is None and not run['INIT_FROM'])
 
 
 SCRATCH = 'a user who trained "from scratch" reached 40.x mIoU on VOC val, where the released weights give 80.x ' \
@@ -439,12 +440,14 @@ def plain_window(window):
     return window
 
 
-def run_values(values, world=1, synced_bn=False):
+def run_values(values, world=1, synced_bn=False, started=None):
     """A run's value of each of RECIPE_KEYS, from its effective settings (values: {name: value}, plain, as
     settings.effective() or a folder's settings.py give them) and its runtime: its processes (world) and whether its
     BatchNorm is synchronised across them (SyncBatchNorm, under torchrun on GPUs). PRETRAINED is 'ImageNet' for a
     file, EVAL_STRIDE the stride at test time; BN_IMAGES is BATCH_SIZE / ACCUM_STEPS with synchronised BatchNorm,
-    BATCH_SIZE / world / ACCUM_STEPS without, and 'BatchNorm' says how it arises."""
+    BATCH_SIZE / world / ACCUM_STEPS without, and 'BatchNorm' says how it arises. started: the record of the run
+    whose network INIT_FROM holds (None: none kept, as the authors' files), which 'started from' names
+    (`recipe_label`); 'from scratch': whether the network began from random weights, here or in an earlier stage."""
     batch, accum = values['BATCH_SIZE'], values.get('ACCUM_STEPS') or 1
     per_process = world > 1 and not synced_bn
     run = {key: values.get(key) for key in RECIPE_KEYS}
@@ -460,6 +463,9 @@ def run_values(values, world=1, synced_bn=False):
                            ', one process' if world == 1 else ''))
     if values.get('LOSS') != 'ohem':
         run.update(dict.fromkeys(OHEM_KEYS))
+    run['started from'] = recipe_label(started) if run['INIT_FROM'] and started else None
+    run['from scratch'] = run['PRETRAINED'] is None and (not run['INIT_FROM'] or bool(started)
+                                                         and from_scratch(started['run']))
     return run
 
 
@@ -490,8 +496,10 @@ def differing(ours, theirs, keys):
 def deviations(run, name):
     """[{'setting', 'run', 'recipe', 'note', 'cost'}] of each key where the run (`run_values`) is not the recipe: a
     value the recipe publishes, and one it does not where a source measured what the run's value costs (training
-    from scratch). The test-time keys are compared with the closest of the recipe's protocols; INIT_FROM by whether
-    each starts from another network; OHEM_* where both use it. note: how the run's value arises; cost: `COSTS`."""
+    from scratch, here or in an earlier stage). The test-time keys are compared with the closest of the recipe's
+    protocols; INIT_FROM by whether each starts from another network and, where the recipe names the stage it starts
+    from, whether the run's started from that stage's recipe in every setting; OHEM_* where both use it. note: how
+    the run's value arises; cost: `COSTS`."""
     target = dict(RECIPES[name]['settings'])
     target.update(min((protocol for protocol, _ in protocols(name)),
                       key=lambda protocol: len(differing(run, protocol, PROTOCOL_KEYS))))
@@ -502,23 +510,26 @@ def deviations(run, name):
             continue
         applies, cost = COSTS.get(key, (None, None))
         costly = applies is not None and applies(run, theirs)
+        note = run['BatchNorm'] if key == BN_IMAGES else None
         if key == 'INIT_FROM':
-            differs = theirs != UNKNOWN and bool(ours) != bool(theirs)
+            started = run.get('started from')
+            differs = theirs != UNKNOWN and (bool(ours) != bool(theirs) or theirs is not None and started is not None
+                                             and started != theirs)
+            note = started and f"a run of '{started}'" + (', itself from random weights' if from_scratch(run) else '')
         else:
             differs = bool(differing(run, target, [key]))
         if differs or costly:
-            found.append(dict(setting=key, run=ours, recipe=theirs, note=run['BatchNorm'] if key == BN_IMAGES else None,
-                              cost=cost if costly else None))
+            found.append(dict(setting=key, run=ours, recipe=theirs, note=note, cost=cost if costly else None))
     return found
 
 
-def compare_recipe(values, world=1, synced_bn=False):
+def compare_recipe(values, world=1, synced_bn=False, started=None):
     """The record of a run against its dataset's recipe, {'name': the recipe's or None, 'dataset', 'deviations':
     `deviations`, 'run': `run_values`}: the one RECIPE names, else the closest of DATASET's (fewest deviations, the
     first of equals: the paper's) among the stages of staged recipes for a run with INIT_FROM, among the others for
     any other run; a dataset without any has name None. A RECIPE of no recipe of DATASET is a ValueError naming
-    those it has."""
-    run, name = run_values(values, world, synced_bn), values.get('RECIPE')
+    those it has. started: the record of INIT_FROM's run (`run_values`)."""
+    run, name = run_values(values, world, synced_bn, started), values.get('RECIPE')
     mine = [recipe for recipe, about in RECIPES.items() if about['dataset'] == values.get('DATASET')]
     if name is not None and name not in mine:
         raise ValueError(f'RECIPE={name!r} is no recipe of DATASET={values.get("DATASET")!r}: '

@@ -328,3 +328,28 @@ def test_a_run_from_before_the_records_is_compared_as_its_checkpoint_trained(tmp
     assert checkpoint.folder_recipe(str(tmp_path), defaults(ITER_MAX=2))['deviations'][0]['setting'] == 'ITER_MAX'
     torch.save({'net': {}, 'step': 2}, tmp_path / 'final.pth')  # the authors' file: only the folder's settings tell
     assert checkpoint.folder_recipe(str(tmp_path), defaults())['deviations'] == []
+
+
+def test_a_stage_names_what_its_init_from_network_was(tmp_path, monkeypatch):
+    # the COCO stage trained from scratch: the trainaug stage, and the trainval stage after it, still say so
+    coco = dataset.compare_recipe(defaults(DATASET='coco_voc', PRETRAINED=None))
+    assert dataset.recipe_label(coco) == 'staged COCO, 1 differs'
+    torch.save({'net': {}, 'step': 30000, 'recipe': checkpoint.plain(coco)}, tmp_path / 'coco.pth')
+    for name, value in defaults(PRETRAINED=None, INIT_FROM=str(tmp_path / 'coco.pth')).items():
+        monkeypatch.setattr(settings, name, value)
+    trainaug = checkpoint.recipe_record(torch.nn.BatchNorm2d(3))  # train.py's, which reads INIT_FROM's record
+    assert trainaug['name'] == 'staged trainaug'
+    (deviation,) = trainaug['deviations']
+    assert (deviation['setting'], deviation['run'], deviation['recipe']) == ('INIT_FROM', str(tmp_path / 'coco.pth'),
+                                                                             'staged COCO')
+    assert deviation['note'] == "a run of 'staged COCO, 1 differs', itself from random weights"
+    assert SCRATCH in deviation['cost']
+    trainval = dataset.compare_recipe(defaults(PRETRAINED=None, INIT_FROM='trainaug.pth', TRAIN_SPLIT='trainval'),
+                                      started=trainaug)
+    assert [(d['setting'], d['note']) for d in trainval['deviations']] == [
+        ('INIT_FROM', "a run of 'staged trainaug, 1 differs', itself from random weights")]
+    # from a COCO stage that followed its recipe: nothing differs; from the authors' file (no record): unknown
+    coco = dataset.compare_recipe(defaults(DATASET='coco_voc'))
+    for started in (coco, None):
+        stage = dataset.compare_recipe(defaults(PRETRAINED=None, INIT_FROM='coco.pth'), started=started)
+        assert (stage['name'], stage['deviations']) == ('staged trainaug', [])
