@@ -108,7 +108,8 @@ def read_weights(path, what='checkpoint', mmap=False):
                                   f'which is refused so that nothing in it runs') from None
         raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt (it does not unpickle)') from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt ({str(e).splitlines()[0]})') from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0]  # an empty file's EOFError says nothing
+        raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt ({reason})') from None
 
 
 def load_state(module, state, path, file_key=str):

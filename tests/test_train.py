@@ -200,6 +200,8 @@ def test_corrupt_latest_falls_back_to_newest_intact_step(monkeypatch, tmp_path, 
         checkpoint.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
     (tmp_path / 'latest.pth').write_bytes((tmp_path / 'step_4.pth').read_bytes()[:10000])
     assert checkpoint.resume(net, optimizer, scaler) == 4
+    (tmp_path / 'latest.pth').write_bytes(b'')  # empty (a full disk, a copy cut at 0): its EOFError has no message
+    assert checkpoint.resume(net, optimizer, scaler) == 4
     (tmp_path / 'step_4.pth').write_bytes(b'garbage')
     assert checkpoint.resume(net, optimizer, scaler) == 2
     for path in glob.glob(str(tmp_path / 'step_*.pth')):
