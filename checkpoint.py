@@ -181,19 +181,32 @@ def replace_file(path, write, remedy):
         raise CheckpointError(f'could not write {path}: {e.strerror or e}{remedy}') from None
 
 
-def recipe_record(net):
+def recipe_record(net, start=0):
     """This run against its recipe (dataset.compare_recipe, plain values): the effective settings, torchrun's
     processes, whether net's BatchNorm is synchronised across them (SyncBatchNorm: torchrun on GPUs), and the record
-    of the run whose network INIT_FROM holds (`held_recipe`: a stage whose first stage trained from scratch says so)."""
+    of the run whose network INIT_FROM holds (`held_recipe`: a stage whose first stage trained from scratch says so).
+    A run resumed at step start keeps what the record of the checkpoint holding that step says of the steps before
+    (dataset.resumed_record); a finished one (start >= ITER_MAX), which trains no step more, is that record."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     synced = any(isinstance(module, torch.nn.SyncBatchNorm) for module in net.modules())
-    values, started = plain(settings.effective()), None
+    values, started, earlier = plain(settings.effective()), None, None
     if settings.INIT_FROM:
         try:
             started = held_recipe(read_weights(settings.INIT_FROM, 'INIT_FROM', mmap=True), {})
         except CheckpointError:  # gone since this run started from it: what it was is unknown
             pass
-    return plain(dataset.compare_recipe(values, world, synced, started))
+    for name in ('latest.pth', 'final.pth', f'step_{start}.pth') if start else ():  # those `resume` reads
+        try:
+            held = read_weights(model_file(name), mmap=True)
+        except CheckpointError:
+            continue
+        if isinstance(held, dict) and held.get('step') == start:
+            earlier = held_recipe(held, values)
+            break
+    if earlier is not None and start >= settings.ITER_MAX:
+        return earlier
+    record = plain(dataset.compare_recipe(values, world, synced, started))
+    return plain(dataset.resumed_record(record, earlier, start))
 
 
 def held_recipe(held, values):

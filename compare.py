@@ -399,15 +399,25 @@ def recipe_measured(name, result, evals):
     return None
 
 
+def recipe_cell(run, found, key):
+    """A run's value of key, ' *' where it deviates, and the deviating values of its steps before a resume: '49 *
+    (33: steps 1-2000)'."""
+    earlier = [f'{dataset.value_text(d["run"])}: {dataset.steps_text(d["steps"])}' for d in found
+               if d['setting'] == key and d.get('steps') and d['steps'][1] is not None]
+    return (dataset.value_text(run.get(key)) + ' *' * any(d['setting'] == key for d in found)
+            + (f' ({", ".join(earlier)})' if earlier else ''))
+
+
 def recipe_table(name, names, experiments):
     """(header, rows): the recipe's value of each of dataset.RECIPE_KEYS beside each folder's run (as its record
-    keeps them), marked ' *' where the run deviates from this recipe (dataset.deviations), then a row per result the
-    recipe reports, beside the folders' results of its protocol and split."""
+    keeps them), marked ' *' where the run deviates from this recipe (the record's deviations, with the values of the
+    steps before a resume, for the recipe it was compared with; dataset.deviations for another), then a row per
+    result the recipe reports, beside the folders' results of its protocol and split."""
     recipe = dataset.RECIPES[name]
-    runs = [e['recipe']['run'] for e in experiments]
-    deviating = [{deviation['setting'] for deviation in dataset.deviations(run, name)} for run in runs]
+    records = [e['recipe'] for e in experiments]
+    found = [r['deviations'] if r['name'] == name else dataset.deviations(r['run'], name) for r in records]
     rows = [[key, dataset.value_text(recipe['settings'][key])]
-            + [dataset.value_text(run.get(key)) + ' *' * (key in marked) for run, marked in zip(runs, deviating)]
+            + [recipe_cell(record['run'], deviations, key) for record, deviations in zip(records, found)]
             for key in dataset.RECIPE_KEYS]
     rows += [[f'mIoU {result["split"]}' + (f', {result["protocol"]}' if 'protocol' in result else ''),
               f'{result["mIoU"]:.2f}'] + [recipe_measured(name, result, e['evals']) for e in experiments]

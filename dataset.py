@@ -494,12 +494,12 @@ def differing(ours, theirs, keys):
 
 
 def deviations(run, name):
-    """[{'setting', 'run', 'recipe', 'note', 'cost'}] of each key where the run (`run_values`) is not the recipe: a
-    value the recipe publishes, and one it does not where a source measured what the run's value costs (training
-    from scratch, here or in an earlier stage). The test-time keys are compared with the closest of the recipe's
-    protocols; INIT_FROM by whether each starts from another network and, where the recipe names the stage it starts
-    from, whether the run's started from that stage's recipe in every setting; OHEM_* where both use it. note: how
-    the run's value arises; cost: `COSTS`."""
+    """[{'setting', 'run', 'recipe', 'note', 'cost', 'steps'}] of each key where the run (`run_values`) is not the
+    recipe: a value the recipe publishes, and one it does not where a source measured what the run's value costs
+    (training from scratch, here or in an earlier stage). The test-time keys are compared with the closest of the
+    recipe's protocols; INIT_FROM by whether each starts from another network and, where the recipe names the stage it
+    starts from, whether the run's started from that stage's recipe in every setting; OHEM_* where both use it.
+    note: how the run's value arises; cost: `COSTS`; steps: None, every step (`resumed_record` narrows it)."""
     target = dict(RECIPES[name]['settings'])
     target.update(min((protocol for protocol, _ in protocols(name)),
                       key=lambda protocol: len(differing(run, protocol, PROTOCOL_KEYS))))
@@ -519,7 +519,8 @@ def deviations(run, name):
         else:
             differs = bool(differing(run, target, [key]))
         if differs or costly:
-            found.append(dict(setting=key, run=ours, recipe=theirs, note=note, cost=cost if costly else None))
+            found.append(dict(setting=key, run=ours, recipe=theirs, note=note, cost=cost if costly else None,
+                              steps=None))
     return found
 
 
@@ -543,12 +544,37 @@ def compare_recipe(values, world=1, synced_bn=False, started=None):
             'run': run}
 
 
+def resumed_record(record, earlier, start):
+    """The record of a run resumed at step start from a checkpoint whose record is earlier (None: it kept none):
+    each deviation of the values it runs with now, its steps [start + 1, None] where the steps before ran with
+    another value, then each of earlier's that no step from now on has, its steps ending at start. Every value
+    that trained any step stays named, however often the run is resumed with other settings."""
+    if earlier is None or record['name'] is None:
+        return record
+    name = record['name']
+    before = earlier['deviations'] if earlier['name'] == name else deviations(earlier['run'], name)
+    def match(deviation, others):
+        return next((d for d in others if d['setting'] == deviation['setting'] and same(d['run'], deviation['run'])),
+                    None)
+
+    kept, ended = [], []
+    for deviation in record['deviations']:
+        was = match(deviation, before)
+        kept.append(dict(deviation, steps=[start + 1, None] if was is None else
+                         was.get('steps') and [was['steps'][0], None]))
+    for deviation in before:
+        if match(deviation, kept) is None:
+            first, last = deviation.get('steps') or (1, None)
+            ended.append(dict(deviation, steps=[first, start if last is None else last]))
+    return dict(record, deviations=kept + ended)
+
+
 def recipe_label(record):
-    """A record's recipe as a results table names it: 'paper VOC', 'paper VOC, 3 differ', or 'no published recipe'
-    (None: the run left no record)."""
+    """A record's recipe as a results table names it: 'paper VOC', 'paper VOC, 3 differ' (settings), or 'no
+    published recipe' (None: the run left no record)."""
     if record is None or record['name'] is None:
         return 'no published recipe' if record else None
-    count = len(record['deviations'])
+    count = len({deviation['setting'] for deviation in record['deviations']})
     return record['name'] + (f', {count} differ' if count > 1 else ', 1 differs' if count else '')
 
 
@@ -561,11 +587,19 @@ def result_text(result):
     return f'{result["mIoU"]} mIoU {result["split"]}' + (f', {result["protocol"]}' if 'protocol' in result else '')
 
 
+def steps_text(steps):
+    """A deviation's steps: '' (every step), 'steps 1-2000', 'from step 2001'."""
+    if not steps:
+        return ''
+    return f'from step {steps[0]}' if steps[1] is None else f'steps {steps[0]}-{steps[1]}'
+
+
 def deviation_text(deviation):
-    """'BATCH_SIZE 12, the recipe's 16: what it cost (its source)'."""
-    note, cost = deviation['note'], deviation['cost']
-    return (f'{deviation["setting"]} {value_text(deviation["run"])}' + (f' ({note})' if note else '')
-            + f', the recipe\'s {value_text(deviation["recipe"])}' + (f': {cost}' if cost else ''))
+    """'BATCH_SIZE 12, the recipe's 16: what it cost (its source)'; 'CROP_SIZE 321 (steps 1-2000), the recipe's 513'."""
+    about = '; '.join(filter(None, (deviation['note'], steps_text(deviation.get('steps')))))
+    return (f'{deviation["setting"]} {value_text(deviation["run"])}' + (f' ({about})' if about else '')
+            + f', the recipe\'s {value_text(deviation["recipe"])}'
+            + (f': {deviation["cost"]}' if deviation['cost'] else ''))
 
 
 def recipe_lines(record):
@@ -584,7 +618,7 @@ def recipe_lines(record):
     if not record['deviations']:
         return [f'recipe: follows {about}' + (f' in every setting it publishes; not published: {unpublished}'
                                               if unpublished else '')]
-    count = len(record['deviations'])
+    count = len(shown)
     return ([f'recipe: compared with {about}: {count} setting{"s differ" if count > 1 else " differs"}']
             + [f'recipe:   {deviation_text(deviation)}' for deviation in record['deviations']]
             + ([f'recipe:   not published by its source: {unpublished}'] if unpublished else []))

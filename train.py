@@ -21,8 +21,9 @@ VAL_SPLIT without labels ('test') is not validated, which the run says once.
 A run that reached ITER_MAX says so and exits; raising ITER_MAX continues it.
 Before the first step rank 0 compares the run with its dataset's published recipe (dataset.RECIPES, the closest
 or RECIPE) and logs one line naming it, or one per deviation: the run's value, the recipe's and what a source says
-that costs (a stage of staged training: also what INIT_FROM's run was, from the record its checkpoint keeps);
-LOG_DIR/settings.txt (its last '# recipe:' lines) and every checkpoint ('recipe') keep the comparison.
+that costs (a stage of staged training: also what INIT_FROM's run was, from the record its checkpoint keeps; a
+resumed run: also the values its steps before ran with, where settings.py changed since, 'CROP_SIZE 321 (steps
+1-2000)'); LOG_DIR/settings.txt (its last '# recipe:' lines) and every checkpoint ('recipe') keep the comparison.
 INIT_FROM starts a fresh folder from another run's whole network (staged training:
 COCO, then trainaug, then trainval), with a fresh optimizer and schedule.
 ACCUM_STEPS > 1 runs each process's share of the batch as that many micro-batches (network.train_step): the
@@ -287,8 +288,9 @@ def main():
                          f'MODEL_DIR={settings.MODEL_DIR!r} must be one folder that every node sees')
     validated, best = validation_history(start) if rank == 0 else (0, -math.inf)
     validated, = max_over_processes([validated], host_group)  # LOG_DIR may be rank 0's alone
-    # the published recipe and every deviation from it, before step 1: kept in every checkpoint rank 0 writes
-    recipe = checkpoint.recipe_record(net) if rank == 0 else None
+    # the published recipe and every deviation from it (a resumed run's: of every step), before step 1: kept in every
+    # checkpoint rank 0 writes
+    recipe = checkpoint.recipe_record(net, start) if rank == 0 else None
     final = checkpoint.model_file('final.pth')
     if start >= settings.ITER_MAX:
         if rank == 0 and not os.path.exists(final):  # killed between the last latest.pth and final.pth

@@ -353,3 +353,31 @@ def test_a_stage_names_what_its_init_from_network_was(tmp_path, monkeypatch):
     for started in (coco, None):
         stage = dataset.compare_recipe(defaults(PRETRAINED=None, INIT_FROM='coco.pth'), started=started)
         assert (stage['name'], stage['deviations']) == ('staged trainaug', [])
+
+
+def test_a_run_resumed_with_other_settings_keeps_every_value_it_trained_with(tmp_path, monkeypatch):
+    def resume(start, **changes):  # train.py's comparison after resuming at step start, with settings.py changed
+        for name, value in defaults(MODEL_DIR=str(tmp_path), **changes).items():
+            monkeypatch.setattr(settings, name, value)
+        return checkpoint.recipe_record(torch.nn.BatchNorm2d(3), start)
+
+    first = resume(0, CROP_SIZE=321, LR=1e-3, BATCH_SIZE=8)
+    torch.save({'net': {}, 'step': 2000, 'recipe': first}, tmp_path / 'latest.pth')
+    second = resume(2000, CROP_SIZE=385, BATCH_SIZE=8)  # LR back to the recipe's
+    expected = [("CROP_SIZE 385 (from step 2001), the recipe's 513", 'CROP_SIZE'),
+                ("BATCH_SIZE 8, the recipe's 16: ", 'BATCH_SIZE'),
+                ("images per BatchNorm 8 (BATCH_SIZE 8, one process), the recipe's 16: ", NOTE),
+                ("CROP_SIZE 321 (steps 1-2000), the recipe's 513", 'CROP_SIZE'), ("LR 0.001 (steps 1-2000), ", 'LR')]
+    lines = dataset.recipe_lines(second)
+    assert lines[0] == f'{PAPER_VOC}: 4 settings differ' and dataset.recipe_label(second) == 'paper VOC, 4 differ'
+    assert [(line.startswith(f'recipe:   {text}'), d['setting']) for line, d, (text, _) in
+            zip(lines[1:], second['deviations'], expected)] == [(True, setting) for _, setting in expected]
+    assert compare.recipe_cell(second['run'], second['deviations'], 'CROP_SIZE') == '385 * (321: steps 1-2000)'
+    torch.save({'net': {}, 'step': 4000, 'recipe': second}, tmp_path / 'final.pth')  # latest.pth cut short:
+    (tmp_path / 'latest.pth').write_bytes(b'')                                       # resumed from final.pth
+    third = resume(4000, CROP_SIZE=385, BATCH_SIZE=16, ACCUM_STEPS=2)  # the batch back, its BatchNorm still 8
+    assert [(d['setting'], d['run'], dataset.steps_text(d['steps'])) for d in third['deviations']] == [
+        ('CROP_SIZE', 385, 'from step 2001'), (NOTE, 8, ''), ('BATCH_SIZE', 8, 'steps 1-4000'),
+        ('CROP_SIZE', 321, 'steps 1-2000'), ('LR', 0.001, 'steps 1-2000')]
+    assert resume(4000, ITER_MAX=4000) == second  # finished: no step trains with what settings.py says now
+    assert resume(0, CROP_SIZE=321)['deviations'][0]['steps'] is None  # a fresh run reads no earlier file
