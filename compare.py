@@ -433,14 +433,17 @@ def print_recipes(name, names, experiments, printer):
         record = experiment['recipe']
         if record is None or not (name or record['name']):
             logger.warning('%s: %s', folder, 'settings unknown' if record is None else dataset.recipe_lines(record)[0])
-            continue
-        groups.setdefault(name or record['name'], []).append((folder, experiment))
+        elif not name and record['name'] not in dataset.RECIPES:  # a record of another version of this code
+            logger.warning('%s: its run was compared with %r, which dataset.RECIPES no longer holds: name a recipe '
+                           '(--recipe NAME)', folder, record['name'])
+        else:
+            groups.setdefault(name or record['name'], []).append((folder, experiment))
     for index, (recipe, members) in enumerate(groups.items()):
         header, rows = recipe_table(recipe, *zip(*members))
         print('\n' * bool(index), end='')
         printer(header, rows, [False] * len(header))
-        if printer is not print_csv:
-            print(f'{recipe}: {dataset.RECIPES[recipe]["source"]}. *: the run differs from the recipe there; '
+        if printer is not print_csv:  # after a blank line: GitHub's table would take the line as one more row
+            print(f'\n{recipe}: {dataset.RECIPES[recipe]["source"]}. *: the run differs from the recipe there; '
                   f'{dataset.UNKNOWN}: its source does not say')
 
 

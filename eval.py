@@ -269,7 +269,7 @@ def report(confusion, path, step, n_images, writer=None, recipe=None):
     for name, iou in result['per_class'].items():
         print(f'  {name:<{width}}  {100 * (math.nan if iou is None else iou):6.2f}')
     result.update(checkpoint=path, step=step, confusion=np.asarray(confusion).tolist())
-    if recipe is not None and recipe['name'] is not None:
+    if recipe is not None and recipe['name'] in dataset.RECIPES:  # not None, nor a recipe renamed since the run
         recipe = dict(recipe, **dict(zip(('protocol', 'reported'), dataset.recipe_result(recipe['name'], result))))
     result['recipe'] = recipe
     out = result_path(path)

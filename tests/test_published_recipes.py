@@ -291,6 +291,8 @@ def test_compare_recipe_sets_the_runs_beside_their_recipes(ran, tmp_path):
     assert named.returncode == 0, named.stderr
     rows = markdown_rows(named.stdout)
     assert rows[0] == ['setting', 'recipe: paper VOC', 'exp', 'exp_256']
+    lines = named.stdout.splitlines()  # GitHub's table goes on to the first blank line: the note is after one
+    assert lines[max(i for i, line in enumerate(lines) if line.startswith('|')) + 1] == ''
     expected = {'N_LAYERS': ['101', '50 *', '101'], 'PRETRAINED': ['ImageNet', 'None *', 'ImageNet'],
                 'STRIDE': ['8', '8', '8'], 'EVAL_STRIDE': ['8', '8', '8'], 'CROP_SIZE': ['513', '33 *', '513'],
                 'BATCH_SIZE': ['16', '4 *', '16'], 'images per BatchNorm': ['16', '1 *', '16'],
@@ -381,3 +383,18 @@ def test_a_run_resumed_with_other_settings_keeps_every_value_it_trained_with(tmp
         ('CROP_SIZE', 321, 'steps 1-2000'), ('LR', 0.001, 'steps 1-2000')]
     assert resume(4000, ITER_MAX=4000) == second  # finished: no step trains with what settings.py says now
     assert resume(0, CROP_SIZE=321)['deviations'][0]['steps'] is None  # a fresh run reads no earlier file
+
+
+def test_a_record_of_a_recipe_renamed_since_is_no_traceback(tmp_path, monkeypatch, caplog, capsys):
+    import eval as eval_script
+    record = dict(dataset.compare_recipe(defaults()), name='paper VOC 2019')  # another version's name
+    monkeypatch.setattr(settings, 'LOG_DIR', str(tmp_path))
+    monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path))
+    confusion = torch.eye(21, dtype=torch.int64)  # every class right once
+    eval_script.report(confusion, os.path.join(str(tmp_path), 'final.pth'), 2, 21, recipe=record)
+    kept = json.loads((tmp_path / 'eval_final.json').read_text())['recipe']
+    assert kept == json.loads(json.dumps(record))  # as the checkpoint had it: no protocol or number matched
+    monkeypatch.setattr(settings.logger, 'handlers', [*settings.logger.handlers, caplog.handler])  # it propagates not
+    compare.print_recipes('', ['exp'], [{'recipe': record, 'evals': {}}], compare.print_plain)
+    assert "exp: its run was compared with 'paper VOC 2019', which dataset.RECIPES no longer holds" in caplog.text
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith('setting')]  # no table
