@@ -388,13 +388,15 @@ def print_deviations(names, experiments):
             print(f'  - {dataset.deviation_text(deviation)}')
 
 
-def recipe_measured(name, result, evals):
+def recipe_measured(name, result, experiment):
     """'mIoU (label)' of the first of a folder's evaluations (eval_order) under the protocol and on the split of one
-    of the recipe's reported results (dataset.recipe_result), or None."""
+    of the recipe's reported results, on its dataset (dataset.recipe_result, the folder's DATASET), or None."""
+    evals, evaluated_on = experiment['evals'], experiment['settings'].get('DATASET')
     for label in sorted(evals, key=eval_order):
         evaluated = evals[label]
         recorded = all(key in evaluated for key in ('scales', 'flip', 'window', 'stride', 'split', 'mIoU'))
-        if recorded and evaluated['mIoU'] is not None and dataset.recipe_result(name, evaluated)[1] is result:
+        if recorded and evaluated['mIoU'] is not None and \
+                dataset.recipe_result(name, evaluated, evaluated_on)[1] is result:
             return f'{100 * evaluated["mIoU"]:.2f} ({label})'
     return None
 
@@ -420,7 +422,7 @@ def recipe_table(name, names, experiments):
             + [recipe_cell(record['run'], deviations, key) for record, deviations in zip(records, found)]
             for key in dataset.RECIPE_KEYS]
     rows += [[f'mIoU {result["split"]}' + (f', {result["protocol"]}' if 'protocol' in result else ''),
-              f'{result["mIoU"]:.2f}'] + [recipe_measured(name, result, e['evals']) for e in experiments]
+              f'{result["mIoU"]:.2f}'] + [recipe_measured(name, result, e) for e in experiments]
              for result in recipe['results']]
     return ['setting', f'recipe: {name}', *names], rows
 

@@ -624,11 +624,13 @@ def recipe_lines(record):
             + ([f'recipe:   not published by its source: {unpublished}'] if unpublished else []))
 
 
-def recipe_result(name, evaluated):
+def recipe_result(name, evaluated, evaluated_on):
     """(whether an evaluation is under one of the recipe's protocols, the recipe's result of that protocol and split
     or None). evaluated: an eval record as evaluation.summary writes it (scales, flip, window, stride, stage_num,
-    precision, split); a value the recipe does not publish matches any, the EM iterations must be its STAGE_NUM and
-    the precision float32."""
+    precision, split), of the DATASET evaluated_on, which must be the recipe's; a value the recipe does not publish
+    matches any, the EM iterations must be its STAGE_NUM and the precision float32."""
+    if evaluated_on != RECIPES[name]['dataset']:  # a VOC run's checkpoint evaluated on COCO: no VOC number
+        return False, None
     measured = {'EVAL_SCALES': tuple(float(scale) for scale in evaluated['scales']), 'EVAL_FLIP': evaluated['flip'],
                 'EVAL_WINDOW': plain_window(evaluated['window']), 'EVAL_STRIDE': evaluated['stride']}
     stage_num = RECIPES[name]['settings']['STAGE_NUM']

@@ -35,8 +35,8 @@ and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and 
 LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint stem>_<protocol>.json for
 another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _onnx is added for an
 ONNX file; _bf16 or _fp16 when EVAL_AMP evaluates in the training's half precision on CUDA rather than in float32;
-its 'recipe' is the checkpoint's record of the run against its published recipe, with whether this protocol is one
-the recipe reports and the recipe's number for it), and the metrics as TensorBoard scalars at the checkpoint's step
+its 'recipe' is the checkpoint's record of the run against its published recipe, with whether this protocol, on this
+DATASET, is one the recipe reports and the recipe's number for it), and the metrics as TensorBoard scalars at the checkpoint's step
 in LOG_DIR: val/mIoU, val/pAcc, val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the whole split's
 curve, which eval.py --all fills; training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only
 EVAL_IMAGES = N). That is for the
@@ -270,7 +270,8 @@ def report(confusion, path, step, n_images, writer=None, recipe=None):
         print(f'  {name:<{width}}  {100 * (math.nan if iou is None else iou):6.2f}')
     result.update(checkpoint=path, step=step, confusion=np.asarray(confusion).tolist())
     if recipe is not None and recipe['name'] in dataset.RECIPES:  # not None, nor a recipe renamed since the run
-        recipe = dict(recipe, **dict(zip(('protocol', 'reported'), dataset.recipe_result(recipe['name'], result))))
+        matched = dataset.recipe_result(recipe['name'], result, settings.DATASET)
+        recipe = dict(recipe, **dict(zip(('protocol', 'reported'), matched)))
     result['recipe'] = recipe
     out = result_path(path)
     os.makedirs(os.path.dirname(out), exist_ok=True)

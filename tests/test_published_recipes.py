@@ -201,14 +201,16 @@ def evaluated(**changes):
 
 def test_an_evaluation_is_matched_with_the_recipes_protocols():
     results = dataset.RECIPES['paper VOC']['results']
-    assert dataset.recipe_result('paper VOC', evaluated()) == (True, results[0])  # 80.05
-    assert dataset.recipe_result('paper VOC', evaluated(scales=[0.5, 0.75, 1, 1.25, 1.5, 1.75], flip=True)) == \
+    assert dataset.recipe_result('paper VOC', evaluated(), 'voc') == (True, results[0])  # 80.05
+    assert dataset.recipe_result('paper VOC', evaluated(scales=[0.5, 0.75, 1, 1.25, 1.5, 1.75], flip=True), 'voc') == \
         (True, results[1])  # 81.32
     for other in (dict(window=513), dict(flip=True), dict(stride=16), dict(stage_num=4), dict(precision='bfloat16')):
-        assert dataset.recipe_result('paper VOC', evaluated(**other)) == (False, None), other
-    assert dataset.recipe_result('paper VOC', evaluated(split='test')) == (True, None)  # its protocol, no number
+        assert dataset.recipe_result('paper VOC', evaluated(**other), 'voc') == (False, None), other
+    assert dataset.recipe_result('paper VOC', evaluated(split='test'), 'voc') == (True, None)  # its protocol, no number
+    for other in ('coco_voc', 'demo'):  # a VOC run's checkpoint evaluated on other images: no VOC number beside it
+        assert dataset.recipe_result('paper VOC', evaluated(), other) == (False, None), other
     # a value its source does not publish (the authors' Cityscapes window) matches any
-    assert dataset.recipe_result('authors Cityscapes', evaluated(window=[769, 769]))[1]['mIoU'] == 81.14
+    assert dataset.recipe_result('authors Cityscapes', evaluated(window=[769, 769]), 'cityscapes')[1]['mIoU'] == 81.14
 
 
 def test_train_py_passes_its_processes_and_whether_batchnorm_is_synchronised(monkeypatch):
@@ -385,7 +387,7 @@ def test_a_run_resumed_with_other_settings_keeps_every_value_it_trained_with(tmp
     assert resume(0, CROP_SIZE=321)['deviations'][0]['steps'] is None  # a fresh run reads no earlier file
 
 
-def test_a_record_of_a_recipe_renamed_since_is_no_traceback(tmp_path, monkeypatch, caplog, capsys):
+def test_an_eval_json_pairs_no_number_of_another_dataset_or_a_renamed_recipe(tmp_path, monkeypatch, caplog, capsys):
     import eval as eval_script
     record = dict(dataset.compare_recipe(defaults()), name='paper VOC 2019')  # another version's name
     monkeypatch.setattr(settings, 'LOG_DIR', str(tmp_path))
@@ -394,6 +396,10 @@ def test_a_record_of_a_recipe_renamed_since_is_no_traceback(tmp_path, monkeypatc
     eval_script.report(confusion, os.path.join(str(tmp_path), 'final.pth'), 2, 21, recipe=record)
     kept = json.loads((tmp_path / 'eval_final.json').read_text())['recipe']
     assert kept == json.loads(json.dumps(record))  # as the checkpoint had it: no protocol or number matched
+    monkeypatch.setattr(settings, 'DATASET', 'coco_voc')  # a VOC run's checkpoint evaluated on COCO's val
+    eval_script.report(confusion, os.path.join(str(tmp_path), 'final.pth'), 2, 21, recipe=dict(record, name='paper VOC'))
+    kept = json.loads((tmp_path / 'eval_final.json').read_text())['recipe']
+    assert (kept['name'], kept['protocol'], kept['reported']) == ('paper VOC', False, None)
     monkeypatch.setattr(settings.logger, 'handlers', [*settings.logger.handlers, caplog.handler])  # it propagates not
     compare.print_recipes('', ['exp'], [{'recipe': record, 'evals': {}}], compare.print_plain)
     assert "exp: its run was compared with 'paper VOC 2019', which dataset.RECIPES no longer holds" in caplog.text
