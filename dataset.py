@@ -588,10 +588,11 @@ def result_text(result):
 
 
 def steps_text(steps):
-    """A deviation's steps: '' (every step), 'steps 1-2000', 'from step 2001'."""
+    """A deviation's steps: '' (every step), 'steps 1-2000', 'step 1', 'from step 2001'."""
     if not steps:
         return ''
-    return f'from step {steps[0]}' if steps[1] is None else f'steps {steps[0]}-{steps[1]}'
+    first, last = steps
+    return f'from step {first}' if last is None else f'step {first}' if first == last else f'steps {first}-{last}'
 
 
 def deviation_text(deviation):

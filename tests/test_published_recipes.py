@@ -384,6 +384,7 @@ def test_a_run_resumed_with_other_settings_keeps_every_value_it_trained_with(tmp
         ('CROP_SIZE', 385, 'from step 2001'), (NOTE, 8, ''), ('BATCH_SIZE', 8, 'steps 1-4000'),
         ('CROP_SIZE', 321, 'steps 1-2000'), ('LR', 0.001, 'steps 1-2000')]
     assert resume(4000, ITER_MAX=4000) == second  # finished: no step trains with what settings.py says now
+    assert dataset.steps_text([1, 1]) == 'step 1'
     assert resume(0, CROP_SIZE=321)['deviations'][0]['steps'] is None  # a fresh run reads no earlier file
 
 
