@@ -504,7 +504,7 @@ def deviations(run, name):
     target.update(min((protocol for protocol, _ in protocols(name)),
                       key=lambda protocol: len(differing(run, protocol, PROTOCOL_KEYS))))
     found = []
-    for key in RECIPE_KEYS:
+    for key in (key for key in RECIPE_KEYS if key in run):  # a record from before a key was one says nothing of it
         ours, theirs = run[key], target[key]
         if key in OHEM_KEYS and None in (ours, theirs):
             continue
@@ -614,8 +614,8 @@ def recipe_lines(record):
     about = f'{name!r} ({result_text(recipe["results"][0]) if recipe["results"] else "no number published"}; ' \
             f'{recipe["source"]})'
     shown = {deviation['setting'] for deviation in record['deviations']}
-    unpublished = ', '.join(f'{key} {value_text(run[key])}' for key in RECIPE_KEYS if recipe['settings'][key] == UNKNOWN
-                            and key not in shown and not (key in OHEM_KEYS and run[key] is None))
+    unpublished = ', '.join(f'{key} {value_text(run[key])}' for key in RECIPE_KEYS if key in run and key not in shown
+                            and recipe['settings'][key] == UNKNOWN and not (key in OHEM_KEYS and run[key] is None))
     if not record['deviations']:
         return [f'recipe: follows {about}' + (f' in every setting it publishes; not published: {unpublished}'
                                               if unpublished else '')]

@@ -405,3 +405,7 @@ def test_an_eval_json_pairs_no_number_of_another_dataset_or_a_renamed_recipe(tmp
     compare.print_recipes('', ['exp'], [{'recipe': record, 'evals': {}}], compare.print_plain)
     assert "exp: its run was compared with 'paper VOC 2019', which dataset.RECIPES no longer holds" in caplog.text
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith('setting')]  # no table
+    # a record from before SCALES was a recipe setting: compared in what it holds, beside any recipe
+    older = dict(record, name='paper VOC', run={k: v for k, v in record['run'].items() if k != 'SCALES'})
+    header, rows = compare.recipe_table('paper ablation', ['exp'], [{'recipe': older, 'evals': {}, 'settings': {}}])
+    assert dict((row[0], row[2]) for row in rows)['SCALES'] == 'None' and dataset.recipe_lines(older)
