@@ -36,11 +36,11 @@ LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint 
 another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _onnx is added for an
 ONNX file; _bf16 or _fp16 when EVAL_AMP evaluates in the training's half precision on CUDA rather than in float32;
 its 'recipe' is the checkpoint's record of the run against its published recipe, with whether this protocol, on this
-DATASET, is one the recipe reports and the recipe's number for it), and the metrics as TensorBoard scalars at the checkpoint's step
-in LOG_DIR: val/mIoU, val/pAcc, val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the whole split's
-curve, which eval.py --all fills; training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only
-EVAL_IMAGES = N). That is for the
-checkpoints of this folder's MODEL_DIR: one from elsewhere is no result of this experiment, and its JSON goes to
+DATASET, is one the recipe reports and the recipe's number for it), and the metrics as TensorBoard scalars at the
+checkpoint's step in LOG_DIR: val/mIoU, val/pAcc, val/mAcc, val/images, val_class/<name>, or val_<protocol>/...
+(the whole split's curve, which eval.py --all fills; training's EVAL_EVERY draws it too, or val_first<N>/... when it
+evaluates only EVAL_IMAGES = N). That is for the checkpoints of this folder's MODEL_DIR: one from elsewhere is no
+result of this experiment, and its JSON goes to
 LOG_DIR/other_checkpoints/ named by its path (eval_up_exp_a_models_final.json), out of the TensorBoard curve and
 of compare.py. --onnx refuses a file exported with other settings than this folder's (each setting that shapes
 the graph, named). A missing checkpoint or one for other settings is an error: random weights are never scored.
