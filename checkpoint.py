@@ -2,7 +2,8 @@
 name the file, resume, the pretrained backbone, and the one-run-per-folder lock.
 
 A checkpoint is `{'net': state_dict, 'step': N}` (the authors' released files are exactly that) plus, in ours,
-`optimizer`, `scaler` and `settings` (as plain values, see `plain`). Every load uses `torch.load(weights_only=True)`.
+`optimizer`, `scaler`, `settings` (as plain values, see `plain`) and `recipe` (the run against its published recipe,
+`recipe_record`). Every load uses `torch.load(weights_only=True)`.
 
 Two path rules. The files a run writes and resumes from (latest.pth, final.pth, step_<N>.pth, best.pth, train.lock,
 temporary files) are always `model_file(name)` = MODEL_DIR/name: a file of the same name in the working folder is
@@ -22,7 +23,9 @@ import time
 import zipfile
 
 import torch
+import torch.distributed as dist
 
+import dataset
 import settings
 
 
@@ -105,7 +108,8 @@ def read_weights(path, what='checkpoint', mmap=False):
                                   f'which is refused so that nothing in it runs') from None
         raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt (it does not unpickle)') from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt ({str(e).splitlines()[0]})') from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0]  # an empty file's EOFError says nothing
+        raise CorruptCheckpointError(f'{what} {path} is truncated or corrupt ({reason})') from None
 
 
 def load_state(module, state, path, file_key=str):
@@ -177,9 +181,66 @@ def replace_file(path, write, remedy):
         raise CheckpointError(f'could not write {path}: {e.strerror or e}{remedy}') from None
 
 
+def recipe_record(net, start=0):
+    """This run against its recipe (dataset.compare_recipe, plain values): the effective settings, torchrun's
+    processes, whether net's BatchNorm is synchronised across them (SyncBatchNorm: torchrun on GPUs), and the record
+    of the run whose network INIT_FROM holds (`held_recipe`: a stage whose first stage trained from scratch says so).
+    A run resumed at step start keeps what the record of the checkpoint holding that step says of the steps before
+    (dataset.resumed_record); a finished one (start >= ITER_MAX), which trains no step more, is that record."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    synced = any(isinstance(module, torch.nn.SyncBatchNorm) for module in net.modules())
+    values, started, earlier = plain(settings.effective()), None, None
+    if settings.INIT_FROM:
+        try:
+            started = held_recipe(read_weights(settings.INIT_FROM, 'INIT_FROM', mmap=True), {})
+        except CheckpointError:  # gone since this run started from it: what it was is unknown
+            pass
+    for name in ('latest.pth', 'final.pth', f'step_{start}.pth') if start else ():  # those `resume` reads
+        try:
+            held = read_weights(model_file(name), mmap=True)
+        except CheckpointError:
+            continue
+        if isinstance(held, dict) and held.get('step') == start:
+            earlier = held_recipe(held, values)
+            break
+    if earlier is not None and start >= settings.ITER_MAX:
+        return earlier
+    record = plain(dataset.compare_recipe(values, world, synced, started))
+    return plain(dataset.resumed_record(record, earlier, start))
+
+
+def held_recipe(held, values):
+    """A checkpoint's record of its run against its recipe: its 'recipe', as the run compared itself, else (a run from
+    before the records) dataset.compare_recipe of the 'settings' it trained with, as one process runs them, values
+    (the folder's, plain) for any it lacks; None for a file without either (the authors' releases)."""
+    if not isinstance(held, dict):
+        return None
+    if isinstance(held.get('recipe'), dict):
+        return held['recipe']
+    trained = {**values, **held['settings']} if isinstance(held.get('settings'), dict) else {}
+    return plain(dataset.compare_recipe(trained)) if 'BATCH_SIZE' in trained else None
+
+
+def folder_recipe(model_dir, values):
+    """The recipe record of an experiment folder's run: that of the newer of MODEL_DIR's final.pth and latest.pth
+    (`held_recipe`: what trained, whatever settings.py says since), else (no run yet, the authors' file)
+    dataset.compare_recipe of its settings' values as one process runs them; None without either. Raises ValueError
+    for a RECIPE of no recipe of its DATASET."""
+    paths = [os.path.join(model_dir, name) for name in ('final.pth', 'latest.pth')]
+    for path in sorted((p for p in paths if os.path.isfile(p)), key=os.path.getmtime, reverse=True):
+        try:
+            record = held_recipe(read_weights(path, mmap=True), plain(values))
+        except CheckpointError:
+            continue
+        if record is not None:
+            return record
+    return dataset.compare_recipe(plain(values)) if values else None
+
+
 def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
-    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} and the entries of extra (e.g.
-    best.pth's 'best_mIoU') atomically (`replace_file`). Refuses non-finite weights."""
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings', 'recipe'} and the entries of extra
+    (e.g. best.pth's 'best_mIoU'; train.py's 'recipe', compared once before its first step, else `recipe_record`)
+    atomically (`replace_file`). Refuses non-finite weights."""
     state = net.state_dict()
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
@@ -188,6 +249,8 @@ def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
     optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
     ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
             'settings': plain(settings.effective()), **(extra or {})}
+    if 'recipe' not in ckpt:
+        ckpt['recipe'] = recipe_record(net)
 
     def write(tmp):
         with open(tmp, 'wb') as f:

@@ -5,8 +5,15 @@ metrics of each of its evaluations.
     python compare.py ../emanet ../exp_k32 --markdown     # a GitHub table to paste into notes
     python compare.py ../exp_* --csv > results.csv        # for a spreadsheet
     python compare.py abl/t_* --plot fig4.png             # and a figure: curves, mIoU against the settings
+    python compare.py --recipe ../exp_*                   # each folder's run beside its published recipe
+    python compare.py --recipe 'paper VOC' ../exp_a --markdown   # beside a recipe named (DATASETS.md's tables)
 
-One row per folder. A folder's settings are what its settings.py assigns, run on its own with the folder
+One row per folder; its 'recipe' column names the published recipe (dataset.RECIPES) its run was compared with and
+how many settings differ ('paper VOC', 'paper VOC, 3 differ': train.py's record in the newer of final.pth and
+latest.pth, else the folder's settings as one process runs them), and --markdown lists each row's deviations under
+the table. --recipe [NAME] prints instead, per recipe, its settings beside each folder's run, deviations marked
+'*', and its reported numbers beside the folders' results of the same protocol and split. A folder's settings are
+what its settings.py assigns, run on its own with the folder
 as working directory (no other module of the folder is imported); when settings.py does not run, the
 LOG_DIR/settings.txt its last training wrote. Only the settings whose values differ between the folders
 are columns. The step is that of the newer of MODEL_DIR/final.pth and MODEL_DIR/latest.pth, read without
@@ -34,6 +41,7 @@ import re
 import sys
 
 import checkpoint
+import dataset
 import evaluation
 import settings
 
@@ -169,17 +177,24 @@ def best_validation(log_dir, model_dir, notes):
 
 
 def read_experiment(folder):
-    """{'settings', 'step', 'evals', 'best', 'curve' (val.jsonl's (step, mIoU)), 'notes'} of an experiment folder."""
+    """{'settings', 'recipe' (checkpoint.folder_recipe), 'step', 'evals', 'best', 'curve' (val.jsonl's (step, mIoU)),
+    'notes'} of an experiment folder."""
     notes = []
     values = read_folder_settings(folder, notes)
     model_dir, log_dir = (os.path.join(folder, str(values.get(name, DEFAULT_DIRS[name])))
                           for name in ('MODEL_DIR', 'LOG_DIR'))
+    try:
+        recipe = checkpoint.folder_recipe(model_dir, values)
+    except ValueError as e:  # a RECIPE of no recipe of its DATASET
+        recipe = None
+        notes.append(str(e))
     step = step_reached(model_dir, values.get('ITER_MAX'), notes)
     evals = read_evals(log_dir, notes)
     best = best_validation(log_dir, model_dir, notes)
     curve = [(e['step'], e['mIoU']) for e in evaluation.read_val_log(os.path.join(log_dir, evaluation.VAL_LOG))
              if isinstance(e.get('mIoU'), (int, float))]
-    return {'settings': values, 'step': step, 'evals': evals, 'best': best, 'curve': curve, 'notes': notes}
+    return {'settings': values, 'recipe': recipe, 'step': step, 'evals': evals, 'best': best, 'curve': curve,
+            'notes': notes}
 
 
 MISSING = object()  # a setting that a folder does not have
@@ -225,12 +240,12 @@ def table(folders, experiments):
     """(header, rows of cells or None for missing, which columns are numbers)."""
     setting_names = differing(experiments)
     labels = sorted({label for e in experiments for label in e['evals']}, key=eval_order)
-    header = ['experiment', *setting_names, 'step']
+    header = ['experiment', 'recipe', *setting_names, 'step']
     header += [f'{label} {metric}' for label in labels for metric in ('mIoU', 'pAcc')]
     header += ['best val mIoU', 'best val step', 'notes']
     rows = []
     for name, experiment in zip(folders, experiments):
-        row = [name]
+        row = [name, dataset.recipe_label(experiment['recipe'])]
         for setting in setting_names:
             value = experiment['settings'].get(setting, MISSING)
             row.append(None if value is MISSING else value if isinstance(value, str) else repr(value))
@@ -243,7 +258,7 @@ def table(folders, experiments):
         row += [None, None] if best is None else [f'{100 * best[0]:.2f}', str(best[1])]
         row.append('; '.join(experiment['notes']))
         rows.append(row)
-    numeric = [False] * (1 + len(setting_names)) + [True] * (3 + 2 * len(labels)) + [False]
+    numeric = [False] * (2 + len(setting_names)) + [True] * (3 + 2 * len(labels)) + [False]
     return header, rows, numeric
 
 
@@ -362,6 +377,78 @@ def print_csv(header, rows, numeric):
     writer.writerows([('' if c is None else c) for c in row] for row in rows)
 
 
+def print_deviations(names, experiments):
+    """Under a --markdown table: each row's deviations from its published recipe, as its train.py logged them."""
+    shown = [(name, e['recipe']) for name, e in zip(names, experiments) if e['recipe'] and e['recipe']['deviations']]
+    if shown:
+        print('\nDeviations from the published recipe (DATASETS.md) of each row:')
+    for name, record in shown:
+        print(f'- {name}: {dataset.recipe_label(record)}')
+        for deviation in record['deviations']:
+            print(f'  - {dataset.deviation_text(deviation)}')
+
+
+def recipe_measured(name, result, experiment):
+    """'mIoU (label)' of the first of a folder's evaluations (eval_order) under the protocol and on the split of one
+    of the recipe's reported results, on its dataset (dataset.recipe_result, the folder's DATASET), or None."""
+    evals, evaluated_on = experiment['evals'], experiment['settings'].get('DATASET')
+    for label in sorted(evals, key=eval_order):
+        evaluated = evals[label]
+        recorded = all(key in evaluated for key in ('scales', 'flip', 'window', 'stride', 'split', 'mIoU'))
+        if recorded and evaluated['mIoU'] is not None and \
+                dataset.recipe_result(name, evaluated, evaluated_on)[1] is result:
+            return f'{100 * evaluated["mIoU"]:.2f} ({label})'
+    return None
+
+
+def recipe_cell(run, found, key):
+    """A run's value of key, ' *' where it deviates, and the deviating values of its steps before a resume: '49 *
+    (33: steps 1-2000)'."""
+    earlier = [f'{dataset.value_text(d["run"])}: {dataset.steps_text(d["steps"])}' for d in found
+               if d['setting'] == key and d.get('steps') and d['steps'][1] is not None]
+    return (dataset.value_text(run.get(key)) + ' *' * any(d['setting'] == key for d in found)
+            + (f' ({", ".join(earlier)})' if earlier else ''))
+
+
+def recipe_table(name, names, experiments):
+    """(header, rows): the recipe's value of each of dataset.RECIPE_KEYS beside each folder's run (as its record
+    keeps them), marked ' *' where the run deviates from this recipe (the record's deviations, with the values of the
+    steps before a resume, for the recipe it was compared with; dataset.deviations for another), then a row per
+    result the recipe reports, beside the folders' results of its protocol and split."""
+    recipe = dataset.RECIPES[name]
+    records = [e['recipe'] for e in experiments]
+    found = [r['deviations'] if r['name'] == name else dataset.deviations(r['run'], name) for r in records]
+    rows = [[key, dataset.value_text(recipe['settings'][key])]
+            + [recipe_cell(record['run'], deviations, key) for record, deviations in zip(records, found)]
+            for key in dataset.RECIPE_KEYS]
+    rows += [[f'mIoU {result["split"]}' + (f', {result["protocol"]}' if 'protocol' in result else ''),
+              f'{result["mIoU"]:.2f}'] + [recipe_measured(name, result, e) for e in experiments]
+             for result in recipe['results']]
+    return ['setting', f'recipe: {name}', *names], rows
+
+
+def print_recipes(name, names, experiments, printer):
+    """--recipe [NAME]: a `recipe_table` of NAME and every folder, or without NAME one per recipe the folders' runs
+    were compared with, each followed by the recipe's source."""
+    groups = {}
+    for folder, experiment in zip(names, experiments):
+        record = experiment['recipe']
+        if record is None or not (name or record['name']):
+            logger.warning('%s: %s', folder, 'settings unknown' if record is None else dataset.recipe_lines(record)[0])
+        elif not name and record['name'] not in dataset.RECIPES:  # a record of another version of this code
+            logger.warning('%s: its run was compared with %r, which dataset.RECIPES no longer holds: name a recipe '
+                           '(--recipe NAME)', folder, record['name'])
+        else:
+            groups.setdefault(name or record['name'], []).append((folder, experiment))
+    for index, (recipe, members) in enumerate(groups.items()):
+        header, rows = recipe_table(recipe, *zip(*members))
+        print('\n' * bool(index), end='')
+        printer(header, rows, [False] * len(header))
+        if printer is not print_csv:  # after a blank line: GitHub's table would take the line as one more row
+            print(f'\n{recipe}: {dataset.RECIPES[recipe]["source"]}. *: the run differs from the recipe there; '
+                  f'{dataset.UNKNOWN}: its source does not say')
+
+
 def folder_names(folders):
     """Each folder's own name, or the path as given where two share a name."""
     names = [os.path.basename(os.path.abspath(folder)) for folder in folders]
@@ -370,7 +457,11 @@ def folder_names(folders):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('folders', nargs='+', metavar='DIR', help='experiment folders (copies of this one)')
+    parser.add_argument('folders', nargs='*', metavar='DIR', help='experiment folders (copies of this one)')
+    parser.add_argument('--recipe', nargs='?', const='', metavar='NAME',
+                        help='instead of the table: the published recipe NAME (dataset.RECIPES; without NAME, each '
+                             'folder\'s own) setting by setting beside each folder\'s run, deviations marked, and its '
+                             'reported numbers beside the folders\' results of the same protocol')
     style = parser.add_mutually_exclusive_group()
     style.add_argument('--markdown', action='store_true', help='a GitHub table')
     style.add_argument('--csv', action='store_true', help='comma-separated values')
@@ -378,6 +469,12 @@ def main():
                         help='also draw the validation curves and, where the folders differ in one or two settings, '
                              'the final mIoU against them (a line per value of the second) into FILE.png')
     args = parser.parse_args()
+    if args.recipe and args.recipe not in dataset.RECIPES:  # `--recipe DIR ...`: the folders' own recipes
+        if not os.path.isdir(args.recipe):
+            parser.error(f'--recipe {args.recipe!r} is no published recipe; they are '
+                         f'{", ".join(map(repr, dataset.RECIPES))}')
+        args.folders.insert(0, args.recipe)
+        args.recipe = ''
     folders = []
     for folder in args.folders:
         if os.path.isfile(os.path.join(folder, 'settings.py')):
@@ -388,7 +485,12 @@ def main():
         raise SystemExit('no experiment folder to compare')
     experiments = [read_experiment(folder) for folder in folders]
     printer = print_markdown if args.markdown else print_csv if args.csv else print_plain
-    printer(*table(folder_names(folders), experiments))
+    if args.recipe is not None:
+        print_recipes(args.recipe, folder_names(folders), experiments, printer)
+    else:
+        printer(*table(folder_names(folders), experiments))
+    if args.markdown and args.recipe is None:
+        print_deviations(folder_names(folders), experiments)
     if args.plot:
         panels = plot_data(folder_names(folders), experiments)
         if not panels:

@@ -8,6 +8,7 @@ DATASETS: its class names, its palette, and where an id's image, label and split
 verifies DATA_ROOT before training (and as `python prepare.py check`).
 """
 import functools
+import math
 import multiprocessing
 import os
 import time
@@ -135,9 +136,11 @@ COCO_PANOPTIC_CLASSES = (
 # name → classes (names in label order), palette (RGB per class; None: the VOC colour map), the paths, relative
 # to DATA_ROOT, of an id's image and label and of a split's list, and background_optional: class 0 is a
 # background that N_CLASSES = len(classes) - 1 ignores (labels are read with 0 → IGNORE_LABEL, k → k - 1)
+VOC_LAYOUT = dict(classes=VOC_CLASSES, palette=None, image='JPEGImages/{}.jpg', label='SegmentationClassAug/{}.png',
+                  list='ImageSets/SegmentationAug/{}.txt')
 DATASETS = {
-    'voc': dict(classes=VOC_CLASSES, palette=None, image='JPEGImages/{}.jpg', label='SegmentationClassAug/{}.png',
-                list='ImageSets/SegmentationAug/{}.txt'),
+    'voc': VOC_LAYOUT,
+    'demo': VOC_LAYOUT,  # `prepare.py demo`'s generated images: VOC's layout and classes, no published recipe
     # ids like train/aachen/aachen_000000_000019; the labelTrainIds name is cityscapesScripts' own
     'cityscapes': dict(classes=CITYSCAPES_CLASSES, palette=CITYSCAPES_PALETTE,
                        image='leftImg8bit/{}_leftImg8bit.png', label='gtFine/{}_gtFine_labelTrainIds.png',
@@ -261,6 +264,381 @@ def read_folder_images(path, version):
         image_id, file, *how = line.split('\t')
         images[image_id] = (os.path.join(os.path.dirname(path), file), how != ['stored'])
     return images
+
+
+# ---------------------------------------------------------------- published recipes
+
+UNKNOWN = 'unknown'  # a recipe's value that its source does not publish
+BN_IMAGES = 'images per BatchNorm'  # how many images each BatchNorm normalises over: a run's, from `run_values`
+PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale test (with EVAL_FLIP), mmsegmentation's too
+# what defines a recipe, in the order its tables list them. PRETRAINED is the backbone's kind ('ImageNet', or None:
+# from scratch, or the whole network of INIT_FROM); a recipe's INIT_FROM names the recipe whose final network starts
+# it (a run's: the file); EVAL_STRIDE is the output stride at test time; SCALES the training's random rescaling
+RECIPE_KEYS = ('N_LAYERS', 'PRETRAINED', 'INIT_FROM', 'STRIDE', 'EVAL_STRIDE', 'CROP_SIZE', 'SCALES', 'BATCH_SIZE',
+               BN_IMAGES, 'BN_MOM', 'LR', 'LR_MOM', 'LR_DECAY', 'POLY_POWER', 'WEIGHT_DECAY', 'ITER_MAX', 'LOSS',
+               'OHEM_THRESH', 'OHEM_MIN_KEPT', 'STAGE_NUM', 'EM_MOM', 'EM_NORM', 'EM_GRAD', 'EMA_CHANNELS', 'N_BASES',
+               'TRAIN_SPLIT', 'EVAL_SCALES', 'EVAL_FLIP', 'EVAL_WINDOW')
+PROTOCOL_KEYS = ('EVAL_STRIDE', 'EVAL_SCALES', 'EVAL_FLIP', 'EVAL_WINDOW')  # a result's test-time protocol
+OHEM_KEYS = ('OHEM_THRESH', 'OHEM_MIN_KEPT')  # compared where both losses are 'ohem' (None otherwise)
+NOT_PUBLISHED = dict.fromkeys(RECIPE_KEYS, UNKNOWN)
+# the authors' release (XiaLiPKU/EMANet settings.py, network.py): 4 GPUs × 4 images with BatchNorm synchronised over
+# all 16, the ImageNet ResNet its network.py always loads, a 512-channel EM unit of 64 bases, l2-normalised in the EM
+# iterations, which no gradient goes through
+AUTHORS = dict(N_LAYERS=101, PRETRAINED='ImageNet', INIT_FROM=None, STRIDE=8, EVAL_STRIDE=8, CROP_SIZE=513,
+               SCALES=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0), BATCH_SIZE=16, **{BN_IMAGES: 16}, BN_MOM=3e-4, LR=9e-3,
+               LR_MOM=0.9, LR_DECAY=10, POLY_POWER=0.9, WEIGHT_DECAY=1e-4, ITER_MAX=30000, LOSS='ce',
+               OHEM_THRESH=None, OHEM_MIN_KEPT=None, STAGE_NUM=3, EM_MOM=0.9, EM_NORM='l2', EM_GRAD=False,
+               EMA_CHANNELS=512, N_BASES=64, TRAIN_SPLIT='trainaug', EVAL_SCALES=(1.0,), EVAL_FLIP=False,
+               EVAL_WINDOW=None)
+# what mmsegmentation's configs/emanet (_base_/models/emanet_r50-d8.py, schedules/schedule_80k.py, ema_head.py) and
+# sssegmentation's ssseg/configs/emanet/base_cfg.py (ema.py) share: the authors' values but for SGD's rate and weight
+# decay, on 'train', each image rescaled by a random factor of 0.5 to 2.0 (not one of a list, as SCALES); their bases'
+# momentum 0.1 is our EM_MOM 0.9. mmsegmentation's BatchNorm momentum is PyTorch's default and its poly rate changes
+# every step; sssegmentation does not say. Each recipe adds its crop, batch (SyncBN across 4 GPUs: every image of the
+# batch in each BatchNorm) and schedule
+PEERS = dict(AUTHORS, SCALES='random 0.5 to 2.0', LR=1e-2, WEIGHT_DECAY=5e-4, TRAIN_SPLIT='train')
+MMSEG_769 = dict(PEERS, CROP_SIZE=769, BATCH_SIZE=8, **{BN_IMAGES: 8}, BN_MOM=0.1, LR_DECAY=1, ITER_MAX=80000,
+                 EVAL_WINDOW=769)
+MMSEG_512X1024 = dict(MMSEG_769, CROP_SIZE='512×1024', EVAL_WINDOW=None)  # a crop our square CROP_SIZE cannot be
+SSSEG = dict(PEERS, BN_MOM=UNKNOWN, LR_DECAY=UNKNOWN)
+# a reported result under another protocol than its recipe's own: the protocol's name, the EVAL_* values that differ
+MS_FLIP = dict(protocol='MS + flip', EVAL_SCALES=PAPER_SCALES, EVAL_FLIP=True)
+
+
+def staged(suffix, n_layers, test_miou):
+    """The authors' VOC test-server recipe for EMANet-<n_layers>, 'first pretrain on COCO, and then 30k on
+    'trainaug', and another 30k on the 'trainval' set' (their README), as three recipes, each stage started from the
+    previous one's network; the README gives nothing else of the first two (no schedule for COCO at all)."""
+    source = 'XiaLiPKU/EMANet README: "first pretrain on COCO, and then 30k on \'trainaug\', and another 30k on the ' \
+             '\'trainval\' set"'
+    return {
+        f'staged COCO{suffix}': dict(
+            dataset='coco_voc', source=source, results=[],
+            settings=dict(NOT_PUBLISHED, N_LAYERS=n_layers, PRETRAINED='ImageNet', INIT_FROM=None)),
+        f'staged trainaug{suffix}': dict(
+            dataset='voc', source=source, results=[],
+            settings=dict(NOT_PUBLISHED, N_LAYERS=n_layers, PRETRAINED=None, INIT_FROM=f'staged COCO{suffix}',
+                          ITER_MAX=30000, TRAIN_SPLIT='trainaug')),
+        f'staged trainval{suffix}': dict(
+            dataset='voc', source=source + '; Tab. 2 (OS8, "For test, output stride is set as 8")',
+            results=[dict(mIoU=test_miou, split='test')],
+            settings=dict(NOT_PUBLISHED, N_LAYERS=n_layers, PRETRAINED=None, INIT_FROM=f'staged trainaug{suffix}',
+                          STRIDE=8, EVAL_STRIDE=8, ITER_MAX=30000, TRAIN_SPLIT='trainval')),
+    }
+
+
+# name → dataset (a DATASETS name), settings ({key of RECIPE_KEYS: value or UNKNOWN}), results (the mIoU, in percent,
+# it reached on a split, under the recipe's own protocol, or another: its name and the EVAL_* values that differ), and
+# the source of all of it. DATASETS.md's recipe tables show them (tests/test_published_recipes.py reads them back).
+# Each dataset's are in the order a run is compared with them when it is as close to several: the paper's first
+RECIPES = {
+    'paper VOC': dict(
+        dataset='voc', settings=AUTHORS, source='XiaLiPKU/EMANet settings.py and README Tab. 1',
+        results=[dict(mIoU=80.05, split='val'), dict(mIoU=81.32, split='val', **MS_FLIP)]),
+    'paper VOC 256': dict(
+        dataset='voc', settings=dict(AUTHORS, EMA_CHANNELS=256), source='XiaLiPKU/EMANet README Tab. 1: EMANet (256)',
+        results=[dict(mIoU=79.73, split='val'), dict(mIoU=80.94, split='val', **MS_FLIP)]),
+    'paper ablation': dict(
+        dataset='voc', settings=dict(AUTHORS, N_LAYERS=50, STRIDE=16),
+        source='the paper\'s Sec. 6.1 (ResNet-50, trained at output stride 16, evaluated at 8), its Fig. 4 at '
+               'T_train = T_eval = 3 as XiaLiPKU/EMANet#37 quotes it',
+        results=[dict(mIoU=78.52, split='val')]),
+    'released VOC': dict(
+        dataset='voc', settings=AUTHORS, source='XiaLiPKU/EMANet#22: the released checkpoint, "80.51 instead of 80.05"',
+        results=[dict(mIoU=80.51, split='val')]),
+    **staged('', 101, 87.7),
+    **staged(' 152', 152, 88.2),
+    'authors Cityscapes': dict(
+        dataset='cityscapes', source='XiaLiPKU/EMANet README (HEAD f09ffac): "EMANet-101 (OHEM)", single-scale val, '
+                                     'multi-scale test server',
+        settings=dict(NOT_PUBLISHED, N_LAYERS=101, LOSS='ohem', EVAL_SCALES=(1.0,), EVAL_FLIP=False),
+        results=[dict(mIoU=81.14, split='val'),
+                 dict(mIoU=81.9, split='test', protocol='multi-scale', EVAL_SCALES=UNKNOWN, EVAL_FLIP=UNKNOWN)]),
+    'mmseg R-101 769': dict(
+        dataset='cityscapes', settings=MMSEG_769, source='mmsegmentation configs/emanet: 769×769, slide 769/513',
+        results=[dict(mIoU=79.62, split='val'), dict(mIoU=81.00, split='val', **MS_FLIP)]),
+    'mmseg R-50 769': dict(
+        dataset='cityscapes', settings=dict(MMSEG_769, N_LAYERS=50), source='mmsegmentation configs/emanet: 769×769',
+        results=[dict(mIoU=79.33, split='val'), dict(mIoU=80.49, split='val', **MS_FLIP)]),
+    'mmseg R-101 512x1024': dict(
+        dataset='cityscapes', settings=MMSEG_512X1024, source='mmsegmentation configs/emanet: 512×1024, whole image',
+        results=[dict(mIoU=79.10, split='val'), dict(mIoU=81.21, split='val', **MS_FLIP)]),
+    'mmseg R-50 512x1024': dict(
+        dataset='cityscapes', settings=dict(MMSEG_512X1024, N_LAYERS=50),
+        source='mmsegmentation configs/emanet: 512×1024, whole image',
+        results=[dict(mIoU=77.59, split='val'), dict(mIoU=79.44, split='val', **MS_FLIP)]),
+    'sssegmentation R-101': dict(
+        dataset='cityscapes', settings=dict(SSSEG, CROP_SIZE='512×1024', BATCH_SIZE=8, **{BN_IMAGES: 8},
+                                            ITER_MAX='about 82000'),
+        source='sssegmentation model zoo and configs/emanet: 512×1024, batch 8, about 82k iterations (epochs)',
+        results=[dict(mIoU=79.54, split='val')]),
+    'PaddleSeg R-101': dict(
+        dataset='cityscapes', source='PaddleSeg configs/emanet (emanet_resnet101_os8_cityscapes_1024x512_80k.yml, '
+                                     '_base_/cityscapes.yml): 1024×512, 80k, 2 images per GPU, whole image',
+        settings=dict(NOT_PUBLISHED, N_LAYERS=101, PRETRAINED='ImageNet', INIT_FROM=None, STRIDE=8, EVAL_STRIDE=8,
+                      CROP_SIZE='512×1024', SCALES=AUTHORS['SCALES'], LR=1e-2, LR_MOM=0.9, POLY_POWER=0.9,
+                      WEIGHT_DECAY=5e-4, ITER_MAX=80000, LOSS='ce', OHEM_THRESH=None, OHEM_MIN_KEPT=None, STAGE_NUM=3,
+                      EMA_CHANNELS=512, N_BASES=64, TRAIN_SPLIT='train', EVAL_SCALES=(1.0,), EVAL_FLIP=False,
+                      EVAL_WINDOW=None),
+        results=[dict(mIoU=80.00, split='val'), dict(mIoU=80.23, split='val', protocol='flip', EVAL_FLIP=True),
+                 dict(mIoU=80.53, split='val', protocol='MS + flip', EVAL_SCALES=UNKNOWN, EVAL_FLIP=True)]),
+    'sssegmentation R-101 ADE20K': dict(
+        dataset='ade20k', source='sssegmentation model zoo and configs/emanet: crop 512, batch 16, 130 epochs',
+        settings=dict(SSSEG, CROP_SIZE=512, ITER_MAX='about 164000'),
+        results=[dict(mIoU=44.39, split='val')]),
+    'sssegmentation R-50 ADE20K': dict(
+        dataset='ade20k', source='sssegmentation model zoo and configs/emanet: crop 512, batch 16, 130 epochs',
+        settings=dict(SSSEG, N_LAYERS=50, CROP_SIZE=512, ITER_MAX='about 164000'),
+        results=[dict(mIoU=41.77, split='val')]),
+    'paper COCO-Stuff': dict(
+        dataset='cocostuff', source='XiaLiPKU/EMANet#19 ("crop_size 513, max_step 30000, learning rate 9e-3. Almost '
+                                    'the same settings with VOC"), #23 (batch 16); 39.9: the paper via aggregators',
+        settings=dict(NOT_PUBLISHED, N_LAYERS=101, PRETRAINED='ImageNet', CROP_SIZE=513, BATCH_SIZE=16,
+                      **{BN_IMAGES: 16}, LR=9e-3, ITER_MAX=30000),
+        results=[dict(mIoU=39.9, split='val')]),
+    'paper Context': dict(
+        dataset='context', source='the paper via aggregators (59 or 60 classes: unknown)',
+        settings=dict(NOT_PUBLISHED, N_LAYERS=101, EVAL_FLIP=True), results=[dict(mIoU=53.1, split='val')]),
+    'detectron2 port R-50': dict(
+        dataset='coco_panoptic', source='the EMANet detectron2 port (its schedule not restated here)',
+        settings=dict(NOT_PUBLISHED, N_LAYERS=50), results=[dict(mIoU=42.71, split='val')]),
+}
+
+
+def fewer(key):
+    """Whether a run normalises or batches over fewer images (key) than a recipe that publishes how many."""
+    return lambda run, theirs: theirs != UNKNOWN and run[key] < theirs
+
+
+def from_scratch(run):
+    """Whether a run's network (`run_values`) began from random weights: no backbone, and no INIT_FROM or one whose
+    network did (a record from before 'from scratch' was kept: no backbone, no INIT_FROM)."""
+    return run.get('from scratch', run['PRETRAINED'] is None and not run['INIT_FROM'])
+
+
+SCRATCH = 'a user who trained "from scratch" reached 40.x mIoU on VOC val, where the released weights give 80.x ' \
+          '(XiaLiPKU/EMANet#52)'
+# what sources measured a deviation to cost: key → (whether the measurement applies: f(the run's values, the
+# recipe's value), what it cost, with the source). Training from scratch is named whatever the recipe publishes
+COSTS = {
+    'PRETRAINED': (lambda run, theirs: from_scratch(run) and theirs is not None, SCRATCH),
+    'INIT_FROM': (lambda run, theirs: from_scratch(run) and theirs not in (None, UNKNOWN), SCRATCH),
+    'BATCH_SIZE': (fewer('BATCH_SIZE'),
+                   'the authors: "Batch size is one of the most factor of segmentation\'s performance. In my '
+                   'experiment, the batch size is 16" (XiaLiPKU/EMANet#23)'),
+    BN_IMAGES: (fewer(BN_IMAGES),
+                'single-GPU runs of the authors\' code, BatchNorm over fewer images: BATCH_SIZE 12 in the ablation '
+                'setting reached 76.04 mIoU on VOC val where the paper\'s Fig. 4 has 78.52 (XiaLiPKU/EMANet#37); '
+                'batch 3 on COCO-Stuff 34.55 where the paper has 39.9 (XiaLiPKU/EMANet#23)'),
+}
+
+
+def plain_window(window):
+    """EVAL_WINDOW as one value means it: a size, (h, w) when they differ, None."""
+    if isinstance(window, (tuple, list)):
+        return window[0] if window[0] == window[1] else tuple(window)
+    return window
+
+
+def run_values(values, world=1, synced_bn=False, started=None):
+    """A run's value of each of RECIPE_KEYS, from its effective settings (values: {name: value}, plain, as
+    settings.effective() or a folder's settings.py give them) and its runtime: its processes (world) and whether its
+    BatchNorm is synchronised across them (SyncBatchNorm, under torchrun on GPUs). PRETRAINED is 'ImageNet' for a
+    file, EVAL_STRIDE the stride at test time; BN_IMAGES is BATCH_SIZE / ACCUM_STEPS with synchronised BatchNorm,
+    BATCH_SIZE / world / ACCUM_STEPS without, and 'BatchNorm' says how it arises. started: the record of the run
+    whose network INIT_FROM holds (None: none kept, as the authors' files), which 'started from' names
+    (`recipe_label`); 'from scratch': whether the network began from random weights, here or in an earlier stage."""
+    batch, accum = values['BATCH_SIZE'], values.get('ACCUM_STEPS') or 1
+    per_process = world > 1 and not synced_bn
+    run = {key: values.get(key) for key in RECIPE_KEYS}
+    run.update(PRETRAINED='ImageNet' if values.get('PRETRAINED') else None,
+               EVAL_STRIDE=values.get('EVAL_STRIDE') or values.get('STRIDE'),
+               SCALES=tuple(float(scale) for scale in values.get('SCALES', ())),
+               EVAL_SCALES=tuple(float(scale) for scale in values.get('EVAL_SCALES', ())),
+               EVAL_WINDOW=plain_window(values.get('EVAL_WINDOW')))
+    run[BN_IMAGES] = batch // (world if per_process else 1) // accum
+    run['BatchNorm'] = (f'BATCH_SIZE {batch}' + (f' / {world} processes, BatchNorm per process' if per_process else '')
+                        + (f' / ACCUM_STEPS {accum}' if accum > 1 else '')
+                        + (f', SyncBatchNorm over {world} processes' if world > 1 and synced_bn else
+                           ', one process' if world == 1 else ''))
+    if values.get('LOSS') != 'ohem':
+        run.update(dict.fromkeys(OHEM_KEYS))
+    run['started from'] = recipe_label(started) if run['INIT_FROM'] and started else None
+    run['from scratch'] = run['PRETRAINED'] is None and (not run['INIT_FROM'] or bool(started)
+                                                         and from_scratch(started['run']))
+    return run
+
+
+def same(ours, theirs):
+    """Whether a run's value is a recipe's: a list (JSON's) is the tuple it was, and numbers are equal to float32's
+    precision (LR = 0.003 * 3 is 9e-3, and so is a numpy float32 9e-3)."""
+    if isinstance(ours, (list, tuple)) and isinstance(theirs, (list, tuple)):
+        return len(ours) == len(theirs) and all(map(same, ours, theirs))
+    if all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (ours, theirs)):
+        return math.isclose(ours, theirs, rel_tol=1e-6)
+    return ours == theirs
+
+
+def protocols(name):
+    """[(the EVAL_* values of a protocol, the recipe's result under it or None)]: the recipe's own protocol, then each
+    result's."""
+    recipe = RECIPES[name]
+    own = {key: recipe['settings'][key] for key in PROTOCOL_KEYS}
+    return [(own, None)] + [(dict(own, **{key: result[key] for key in PROTOCOL_KEYS if key in result}), result)
+                            for result in recipe['results']]
+
+
+def differing(ours, theirs, keys):
+    """The keys whose known value in theirs is not ours."""
+    return [key for key in keys if theirs[key] != UNKNOWN and not same(ours[key], theirs[key])]
+
+
+def deviations(run, name):
+    """[{'setting', 'run', 'recipe', 'note', 'cost', 'steps'}] of each key where the run (`run_values`) is not the
+    recipe: a value the recipe publishes, and one it does not where a source measured what the run's value costs
+    (training from scratch, here or in an earlier stage). The test-time keys are compared with the closest of the
+    recipe's protocols; INIT_FROM by whether each starts from another network and, where the recipe names the stage it
+    starts from, whether the run's started from that stage's recipe in every setting; OHEM_* where both use it.
+    note: how the run's value arises; cost: `COSTS`; steps: None, every step (`resumed_record` narrows it)."""
+    target = dict(RECIPES[name]['settings'])
+    target.update(min((protocol for protocol, _ in protocols(name)),
+                      key=lambda protocol: len(differing(run, protocol, PROTOCOL_KEYS))))
+    found = []
+    for key in (key for key in RECIPE_KEYS if key in run):  # a record from before a key was one says nothing of it
+        ours, theirs = run[key], target[key]
+        if key in OHEM_KEYS and None in (ours, theirs):
+            continue
+        applies, cost = COSTS.get(key, (None, None))
+        costly = applies is not None and applies(run, theirs)
+        note = run['BatchNorm'] if key == BN_IMAGES else None
+        if key == 'INIT_FROM':
+            started = run.get('started from')
+            differs = theirs != UNKNOWN and (bool(ours) != bool(theirs) or theirs is not None and started is not None
+                                             and started != theirs)
+            note = started and f"a run of '{started}'" + (', itself from random weights' if from_scratch(run) else '')
+        else:
+            differs = bool(differing(run, target, [key]))
+        if differs or costly:
+            found.append(dict(setting=key, run=ours, recipe=theirs, note=note, cost=cost if costly else None,
+                              steps=None))
+    return found
+
+
+def compare_recipe(values, world=1, synced_bn=False, started=None):
+    """The record of a run against its dataset's recipe, {'name': the recipe's or None, 'dataset', 'deviations':
+    `deviations`, 'run': `run_values`}: the one RECIPE names, else the closest of DATASET's (fewest deviations, the
+    first of equals: the paper's) among the stages of staged recipes for a run with INIT_FROM, among the others for
+    any other run; a dataset without any has name None. A RECIPE of no recipe of DATASET is a ValueError naming
+    those it has. started: the record of INIT_FROM's run (`run_values`)."""
+    run, name = run_values(values, world, synced_bn, started), values.get('RECIPE')
+    mine = [recipe for recipe, about in RECIPES.items() if about['dataset'] == values.get('DATASET')]
+    if name is not None and name not in mine:
+        raise ValueError(f'RECIPE={name!r} is no recipe of DATASET={values.get("DATASET")!r}: '
+                         + (f'its recipes are {", ".join(map(repr, mine))}' if mine else 'it has none (RECIPE = None)'))
+    # a run that starts from another run's network is a stage of a staged recipe, any other run is none
+    alike = [recipe for recipe in mine
+             if (RECIPES[recipe]['settings']['INIT_FROM'] not in (None, UNKNOWN)) == bool(run['INIT_FROM'])]
+    if name is None and mine:
+        name = min(alike or mine, key=lambda recipe: len(deviations(run, recipe)))
+    return {'name': name, 'dataset': values.get('DATASET'), 'deviations': deviations(run, name) if name else [],
+            'run': run}
+
+
+def resumed_record(record, earlier, start):
+    """The record of a run resumed at step start from a checkpoint whose record is earlier (None: it kept none):
+    each deviation of the values it runs with now, its steps [start + 1, None] where the steps before ran with
+    another value, then each of earlier's that no step from now on has, its steps ending at start. Every value
+    that trained any step stays named, however often the run is resumed with other settings."""
+    if earlier is None or record['name'] is None:
+        return record
+    name = record['name']
+    before = earlier['deviations'] if earlier['name'] == name else deviations(earlier['run'], name)
+    def match(deviation, others):
+        return next((d for d in others if d['setting'] == deviation['setting'] and same(d['run'], deviation['run'])),
+                    None)
+
+    kept, ended = [], []
+    for deviation in record['deviations']:
+        was = match(deviation, before)
+        kept.append(dict(deviation, steps=[start + 1, None] if was is None else
+                         was.get('steps') and [was['steps'][0], None]))
+    for deviation in before:
+        if match(deviation, kept) is None:
+            first, last = deviation.get('steps') or (1, None)
+            ended.append(dict(deviation, steps=[first, start if last is None else last]))
+    return dict(record, deviations=kept + ended)
+
+
+def recipe_label(record):
+    """A record's recipe as a results table names it: 'paper VOC', 'paper VOC, 3 differ' (settings), or 'no
+    published recipe' (None: the run left no record)."""
+    if record is None or record['name'] is None:
+        return 'no published recipe' if record else None
+    count = len({deviation['setting'] for deviation in record['deviations']})
+    return record['name'] + (f', {count} differ' if count > 1 else ', 1 differs' if count else '')
+
+
+def value_text(value):
+    return value if isinstance(value, str) else repr(value)
+
+
+def result_text(result):
+    """'80.05 mIoU val', '81.32 mIoU val, MS + flip'."""
+    return f'{result["mIoU"]} mIoU {result["split"]}' + (f', {result["protocol"]}' if 'protocol' in result else '')
+
+
+def steps_text(steps):
+    """A deviation's steps: '' (every step), 'steps 1-2000', 'step 1', 'from step 2001'."""
+    if not steps:
+        return ''
+    first, last = steps
+    return f'from step {first}' if last is None else f'step {first}' if first == last else f'steps {first}-{last}'
+
+
+def deviation_text(deviation):
+    """'BATCH_SIZE 12, the recipe's 16: what it cost (its source)'; 'CROP_SIZE 321 (steps 1-2000), the recipe's 513'."""
+    about = '; '.join(filter(None, (deviation['note'], steps_text(deviation.get('steps')))))
+    return (f'{deviation["setting"]} {value_text(deviation["run"])}' + (f' ({about})' if about else '')
+            + f', the recipe\'s {value_text(deviation["recipe"])}'
+            + (f': {deviation["cost"]}' if deviation['cost'] else ''))
+
+
+def recipe_lines(record):
+    """What train.py logs before its first step, and settings.txt keeps: one line naming the recipe when the run
+    follows it (in every setting it publishes), else that line with the count and one per deviation, then the
+    run's values of what the recipe does not publish."""
+    name, run = record['name'], record['run']
+    if name is None:
+        return [f'recipe: DATASET={record["dataset"]!r} has no published recipe to compare with']
+    recipe = RECIPES[name]
+    about = f'{name!r} ({result_text(recipe["results"][0]) if recipe["results"] else "no number published"}; ' \
+            f'{recipe["source"]})'
+    shown = {deviation['setting'] for deviation in record['deviations']}
+    unpublished = ', '.join(f'{key} {value_text(run[key])}' for key in RECIPE_KEYS if key in run and key not in shown
+                            and recipe['settings'][key] == UNKNOWN and not (key in OHEM_KEYS and run[key] is None))
+    if not record['deviations']:
+        return [f'recipe: follows {about}' + (f' in every setting it publishes; not published: {unpublished}'
+                                              if unpublished else '')]
+    count = len(shown)
+    return ([f'recipe: compared with {about}: {count} setting{"s differ" if count > 1 else " differs"}']
+            + [f'recipe:   {deviation_text(deviation)}' for deviation in record['deviations']]
+            + ([f'recipe:   not published by its source: {unpublished}'] if unpublished else []))
+
+
+def recipe_result(name, evaluated, evaluated_on):
+    """(whether an evaluation is under one of the recipe's protocols, the recipe's result of that protocol and split
+    or None). evaluated: an eval record as evaluation.summary writes it (scales, flip, window, stride, stage_num,
+    precision, split), of the DATASET evaluated_on, which must be the recipe's; a value the recipe does not publish
+    matches any, the EM iterations must be its STAGE_NUM and the precision float32."""
+    if evaluated_on != RECIPES[name]['dataset']:  # a VOC run's checkpoint evaluated on COCO: no VOC number
+        return False, None
+    measured = {'EVAL_SCALES': tuple(float(scale) for scale in evaluated['scales']), 'EVAL_FLIP': evaluated['flip'],
+                'EVAL_WINDOW': plain_window(evaluated['window']), 'EVAL_STRIDE': evaluated['stride']}
+    stage_num = RECIPES[name]['settings']['STAGE_NUM']
+    if evaluated.get('precision', 'float32') != 'float32' or stage_num not in (UNKNOWN, evaluated.get('stage_num')):
+        return False, None
+    matching = [result for protocol, result in protocols(name) if not differing(measured, protocol, PROTOCOL_KEYS)]
+    return bool(matching), next((r for r in matching if r is not None and r['split'] == evaluated['split']), None)
 
 
 # ---------------------------------------------------------------- files

@@ -19,6 +19,7 @@ cat >> demo_exp/settings.py <<SETTINGS
 # demo: ResNet-50 from scratch on CPU, on crops holding most of each generated 40-70 px image, for 100 steps;
 # the paper's 256-channel EM unit (at these sizes its 512-channel fc0 costs more than the backbone), a faster
 # BN running average and a higher learning rate than the paper's (whose 30k steps start from ImageNet weights)
+DATASET = 'demo'   # VOC's layout and classes; no published recipe to compare with
 DATA_ROOT = '$here/demo_data'
 N_LAYERS = 50
 PRETRAINED = None

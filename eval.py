@@ -34,11 +34,13 @@ Single scale by default, the authors' protocol; EVAL_SCALES, EVAL_FLIP and EVAL_
 and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and per-class IoU; writes
 LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint stem>_<protocol>.json for
 another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _onnx is added for an
-ONNX file; _bf16 or _fp16 when EVAL_AMP evaluates in the training's half precision on CUDA rather than in float32),
-and the metrics as TensorBoard scalars at the checkpoint's step in LOG_DIR: val/mIoU, val/pAcc,
-val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the whole split's curve, which eval.py --all fills;
-training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only EVAL_IMAGES = N). That is for the
-checkpoints of this folder's MODEL_DIR: one from elsewhere is no result of this experiment, and its JSON goes to
+ONNX file; _bf16 or _fp16 when EVAL_AMP evaluates in the training's half precision on CUDA rather than in float32;
+its 'recipe' is the checkpoint's record of the run against its published recipe, with whether this protocol, on this
+DATASET, is one the recipe reports and the recipe's number for it), and the metrics as TensorBoard scalars at the
+checkpoint's step in LOG_DIR: val/mIoU, val/pAcc, val/mAcc, val/images, val_class/<name>, or val_<protocol>/...
+(the whole split's curve, which eval.py --all fills; training's EVAL_EVERY draws it too, or val_first<N>/... when it
+evaluates only EVAL_IMAGES = N). That is for the checkpoints of this folder's MODEL_DIR: one from elsewhere is no
+result of this experiment, and its JSON goes to
 LOG_DIR/other_checkpoints/ named by its path (eval_up_exp_a_models_final.json), out of the TensorBoard curve and
 of compare.py. --onnx refuses a file exported with other settings than this folder's (each setting that shapes
 the graph, named). A missing checkpoint or one for other settings is an error: random weights are never scored.
@@ -248,9 +250,12 @@ def result_path(path):
     return os.path.join(folder, f'eval_{name}.json')
 
 
-def report(confusion, path, step, n_images, writer=None):
+def report(confusion, path, step, n_images, writer=None, recipe=None):
     """Prints the metrics and the per-class IoU table; writes `result_path(path)` and, given a writer and a
-    step, the TensorBoard scalars at that step. An images-only split (VAL_SPLIT = 'test') is predicted, not scored."""
+    step, the TensorBoard scalars at that step. An images-only split (VAL_SPLIT = 'test') is predicted, not scored.
+    recipe: the checkpoint's record of its run against its recipe (checkpoint.held_recipe; None: it holds none, as
+    the authors' files and ONNX files), kept in the JSON with whether this evaluation is under one of the recipe's
+    protocols ('protocol') and the recipe's result of it ('reported', dataset.recipe_result)."""
     print(f'{path} (step {step}), {settings.VAL_SPLIT}: {n_images} images, '
           f'scales {tuple(settings.EVAL_SCALES)}, flip {settings.EVAL_FLIP}, '
           f'window {settings.EVAL_WINDOW}, stride {dataset.output_stride()}')
@@ -264,6 +269,10 @@ def report(confusion, path, step, n_images, writer=None):
     for name, iou in result['per_class'].items():
         print(f'  {name:<{width}}  {100 * (math.nan if iou is None else iou):6.2f}')
     result.update(checkpoint=path, step=step, confusion=np.asarray(confusion).tolist())
+    if recipe is not None and recipe['name'] in dataset.RECIPES:  # not None, nor a recipe renamed since the run
+        matched = dataset.recipe_result(recipe['name'], result, settings.DATASET)
+        recipe = dict(recipe, **dict(zip(('protocol', 'reported'), matched)))
+    result['recipe'] = recipe
     out = result_path(path)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
@@ -373,9 +382,11 @@ def evaluate_checkpoints(args):
     for path in paths:
         if args.onnx:
             forward, meta = evaluation.onnx_net(path)
-            step = meta.get('step')
+            step, recipe = meta.get('step'), None
         else:
-            step = checkpoint.load_checkpoint(net, path).get('step')
+            held = checkpoint.load_checkpoint(net, path)
+            step, recipe = held.get('step'), checkpoint.held_recipe(held, checkpoint.plain(settings.effective()))
+            del held  # its weights are in net now
             net = runtime.to_device(net.eval(), device)
             forward = evaluation.inference_net(net, device)
         if images:
@@ -392,7 +403,7 @@ def evaluate_checkpoints(args):
             elif not own_checkpoint(path):
                 logger.info('%s is not in MODEL_DIR=%r: its results are kept apart from this folder\'s own, out '
                             'of its TensorBoard curve', path, settings.MODEL_DIR)
-            report(confusion, path, step, n_images, writer if curve else None)
+            report(confusion, path, step, n_images, writer if curve else None, recipe)
             if args.submit and settings.DATASET == 'voc':
                 logger.info('wrote %s: upload it to the VOC server', write_archive(args.submit, args.comp))
             elif args.submit:

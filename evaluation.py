@@ -26,7 +26,6 @@ import dataset
 import runtime
 import settings
 
-PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale test (with EVAL_FLIP)
 HALF_NAMES = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}  # EVAL_AMP's part of the protocol name
 # the settings that change only how a trained network is evaluated (eval.py --set, grid.py run --eval)
 EVAL_SETTINGS = ('EVAL_SCALES', 'EVAL_FLIP', 'EVAL_STRIDE', 'EVAL_WINDOW', 'EVAL_STAGE_NUM', 'EVAL_AMP')
@@ -253,14 +252,14 @@ def evaluate(net, device, rank, world, n_images=None, each=None):
 
 def protocol():
     """The name of the protocol the EVAL_* settings give: '' for the authors' (single scale, whole image, at the
-    training stride, the training's EM iterations), else its parts joined by '_': 'ms' (PAPER_SCALES) or
+    training stride, the training's EM iterations), else its parts joined by '_': 'ms' (dataset.PAPER_SCALES) or
     'ms0.75-1-1.25' (other scales) or 'x0.5' (one other scale), 'flip', 'window769' or 'window513x1025',
     'os8' (EVAL_STRIDE other than STRIDE), 'stages5' (EVAL_STAGE_NUM), 'bf16' or 'fp16' (EVAL_AMP, on the GPU
     this process evaluates on: `runtime.process_device`). It names the TensorBoard tags
     (`scalar_prefix`) and eval.py's files, so no protocol's results replace another's."""
     scales = tuple(float(s) for s in settings.EVAL_SCALES)
     parts = []
-    if scales == PAPER_SCALES:
+    if scales == dataset.PAPER_SCALES:
         parts.append('ms')
     elif len(scales) > 1:
         parts.append('ms' + '-'.join(f'{s:g}' for s in scales))

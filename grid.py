@@ -34,8 +34,9 @@ lie on a filesystem the nodes share. --slurm local runs the same jobs with submi
 machine, one after another: a grid tried before it goes to the cluster.
 
 status: a line per folder: its state (waiting, training or evaluating on which GPUs or job, finished, failed,
-interrupted), step/ITER_MAX, the ETA of the last log line of a running training, and the best validation mIoU
-(LOG_DIR/val.jsonl).
+interrupted), step/ITER_MAX, the ETA of the last log line of a running training, the best validation mIoU
+(LOG_DIR/val.jsonl), and the published recipe its run was compared with ('paper VOC, 3 differ', as compare.py's
+recipe column).
 """
 import argparse
 import ast
@@ -55,6 +56,7 @@ import tempfile
 import time
 
 import checkpoint
+import dataset
 import evaluation
 import runtime
 import settings
@@ -420,12 +422,16 @@ def alive(status):
 
 
 def status_line(folder):
-    """[folder, state, step/ITER_MAX, ETA, best val mIoU] as text."""
+    """[folder, state, step/ITER_MAX, ETA, best val mIoU, recipe (dataset.recipe_label)] as text."""
     status = read_status(folder)
     try:
         values, model_dir, log_dir, final = progress(folder)
     except Exception as e:
-        return [folder, f'settings.py does not run: {type(e).__name__}: {e}', '-', '-', '-']
+        return [folder, f'settings.py does not run: {type(e).__name__}: {e}', '-', '-', '-', '-']
+    try:
+        recipe = dataset.recipe_label(checkpoint.folder_recipe(model_dir, values))
+    except ValueError as e:  # a RECIPE of no recipe of its DATASET
+        recipe = str(e)
     state = status.get('state', 'waiting')
     if state in RUNNING + ('waiting',) and status.get('pid') and not alive(status):
         state = 'interrupted'  # the grid.py or the run that wrote it is gone (killed)
@@ -448,11 +454,11 @@ def status_line(folder):
                if isinstance(e.get('mIoU'), (int, float))]
     best = max(entries, key=lambda e: e['mIoU'], default=None)
     return [folder, state, f'{max(steps, default=0)}/{values["ITER_MAX"]}', eta,
-            '-' if best is None else f'{100 * best["mIoU"]:.2f} (step {best["step"]})']
+            '-' if best is None else f'{100 * best["mIoU"]:.2f} (step {best["step"]})', recipe]
 
 
 def print_status(folders):
-    rows = [['folder', 'state', 'step', 'ETA', 'best val mIoU']] + [status_line(folder) for folder in folders]
+    rows = [['folder', 'state', 'step', 'ETA', 'best val mIoU', 'recipe']] + [status_line(folder) for folder in folders]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

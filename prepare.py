@@ -41,7 +41,7 @@
     python prepare.py folder --images photos --masks cvat_export --out data/mine
         a CVAT "Segmentation mask 1.1" export: its SegmentationClass/ masks and labelmap.txt colours
     python prepare.py demo data/demo [--seed 0]
-        writes a small generated dataset in the VOC layout (then set DATA_ROOT = './data/demo')
+        writes a small generated dataset in the VOC layout (then set DATASET = 'demo', DATA_ROOT = './data/demo')
     python prepare.py check
         verifies DATA_ROOT for TRAIN_SPLIT and VAL_SPLIT, names every bad file and exits 1 if there is one;
         prints each split's image count and sizes and each class's share of its pixels and images, and warns of

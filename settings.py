@@ -18,7 +18,8 @@ import time
 
 # data
 DATASET = 'voc'                 # 'voc', 'cityscapes', 'ade20k', 'cocostuff', 'context', 'coco_voc', 'coco_panoptic';
-                                # 'folder': your own images and masks (python prepare.py folder)
+                                # 'folder': your own images and masks (python prepare.py folder); 'demo': the
+                                # generated images of prepare.py demo (VOC's layout and classes)
 DATA_ROOT = './data/VOC2012'    # the dataset's folder, as prepare.py leaves it
 MEAN = (0.485, 0.456, 0.406)    # ImageNet RGB mean, images scaled to [0, 1]
 STD = (0.229, 0.224, 0.225)     # ImageNet RGB std
@@ -44,6 +45,8 @@ PRETRAINED = './models/resnet101s.pth'  # deep-stem ImageNet backbone for N_LAYE
 INIT_FROM = None                # a whole-network checkpoint (e.g. '../exp_coco/models/final.pth') that starts a
                                 # run whose MODEL_DIR has none of its own; fresh optimizer and schedule; needs
                                 # PRETRAINED = None
+RECIPE = None                   # the published recipe (dataset.RECIPES, DATASETS.md) train.py compares this run with,
+                                # naming each deviation; None: the closest of DATASET's
 
 # loss
 LOSS = 'ce'                     # 'ce': the authors' per-image mean; 'ohem': hard pixels only (their Cityscapes result)

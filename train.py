@@ -19,6 +19,11 @@ eval.py's), a line in LOG_DIR/val.jsonl, and MODEL_DIR/best.pth, the checkpoint 
 the weights it would have without. A resumed run does not repeat an evaluation that val.jsonl holds. A
 VAL_SPLIT without labels ('test') is not validated, which the run says once.
 A run that reached ITER_MAX says so and exits; raising ITER_MAX continues it.
+Before the first step rank 0 compares the run with its dataset's published recipe (dataset.RECIPES, the closest
+or RECIPE) and logs one line naming it, or one per deviation: the run's value, the recipe's and what a source says
+that costs (a stage of staged training: also what INIT_FROM's run was, from the record its checkpoint keeps; a
+resumed run: also the values its steps before ran with, where settings.py changed since, 'CROP_SIZE 321 (steps
+1-2000)'); LOG_DIR/settings.txt (its last '# recipe:' lines) and every checkpoint ('recipe') keep the comparison.
 INIT_FROM starts a fresh folder from another run's whole network (staged training:
 COCO, then trainaug, then trainval), with a fresh optimizer and schedule.
 ACCUM_STEPS > 1 runs each process's share of the batch as that many micro-batches (network.train_step): the
@@ -173,11 +178,11 @@ def evaluation_due(step, validated):
         (step % settings.EVAL_EVERY == 0 or step >= settings.ITER_MAX)
 
 
-def validate(net, optimizer, scaler, device, rank, world, step, writer, best):
+def validate(net, optimizer, scaler, device, rank, world, step, writer, best, recipe):
     """Evaluates net (not DDP's wrapper) on the first EVAL_IMAGES of VAL_SPLIT as eval.py does (one shard per
     process), BN and dropout in eval mode; no random number is drawn and the data loader is left alone, so the
-    training goes on exactly as without it. Rank 0 writes the TensorBoard scalars, best.pth when the mIoU beats
-    best, the val.jsonl line and a log line. Returns the best mIoU so far."""
+    training goes on exactly as without it. Rank 0 writes the TensorBoard scalars, best.pth (with the run's recipe
+    record) when the mIoU beats best, the val.jsonl line and a log line. Returns the best mIoU so far."""
     tic = time.time()
     if dist.is_initialized():  # each process's BN statistics are its own until DDP's next forward sends rank 0's:
         for buffer in net.buffers():  # evaluate rank 0's, those the checkpoints hold
@@ -200,7 +205,7 @@ def validate(net, optimizer, scaler, device, rank, world, step, writer, best):
         evaluation.write_scalars(writer, result, step, first)
         if result['mIoU'] is not None and result['mIoU'] > best:  # before val.jsonl: a run killed in between
             best = result['mIoU']                                 # evaluates this step again
-            checkpoint.save_checkpoint('best.pth', net, optimizer, scaler, step, {'best_mIoU': best})
+            checkpoint.save_checkpoint('best.pth', net, optimizer, scaler, step, {'best_mIoU': best, 'recipe': recipe})
         with open(os.path.join(settings.LOG_DIR, evaluation.VAL_LOG), 'a') as f:
             f.write(json.dumps(checkpoint.plain(result)) + '\n')  # settings such as numpy scales too
         miou = math.nan if result['mIoU'] is None else result['mIoU']
@@ -227,6 +232,7 @@ def main():
     compiled = runtime.compiles(device, world)
     if settings.CROP_SIZE < settings.STRIDE:
         raise SystemExit(f'CROP_SIZE={settings.CROP_SIZE} is smaller than the output stride STRIDE={settings.STRIDE}')
+    dataset.compare_recipe(checkpoint.plain(settings.effective()))  # a RECIPE of no recipe of DATASET stops here
     if settings.INIT_FROM and settings.PRETRAINED:
         raise SystemExit(f'INIT_FROM={settings.INIT_FROM!r} starts the whole network, PRETRAINED='
                          f'{settings.PRETRAINED!r} only its backbone: set PRETRAINED = None to use INIT_FROM')
@@ -282,13 +288,16 @@ def main():
                          f'MODEL_DIR={settings.MODEL_DIR!r} must be one folder that every node sees')
     validated, best = validation_history(start) if rank == 0 else (0, -math.inf)
     validated, = max_over_processes([validated], host_group)  # LOG_DIR may be rank 0's alone
+    # the published recipe and every deviation from it (a resumed run's: of every step), before step 1: kept in every
+    # checkpoint rank 0 writes
+    recipe = checkpoint.recipe_record(net, start) if rank == 0 else None
     final = checkpoint.model_file('final.pth')
     if start >= settings.ITER_MAX:
         if rank == 0 and not os.path.exists(final):  # killed between the last latest.pth and final.pth
-            checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, start)
+            checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, start, {'recipe': recipe})
         if evaluation_due(start, validated):  # killed during its last evaluation
             validate(net, optimizer, scaler, device, rank, world, start,
-                     SummaryWriter(settings.LOG_DIR) if rank == 0 else None, best)
+                     SummaryWriter(settings.LOG_DIR) if rank == 0 else None, best, recipe)
         logger.info('this run is finished: step %d of ITER_MAX=%d, %s. Raise ITER_MAX to train on',
                     start, settings.ITER_MAX, final)
         if dist.is_initialized():
@@ -309,12 +318,15 @@ def main():
     if rank == 0:
         with open(os.path.join(settings.LOG_DIR, 'settings.txt'), 'w') as f:
             f.writelines(f'{name} = {value!r}\n' for name, value in checkpoint.plain(settings.effective()).items())
+            f.writelines(f'# {line}\n' for line in dataset.recipe_lines(recipe))  # kept with the results
+        for line in dataset.recipe_lines(recipe):
+            (logger.warning if recipe['deviations'] else logger.info)('%s', line)
         logger.info('training EMANet-%d OS%d on %s x%d (%s), steps %d..%d, %d images; batch %d: %d process(es) x '
                     '%d micro-batch(es) of %d images', settings.N_LAYERS, settings.STRIDE, device, world,
                     dtype or torch.float32, start + 1, settings.ITER_MAX, len(train_set), settings.BATCH_SIZE, world,
                     settings.ACCUM_STEPS, settings.BATCH_SIZE // world // settings.ACCUM_STEPS)
     if evaluation_due(start, validated):  # stopped or killed after the latest.pth of this step, before evaluating it
-        best = validate(net, optimizer, scaler, device, rank, world, start, writer, best)
+        best = validate(net, optimizer, scaler, device, rank, world, start, writer, best, recipe)
 
     # ---------------------------------------------------------------- the loop
     signals = []  # SIGTERM / SIGINT: save latest.pth and exit at the end of the step
@@ -372,14 +384,14 @@ def main():
                 net.train()
                 writer.add_image('train/input_truth_prediction', colour_panel(img[0], label[0], pred), step)
             if save_step:
-                checkpoint.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
+                checkpoint.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step, {'recipe': recipe})
             if save_latest:
-                checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, step)
+                checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, step, {'recipe': recipe})
         if stopping:
             logger.info('stopped by a signal: latest.pth holds step %d; rerun to resume', step)
             sys.exit(128 + (signals[0] if signals else signal.SIGTERM))  # a due evaluation is done on resuming
         if evaluate:
-            best = validate(net, optimizer, scaler, device, rank, world, step, writer, best)
+            best = validate(net, optimizer, scaler, device, rank, world, step, writer, best, recipe)
         if step == start + 1 or evaluate:  # restart the clock: warm-up and evaluations are not throughput
             tic, timed_steps = time.time(), 0
 

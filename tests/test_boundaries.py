@@ -125,7 +125,7 @@ def test_the_first_of_equal_evaluations_stays_best(tiny, monkeypatch):
     best = -float('inf')
     steps = []
     for step in (2, 4, 6):
-        best = train.validate(net, optimizer, scaler, torch.device('cpu'), 0, 1, step, Scalars(), best)
+        best = train.validate(net, optimizer, scaler, torch.device('cpu'), 0, 1, step, Scalars(), best, None)
         steps.append(torch.load(checkpoint.model_file('best.pth'), weights_only=True)['step'])
     assert steps == [2, 2, 6]
     assert best == pytest.approx(0.775)
@@ -139,7 +139,7 @@ def test_validation_leaves_weights_and_bn_buffers_alone_in_train_and_eval_mode(t
     net, optimizer, scaler = tiny
     untouched = copy.deepcopy(net)
     before = {name: tensor.clone() for name, tensor in net.state_dict().items()}
-    train.validate(net, optimizer, scaler, torch.device('cpu'), 0, 1, 1, Scalars(), -float('inf'))
+    train.validate(net, optimizer, scaler, torch.device('cpu'), 0, 1, 1, Scalars(), -float('inf'), None)
     assert net.training and all(module.training for module in net.modules())
     for name, tensor in net.state_dict().items():
         assert torch.equal(tensor, before[name]), name

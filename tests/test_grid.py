@@ -187,11 +187,15 @@ def test_status_lines(ran):
     result = grid_py(tmp, 'status', A, C, D)
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
-    assert header.split() == ['folder', 'state', 'step', 'ETA', 'best', 'val', 'mIoU']
-    assert lines[0].split() == [A, 'finished', '4/4', '-', '-']
+    assert header.split() == ['folder', 'state', 'step', 'ETA', 'best', 'val', 'mIoU', 'recipe']
+    # the recipe column, counted by hand: the grid's tiny settings against 'paper VOC' differ in N_LAYERS,
+    # PRETRAINED, CROP_SIZE, BATCH_SIZE, images per BatchNorm, BN_MOM, LR, ITER_MAX, EMA_CHANNELS and N_BASES; against
+    # 'paper ablation' as many (STRIDE for N_LAYERS), and the paper's VOC recipe comes first
+    recipe = ['paper', 'VOC,', '10', 'differ']
+    assert lines[0].split() == [A, 'finished', '4/4', '-', '-', *recipe]  # as the run recorded it
     assert lines[1].startswith(C) and 'failed (python train.py: CROP_SIZE=4 is smaller' in lines[1]
-    assert lines[1].split()[-3:] == ['0/4', '-', '-']
-    assert lines[2].split() == [D, 'waiting', '0/4', '-', '-']
+    assert lines[1].split()[-7:] == ['0/4', '-', '-', *recipe]
+    assert lines[2].split() == [D, 'waiting', '0/4', '-', '-', *recipe]  # from its settings
 
 
 @pytest.mark.long
@@ -361,7 +365,7 @@ def test_plot_data_of_a_two_by_two_grid(tmp_path):
     out = tmp_path / 'grid.png'
     result = run_script(tmp_path, os.path.join(ROOT, 'compare.py'), *folders, '--plot', str(out), '--csv')
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].startswith('experiment,N_BASES,STAGE_NUM,step,final mIoU')
+    assert result.stdout.splitlines()[0].startswith('experiment,recipe,N_BASES,STAGE_NUM,step,final mIoU')
     with Image.open(out) as image:
         assert image.format == 'PNG' and image.size == (1500, 400)  # three panels
 

@@ -25,6 +25,8 @@ def test_demo_runs_the_whole_loop_at_a_tiny_budget(tmp_path, python_first):
     assert "> DATA_ROOT = '" in result.stdout and '> ITER_MAX = 2' in result.stdout  # the diff is shown
     assert '== demo mIoU' in result.stdout and 'predicting background everywhere scores' in result.stdout
     assert '== validation while training (first 12 val images): step 2 ' in result.stdout  # the end of the run
+    assert "INFO recipe: DATASET='demo' has no published recipe to compare with" in result.stderr  # one line
+    assert result.stderr.count('recipe:') == 1
     experiment = repo / 'demo_exp'
     assert json.load(open(experiment / 'logdir' / 'eval_final.json'))['mIoU'] >= 0
     assert len(os.listdir(experiment / 'logdir' / 'predictions')) == len(

@@ -200,6 +200,8 @@ def test_corrupt_latest_falls_back_to_newest_intact_step(monkeypatch, tmp_path, 
         checkpoint.save_checkpoint(f'step_{step}.pth', net, optimizer, scaler, step)
     (tmp_path / 'latest.pth').write_bytes((tmp_path / 'step_4.pth').read_bytes()[:10000])
     assert checkpoint.resume(net, optimizer, scaler) == 4
+    (tmp_path / 'latest.pth').write_bytes(b'')  # empty (a full disk, a copy cut at 0): its EOFError has no message
+    assert checkpoint.resume(net, optimizer, scaler) == 4
     (tmp_path / 'step_4.pth').write_bytes(b'garbage')
     assert checkpoint.resume(net, optimizer, scaler) == 2
     for path in glob.glob(str(tmp_path / 'step_*.pth')):
@@ -335,6 +337,9 @@ def test_under_torchrun_rank_0_holds_the_lock_sigterm_saves_and_the_run_resumes_
     process = start_training(experiment, log, *TWO_PROCESSES)
     try:
         wait_for(log, 'step 2/1000', process)
+        # torchrun on CPU: plain BatchNorm per process, each over its process's share of the batch; rank 0 says so
+        assert log.read_text().count("recipe:   images per BatchNorm 1 (BATCH_SIZE 2 / 2 processes, BatchNorm per "
+                                     "process), the recipe's 16: ") == 1
         holder = (experiment / 'models' / 'train.lock').read_text().strip()
         pid = re.match(r'pid (\d+) on ', holder).group(1)
         workers = [worker for worker in processes_in(experiment) if int(worker) != process.pid]

@@ -195,17 +195,17 @@ def compare_folders(tmp_path):
     return [base, k32, k16, fresh, broken, cluster, notes], base
 
 
-EXPECTED_COLUMNS = ['experiment', 'EMA_CHANNELS', 'N_BASES', 'LOG_DIR', 'DEVICE', 'step', 'final mIoU', 'final pAcc',
+EXPECTED_COLUMNS = ['experiment', 'recipe', 'EMA_CHANNELS', 'N_BASES', 'LOG_DIR', 'DEVICE', 'step', 'final mIoU', 'final pAcc',
                     'final_ms_flip mIoU', 'final_ms_flip pAcc', 'latest mIoU', 'latest pAcc', 'best val mIoU',
                     'best val step', 'notes']
-EXPECTED = {  # None: missing ('-' in the tables, an empty cell in csv)
-    'emanet': ['512', '64', './logdir', 'None', '30000', '80.51', '95.00', None, None, None, None, None, None],
-    'exp_k32': ['256', '32', './logdir', 'None', '30000', None, None, '81.23', '96.11', None, None, '79.13', '4000'],
-    'exp_k16': ['512', '16', './runs', 'None', '1200', None, None, None, None, '50.00', '90.00', '45.67', '1000'],
-    'exp_fresh': ['512', '8', './logdir', 'None', None, None, None, None, None, None, None, None, None],
-    'exp_broken': ['512', '4', './logdir', 'None', None, None, None, None, None, None, None, None, None],
-    'exp_cluster': ['512', '48', './logdir', "device(type='cuda', index=0)", None, None, None, None, None, None, None,
-                    None, None],
+EXPECTED = {  # None: missing ('-' in the tables, an empty cell in csv); the recipe closest to each folder's settings
+    'emanet': ['paper VOC', '512', '64', './logdir', 'None', '30000', '80.51', '95.00', None, None, None, None, None, None],
+    'exp_k32': ['paper VOC 256, 1 differs', '256', '32', './logdir', 'None', '30000', None, None, '81.23', '96.11', None, None, '79.13', '4000'],
+    'exp_k16': ['paper VOC, 1 differs', '512', '16', './runs', 'None', '1200', None, None, None, None, '50.00', '90.00', '45.67', '1000'],
+    'exp_fresh': ['paper VOC, 1 differs', '512', '8', './logdir', 'None', None, None, None, None, None, None, None, None, None],
+    'exp_broken': ['paper VOC, 1 differs', '512', '4', './logdir', 'None', None, None, None, None, None, None, None, None, None],
+    'exp_cluster': ['paper VOC, 1 differs', '512', '48', './logdir', "device(type='cuda', index=0)", None, None, None,
+                    None, None, None, None, None, None],
 }
 EXPECTED_NOTES = {'emanet': [], 'exp_k32': [], 'exp_k16': ['not finished'],
                   'exp_fresh': ['no checkpoint yet', 'no eval yet'],
@@ -241,7 +241,12 @@ def test_compare_shows_the_settings_that_differ_the_steps_and_the_metrics(tmp_pa
 
     markdown = run_script(here, 'compare.py', '--markdown', *folders)
     assert markdown.returncode == 0, markdown.stderr
-    lines = markdown.stdout.splitlines()
+    table, deviations = markdown.stdout.split('\n\n')
+    assert deviations.splitlines() == ['Deviations from the published recipe (DATASETS.md) of each row:'] + [
+        line for name, bases in (('exp_k32', 32), ('exp_k16', 16), ('exp_fresh', 8), ('exp_broken', 4),
+                                 ('exp_cluster', 48))
+        for line in (f'- {name}: {EXPECTED[name][0]}', f"  - N_BASES {bases}, the recipe's 64")]
+    lines = table.splitlines()
     cells = [[cell.strip() for cell in line.strip().strip('|').split(' | ')] for line in lines]
     assert cells[0] == EXPECTED_COLUMNS and set(lines[1].replace(' ', '')) == set('|-:')
     check_rows([dict(zip(cells[0], row)) for row in cells[2:]], '-')
