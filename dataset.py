@@ -416,8 +416,9 @@ def from_scratch(run):
     return run.get('from scratch', run['PRETRAINED'] is None and not run['INIT_FROM'])
 
 
-SCRATCH = 'a user who trained "from scratch" reached 40.x mIoU on VOC val, where the released weights give 80.x ' \
-          '(XiaLiPKU/EMANet#52)'
+SCRATCH = 'the authors fine-tune an ImageNet backbone (their network.py always loads one); a user who "trained ' \
+          'myself from scratch" (not saying from which start) got 40.x mIoU on VOC val where the released ' \
+          'weights give 80.x (XiaLiPKU/EMANet#52)'
 # what sources measured a deviation to cost: key → (whether the measurement applies: f(the run's values, the
 # recipe's value), what it cost, with the source). Training from scratch is named whatever the recipe publishes
 COSTS = {
