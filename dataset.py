@@ -210,9 +210,10 @@ def folder_file(kind, data_root=None):
 
 
 def read_lines(path):
-    """The stripped non-empty lines of a text file; a missing one says how DATASET 'folder' gets it."""
+    """The stripped non-empty lines of a text file (UTF-8, with or without the byte-order mark an editor may add);
+    a missing one says how DATASET 'folder' gets it."""
     try:
-        with open(path) as f:
+        with open(path, encoding='utf-8-sig') as f:
             return [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
         raise FileNotFoundError(f"missing {path}: DATASET 'folder' reads the DATA_ROOT that `python prepare.py "
@@ -237,6 +238,10 @@ def folder_data(data_root):
 @functools.lru_cache(maxsize=8)  # keyed by the files' versions: a rewritten file is read again
 def read_folder_data(classes_path, palette_path, *versions):
     classes = tuple(read_lines(classes_path))
+    for number, name in enumerate(classes, 1):
+        if name in classes[:number - 1]:  # eval's per-class table and JSON are keyed by name: one would hide the other
+            raise ValueError(f'{classes_path} names {name!r} twice (lines {classes.index(name) + 1} and {number}): '
+                             f'give each class a name of its own')
     palette = []
     for number, line in enumerate(read_lines(palette_path), 1):
         values = line.split()
@@ -486,7 +491,11 @@ def open_split(data_root, split, setting):
         raise FileNotFoundError(f'DATA_ROOT is not a folder: {data_root}')
     path = list_path(split, data_root)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'{setting} = {split!r} has no list file: {path}')
+        hint = ''
+        if settings.DATASET == 'folder':  # the splits prepare.py folder writes; settings.py still says VOC's trainaug
+            hint = (f"; DATASET 'folder' has the splits train and val: add the line "
+                    f"{setting} = {'train' if setting == 'TRAIN_SPLIT' else 'val'!r} to settings.py")
+        raise FileNotFoundError(f'{setting} = {split!r} has no list file: {path}{hint}')
     ids = read_ids(split, data_root)
     if not ids:
         raise ValueError(f'{setting} = {split!r} lists no ids: {path}')
