@@ -2,7 +2,10 @@
 name the file, resume, the pretrained backbone, and the one-run-per-folder lock.
 
 A checkpoint is `{'net': state_dict, 'step': N}` (the authors' released files are exactly that) plus, in ours,
-`optimizer`, `scaler` and `settings` (as plain values, see `plain`). Every load uses `torch.load(weights_only=True)`.
+`optimizer`, `scaler`, `settings` (as plain values, see `plain`), and `classes` and `palette`, the names and the
+[r, g, b] colours of the classes, in label order, of the dataset it was trained on (what a model needs away from
+its folder: hubconf.py). A bare state_dict loads too, and one whose keys all carry the prefix of a wrapper (DDP's
+`module.`, torch.compile's `_orig_mod.`) without it. Every load uses `torch.load(weights_only=True)`.
 
 Two path rules. The files a run writes and resumes from (latest.pth, final.pth, step_<N>.pth, best.pth, train.lock,
 temporary files) are always `model_file(name)` = MODEL_DIR/name: a file of the same name in the working folder is
@@ -23,6 +26,7 @@ import zipfile
 
 import torch
 
+import dataset
 import settings
 
 
@@ -36,6 +40,9 @@ class CorruptCheckpointError(CheckpointError):
 
 class MismatchError(CheckpointError):
     """Weights for another network: a key missing, unexpected or of another shape."""
+
+
+WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # what DDP and torch.compile put before every key of the net they wrap
 
 
 # step_<N>.pth as train.py names it (f'step_{step}.pth', steps from 1): a kept copy such as step_20000_best.pth,
@@ -113,6 +120,10 @@ def load_state(module, state, path, file_key=str):
     unexpected key, as file_key names it in the file. BN num_batches_tracked counters are optional: older files
     lack them, and a fixed BN momentum never reads them."""
     own = module.state_dict()
+    if state and not own.keys() & state.keys():
+        raise MismatchError(f'{path} holds the weights of another network: none of its {len(state)} keys '
+                            f'({", ".join(file_key(k) for k in list(state)[:3])}, ...) is one of this '
+                            f'{type(module).__name__}\'s ({", ".join(file_key(k) for k in list(own)[:3])}, ...)')
     for k, v in state.items():
         if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape):
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
@@ -131,12 +142,20 @@ def load_state(module, state, path, file_key=str):
 
 
 def read_checkpoint(path):
-    """The checkpoint dict `{'net': state_dict, 'step': N, ...}` at path (the authors' files included), unloaded;
-    anything else is a CheckpointError naming the file."""
+    """The checkpoint dict `{'net': state_dict, 'step': N, ...}` at path (the authors' files included), unloaded; a
+    bare state_dict (a file of tensors only) as {'net': it}; the prefix of a wrapper (WRAPPER_PREFIXES) that every
+    key of the state_dict carries taken off. Anything else is a CheckpointError naming the file."""
     ckpt = read_weights(path)
-    if not isinstance(ckpt, dict) or 'net' not in ckpt:
-        raise CheckpointError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict')
-    return ckpt
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {'net': ckpt}  # torch.save(net.state_dict(), path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('net'), dict):
+        raise CheckpointError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict, or a '
+                              f'state_dict')
+    state = ckpt['net']
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return {**ckpt, 'net': state}
 
 
 def load_checkpoint(net, path, optimizer=None, scaler=None):
@@ -178,16 +197,18 @@ def replace_file(path, write, remedy):
 
 
 def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
-    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings'} and the entries of extra (e.g.
-    best.pth's 'best_mIoU') atomically (`replace_file`). Refuses non-finite weights."""
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings', 'classes', 'palette'} and the
+    entries of extra (e.g. best.pth's 'best_mIoU') atomically (`replace_file`). Refuses non-finite weights."""
     state = net.state_dict()
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise CheckpointError(f'step {step}: {bad} is not finite; {name} was not written')
     optimizer_state = optimizer.state_dict()  # its hyper-parameters come from settings: LR may be a numpy float
     optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
+    colours = dataset.palette()  # the classes' first: what a model needs away from its folder (hubconf.py)
     ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
-            'settings': plain(settings.effective()), **(extra or {})}
+            'settings': plain(settings.effective()), 'classes': list(dataset.current()['classes']),
+            'palette': [colours[3 * k:3 * k + 3] for k in range(settings.N_CLASSES)], **(extra or {})}
 
     def write(tmp):
         with open(tmp, 'wb') as f:

@@ -829,6 +829,9 @@ def test_the_python_api_segments_as_eval_does(trained, tmp_path):
     model = hubconf.emanet(str(experiment / 'models' / 'final.pth'))
     assert settings.effective() == before  # the checkpoint's settings stay inside the model
     assert model.settings['N_CLASSES'] == 3 and model.settings['DATASET'] == 'folder'
+    # the checkpoint names the classes and their colours, so the model knows them away from the data folder
+    assert model.classes == [name for name, _ in TABLE] and model.palette == [tuple(rgb) for rgb in COLOURS]
+    assert torch.load(experiment / 'models' / 'final.pth', weights_only=True)['palette'] == COLOURS.tolist()
     for photo in photos:
         expected = np.asarray(Image.open(tmp_path / (photo.stem + '.png')))
         mask = model(str(photo))
@@ -836,6 +839,10 @@ def test_the_python_api_segments_as_eval_does(trained, tmp_path):
     array = np.asarray(ImageOps.exif_transpose(Image.open(photos[0])).convert('RGB'))
     mask, probabilities = model(array, probabilities=True)
     assert np.array_equal(mask, model(str(photos[0]))) and np.array_equal(mask, model(Image.fromarray(array)))
+    for photo in photos:  # the PIL image opened from the file (EXIF orientation, 16 bit): the file's mask
+        with Image.open(photo) as image:
+            assert np.array_equal(model(image), model(str(photo))), photo
+    np.testing.assert_array_equal(model.colorize(mask), COLOURS[mask])
     assert probabilities.shape == (3, SIZE[1], SIZE[0]) and np.allclose(probabilities.sum(0), 1, atol=1e-5)
     assert np.array_equal(probabilities.argmax(0), mask)
     assert settings.effective() == before
