@@ -473,9 +473,9 @@ def array_image(array):
     accepted."""
     channels = {2: 1, 3: array.shape[-1]}.get(array.ndim)
     if channels not in ARRAY_MODES or not array.size or array.dtype.kind not in 'buif':
-        raise ValueError(f'an array of shape {array.shape} and dtype {array.dtype} is no image: give H × W × 3 (RGB), '
-                         f'H × W × 4 (RGBA) or H × W (grey) of uint8, bool, uint16 (÷ 257), other integers (0..255 or '
-                         f'0..65535) or floats (0..1 or 0..255)')
+        raise ValueError(f'an array of shape {array.shape} and dtype {array.dtype} is no image: give H × W × 3 '
+                         f'(RGB), H × W × 4 (RGBA) or H × W (grey) of uint8, bool, uint16 (÷ 257), other integers '
+                         f'(0..255 or 0..65535) or floats (0..1 or 0..255)')
     if array.dtype == np.uint8:
         values = array
     elif array.dtype == bool:

@@ -27,9 +27,9 @@ experiment of this checkout in the same process) sees no change. Two models in o
 own settings; calls from several threads at once would mix them.
 
 A caller's own module named like one of this checkout's (an experiment's settings.py, a dataset.py of its own),
-imported before or after the model, stays the caller's: `project_modules` imports this checkout's in their place
-and then gives sys.modules back as it was. The project's modules import one another at their top only, so each
-keeps the others it imported whatever sys.modules holds later.
+imported before or after torch.hub.load, stays the caller's: `project_modules` imports this checkout's in their
+place and then gives sys.modules back as it was. The project's modules import one another at their top only, so
+each keeps the others it imported whatever sys.modules holds later.
 """
 import contextlib
 import importlib
@@ -44,10 +44,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT_MODULES = ('settings', 'dataset', 'network', 'runtime', 'checkpoint', 'evaluation')  # what hubconf runs
 
 
-def project_modules():
+def project_modules(keep_new):
     """This checkout's PROJECT_MODULES, in that order: those the caller imported from here, else imported anew
     from here, while a module of the same name that the caller has from elsewhere is out of sys.modules; then
-    sys.modules holds exactly the caller's modules of these names again, and none of those it had not imported."""
+    sys.modules holds the caller's modules of these names again, and of the others this checkout's only where
+    keep_new (where the caller's own import of them would find the same files; else a later one must find its
+    own)."""
     callers = {name: sys.modules.get(name) for name in PROJECT_MODULES}
     for name, module in callers.items():
         if module is not None and os.path.dirname(os.path.abspath(getattr(module, '__file__', None) or '')) != HERE:
@@ -58,13 +60,17 @@ def project_modules():
     finally:
         sys.path.remove(HERE)
         for name, module in callers.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
+            if module is not None:
                 sys.modules[name] = module
+            elif not keep_new:
+                sys.modules.pop(name, None)
 
 
-settings, dataset, network, runtime, _checkpoint, evaluation = project_modules()
+# `import hubconf` from a folder on the caller's path (this checkout's scripts, its tests) keeps the modules it
+# imports, as the caller's own imports would give the same files: one `checkpoint`, one CheckpointError. Loaded
+# by torch.hub.load (no sys.modules entry of its own) it keeps none: the caller's folder may have its own.
+settings, dataset, network, runtime, _checkpoint, evaluation = project_modules(
+    keep_new=vars(sys.modules.get(__name__, sys)) is globals())
 CheckpointError, load_state, read_checkpoint = (_checkpoint.CheckpointError, _checkpoint.load_state,
                                                 _checkpoint.read_checkpoint)  # emanet's argument is `checkpoint`
 
@@ -125,8 +131,9 @@ def checkpoint_classes(ckpt, path):
             pass
     if names is None:
         names = [f'class_{k}' for k in range(settings.N_CLASSES)]
-        warnings.warn(f'{path} holds no class names, and DATASET={settings.DATASET!r} none for its {settings.N_CLASSES} '
-                      f'classes: they are named class_0 .. class_{settings.N_CLASSES - 1}', stacklevel=3)
+        warnings.warn(f'{path} holds no class names, and DATASET={settings.DATASET!r} none for its '
+                      f'{settings.N_CLASSES} classes: they are named class_0 .. class_{settings.N_CLASSES - 1}',
+                      stacklevel=3)
         colours = dataset.voc_palette()
     else:
         settings.logger.info('%s holds no class names: those of DATASET=%r', path, settings.DATASET)

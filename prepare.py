@@ -612,7 +612,8 @@ def files_by_stem(folder, extensions):
                 found[key] = os.path.join(directory, name)
     if sum(skipped.values()):
         settings.logger.info("prepare: %d file(s) and %d folder(s) of %s skipped: no data (macOS's ._* and .DS_Store, "
-                             "Thumbs.db, desktop.ini, __MACOSX, hidden ones)", skipped['file'], skipped['folder'], folder)
+                             "Thumbs.db, desktop.ini, __MACOSX, hidden ones)", skipped['file'], skipped['folder'],
+                             folder)
     return found
 
 
@@ -767,7 +768,8 @@ def orientation_rule(ids, pairs, headers, exif):
     else exif (--exif), else 'shown'. A mask of neither size, turned photos whose masks disagree, or one against
     --exif stop the command; the photos whose orientation changes them but whose masks' size cannot tell (square
     ones, those turned by 180° or mirrored) are named in a warning: the rule decided them."""
-    sides, undecided = {'shown': [], 'stored': []}, []
+    how = {'shown': 'as a viewer shows it', 'stored': 'as stored'}
+    sides, undecided = {'shown': [], 'stored': []}, []  # (image, orientation) of the photos each rule fits
     for image_id, (shown, stored, orientation, _, size, _) in zip(ids, headers):
         image, mask = pairs[image_id]
         if size not in (shown, stored):
@@ -775,29 +777,30 @@ def orientation_rule(ids, pairs, headers, exif):
             raise SystemExit(f'prepare: mask {mask} is {size[0]}×{size[1]} but its image {image} is '
                              f'{stored[0]}×{stored[1]}{turned}')
         if shown != stored:
-            sides['shown' if size == shown else 'stored'].append(image_id)
+            sides['shown' if size == shown else 'stored'].append((image_id, orientation))
         elif orientation in range(2, 9):  # the orientations that turn or mirror a photo
-            undecided.append(image_id)
+            undecided.append((image_id, orientation))
     told = [side for side in sides if sides[side]]
     if len(told) == 2 or exif and told and told != [exif]:
-        other = 'shown' if told[-1] == 'stored' else 'stored'
-        first, against = (sides['shown'][0], sides['stored'][0]) if len(told) == 2 else (sides[told[0]][0], None)
-        why = (f'but {pairs[against][1]} has that of {pairs[against][0]} as stored' if against else
-               f'but --exif {exif} says they were drawn on the photos {other if other == exif else exif}')
-        raise SystemExit(f'prepare: {pairs[first][1]} has the size of {pairs[first][0]} as '
-                         f'{"a viewer shows it" if told[0] == "shown" else "stored"} (EXIF orientation '
-                         f'{headers[ids.index(first)][2]}), {why}: one rule must hold for every pair; re-export '
-                         f'the masks that follow the other')
+        side = told[0]
+        other = 'stored' if side == 'shown' else 'shown'
+        first, orientation = sides[side][0]
+        against = (f'but {pairs[sides[other][0][0]][1]} has that of {pairs[sides[other][0][0]][0]} {how[other]}'
+                   if sides[other] else f'but --exif {exif} says the masks follow the photos {how[exif]}')
+        raise SystemExit(f'prepare: {pairs[first][1]} has the size of {pairs[first][0]} {how[side]} (EXIF orientation '
+                         f'{orientation}), {against}: one rule must hold for every pair; re-export the masks that '
+                         f'follow the other')
     rule = exif or (told[0] if told else 'shown')
     if undecided:
         source = ('--exif' if exif else f'as the masks of {len(sides[rule])} turned photo(s) say by their size'
                   if told else 'by default: no turned, non-square photo tells')
+        read, other = ('as a viewer shows them', 'stored') if rule == 'shown' else ('as stored', 'shown')
         settings.logger.warning(
             'prepare: %d photo(s) whose EXIF orientation turns or mirrors them have masks whose size cannot tell how '
             'they were drawn (square, or turned by 180° or mirrored): read %s, %s: %s; if their masks were drawn on '
-            'the photos %s, give --exif %s', len(undecided), 'as a viewer shows them' if rule == 'shown' else 'as stored',
-            source, ', '.join(f'{pairs[image_id][0]} ({headers[ids.index(image_id)][2]})' for image_id in undecided),
-            'as stored' if rule == 'shown' else 'as a viewer shows them', 'stored' if rule == 'shown' else 'shown')
+            'the photos %s, give --exif %s', len(undecided), read, source,
+            ', '.join(f'{pairs[image_id][0]} ({orientation})' for image_id, orientation in undecided),
+            'as stored' if rule == 'shown' else 'as a viewer shows them', other)
     return rule
 
 
@@ -828,8 +831,8 @@ def mask_reading(ids, pairs, headers, colours):
                         f'by an optimiser or as GIMP "indexed", each with a palette of its own order), give --colours '
                         f'FILE listing them; if their indices are, give every mask the same palette')
         palette = [palette[index][0] for index in range(len(palette))]
-    described = {'colour': 'RGB colours', 'index': 'grey class indices',
-                 'palette': f'palette PNGs read by their {"colours, each through its own palette" if by_colour else "indices (their palettes agree)"}'}
+    described = {'colour': 'RGB colours', 'index': 'grey class indices', 'palette': 'palette PNGs read by their '
+                 + ('colours, each through its own palette' if by_colour else 'indices (their palettes agree)')}
     settings.logger.info('prepare: masks: %s', ', '.join(f'{count} {described[kind]}' for kind, count in kinds.items()))
     kind, = first
     return kind, by_colour, palette
@@ -840,13 +843,19 @@ def between_neighbours(values, ignored):
     each channel (a colour code's r, g, b; a grey value), neighbours of an ignored value aside: what interpolation
     makes of an edge (a resize other than nearest-neighbour, anti-aliasing), what a drawn class region never is
     but where it is a line one pixel wide. values: H × W values or colour codes."""
-    rgb = np.stack([(values >> shift) & 255 for shift in (16, 8, 0)], -1)  # H × W × 3; grey: 0, 0, value
+    rgb = np.stack([(values >> shift).astype(np.uint8) for shift in (16, 8, 0)], -1)  # H × W × 3; grey: 0, 0, v
+    free = np.ones(values.shape, bool)  # the pixels of no ignored value
+    for value in ignored:
+        free &= values != value
     between = np.zeros(values.shape, bool)
-    for codes, channels, found in ((values, rgb, between), (values.T, rgb.transpose(1, 0, 2), between.T)):
-        before, at, after = codes[:, :-2], codes[:, 1:-1], codes[:, 2:]  # along each row
-        low, high = np.minimum(channels[:, :-2], channels[:, 2:]), np.maximum(channels[:, :-2], channels[:, 2:])
-        found[:, 1:-1] |= ((at != before) & (at != after) & ((low <= channels[:, 1:-1]) & (channels[:, 1:-1] <= high)).all(-1)
-                           & ~np.isin(before, ignored) & ~np.isin(after, ignored) & ~np.isin(at, ignored))
+    for codes, channels, usable, found in ((values, rgb, free, between),
+                                           (values.T, rgb.transpose(1, 0, 2), free.T, between.T)):
+        # along each row: the pixels unlike both neighbours (edges only: few), then their channels
+        rows, cols = np.nonzero((codes[:, 1:-1] != codes[:, :-2]) & (codes[:, 1:-1] != codes[:, 2:])
+                                & usable[:, :-2] & usable[:, 1:-1] & usable[:, 2:])
+        before, at, after = channels[rows, cols], channels[rows, cols + 1], channels[rows, cols + 2]  # n × 3
+        inside = ((np.minimum(before, after) <= at) & (at <= np.maximum(before, after))).all(-1)
+        found[rows[inside], cols[inside] + 1] = True
     return between
 
 
@@ -925,7 +934,8 @@ def folder_classes(kind, found, palette, colours, binary, threshold, ignore, pre
                 settings.logger.warning('prepare: --ignore wins over line %d of the colours file, %r %s: that %s is '
                                         'no label, not a class', number, name, rgb,
                                         'colour' if kind == 'colour' else 'value')
-        table = [(key, name, rgb) for key, (name, rgb, _) in zip(keys, colours) if lut.get(key) != settings.IGNORE_LABEL]
+        table = [(key, name, rgb) for key, (name, rgb, _) in zip(keys, colours)
+                 if lut.get(key) != settings.IGNORE_LABEL]
         lut.update({key: k for k, (key, _, _) in enumerate(table) if key not in lut})
         names, rgbs = [name for _, name, _ in table], [rgb for _, _, rgb in table]
     elif kind == 'colour':  # the colours found are the classes: the last run's in its order, then the new ones
@@ -1148,7 +1158,8 @@ def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_frac
     swap_in(out)
     if stale:
         settings.logger.info('prepare: %d label file(s) of the last run that no list names now removed: %s%s',
-                             len(stale), ', '.join(stale[:SHOWN_UNPAIRED]), ', ...' if len(stale) > SHOWN_UNPAIRED else '')
+                             len(stale), ', '.join(stale[:SHOWN_UNPAIRED]),
+                             ', ...' if len(stale) > SHOWN_UNPAIRED else '')
     settings.logger.info('prepare: %s: %d classes (%s), train %d, val %d; labels: %d written, %d already correct',
                          out, len(names), ', '.join(names), len(lists['train']), len(lists['val']),
                          outcomes['written'], outcomes['kept'])

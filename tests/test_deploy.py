@@ -300,7 +300,8 @@ def test_read_photo_reads_a_pil_image_and_an_array_as_their_file(tmp_path):
 def test_read_photo_ranges_at_their_bounds(tmp_path, values, expected):
     """Each range of read_photo's, at its end and one past, as a file (TIFF) and as an array."""
     Image.fromarray(values).save(tmp_path / 'bound.tif')
-    for source, name in ((tmp_path / 'bound.tif', f'image {tmp_path / "bound.tif"}'), (values, f'the {values.dtype} array')):
+    for source, name in ((tmp_path / 'bound.tif', f'image {tmp_path / "bound.tif"}'),
+                         (values, f'the {values.dtype} array')):
         if isinstance(expected, str):
             with pytest.raises(ValueError, match=re.escape(f'{name} has {expected}') + ': neither'):
                 dataset.read_photo(source)
@@ -308,11 +309,13 @@ def test_read_photo_ranges_at_their_bounds(tmp_path, values, expected):
             assert tuple(np.asarray(dataset.read_photo(source))[0, :, 0]) == expected
 
 
-@pytest.mark.parametrize('array', [np.zeros((4, 5, 2), np.uint8), np.zeros((4, 5, 3, 1), np.uint8), np.zeros(5, np.uint8),
-                                   np.zeros((0, 5), np.uint8), np.zeros((4, 5), np.complex64), np.zeros((4, 5), object)])
+@pytest.mark.parametrize('array', [np.zeros((4, 5, 2), np.uint8), np.zeros((4, 5, 3, 1), np.uint8),
+                                   np.zeros(5, np.uint8), np.zeros((0, 5), np.uint8), np.zeros((4, 5), np.complex64),
+                                   np.zeros((4, 5), object)])
 def test_arrays_of_no_image_layout_are_refused_saying_what_is_accepted(array):
     with pytest.raises(ValueError, match=re.escape(f'an array of shape {array.shape} and dtype {array.dtype} is no '
-                                                   f'image: give H × W × 3 (RGB), H × W × 4 (RGBA) or H × W (grey)')):
+                                                   f'image: give H × W × 3 (RGB), H × W × 4 (RGBA) or H × W '
+                                                   f'(grey)')):
         dataset.read_photo(array)
 
 

@@ -113,7 +113,8 @@ def test_every_input_form_gives_the_mask_its_file_gives(model, tmp_path):
     with pytest.raises(ValueError, match=r'the float64 array has F values -0\.5\.\.1: neither .* nor 0\.\.1 or '
                                          r'0\.\.255 \(floats\)'):
         model(np.full((30, 40), -0.5).clip(-0.5, 1) + np.eye(30, 40) * 1.5)
-    with pytest.raises(ValueError, match=r'an array of shape \(30, 40, 2\) and dtype uint8 is no image: give H × W × 3'):
+    with pytest.raises(ValueError, match=r'an array of shape \(30, 40, 2\) and dtype uint8 is no image: give H × W × '
+                                         r'3'):
         model(np.zeros((30, 40, 2), np.uint8))
 
 
@@ -135,11 +136,12 @@ def test_a_ddp_state_dict_loads_and_another_networks_is_refused_naming_the_file(
     torch.save({'net': {'backbone.conv1.weight': torch.zeros(8, 3, 3, 3), 'head.weight': torch.zeros(2, 8)}}, other)
     with hubconf.applied({**SHAPE, 'N_CLASSES': 5}), pytest.raises(
             checkpoint.MismatchError, match=rf'{other} holds the weights of another network: none of its 2 keys '
-                                            rf'\(backbone\.conv1\.weight, head\.weight, \.\.\.\) is one of this EMANet\'s '
-                                            rf'\(extractor\.0\.0\.weight, '):
+                                            rf'\(backbone\.conv1\.weight, head\.weight, \.\.\.\) is one of this '
+                                            rf'EMANet\'s \(extractor\.0\.0\.weight, '):
         checkpoint.load_checkpoint(network.EMANet(), other)
-    with pytest.raises(checkpoint.CheckpointError, match=rf'{other} holds no settings and is no EMANet state_dict \(it '
-                                                         rf'has no key fc2\.weight\): expected a checkpoint of this code'):
+    with pytest.raises(checkpoint.CheckpointError, match=rf'{other} holds no settings and is no EMANet state_dict '
+                                                         rf'\(it has no key fc2\.weight\): expected a checkpoint of '
+                                                         rf'this code'):
         hubconf.emanet(str(other))
 
 
@@ -155,9 +157,9 @@ def test_the_authors_depths_entry_by_entry(monkeypatch, depth):
     assert hubconf.authors_settings(state, 16, 'x.pth')['STRIDE'] == 16
     if depth == 50:  # a block count of no released depth: an error, not a KeyError
         fewer = {key: value for key, value in state.items() if not key.startswith('extractor.6.5.')}
-        with pytest.raises(checkpoint.CheckpointError, match=r'x\.pth: its layer3 \(extractor\.6\) has 5 blocks, but the '
-                                                             r'ResNets the authors released have 6 \(ResNet-50\), 23 '
-                                                             r'\(ResNet-101\), 36 \(ResNet-152\)'):
+        with pytest.raises(checkpoint.CheckpointError, match=r'x\.pth: its layer3 \(extractor\.6\) has 5 blocks, but '
+                                                             r'the ResNets the authors released have 6 \(ResNet-50\), '
+                                                             r'23 \(ResNet-101\), 36 \(ResNet-152\)'):
             hubconf.authors_settings(fewer, None, 'x.pth')
 
 
@@ -210,3 +212,7 @@ def test_torch_hub_load_leaves_the_callers_own_modules_alone(saved, model, tmp_p
     result = json.loads(done.stdout.splitlines()[-1])
     assert result == {'mine': ['my settings', 'my dataset', 'my network'], 'classes': CLASSES, 'left': []}
     np.testing.assert_array_equal(np.load(tmp_path / 'scores.npy'), model(image, probabilities=True)[1])
+    # imported as a module of this checkout, hubconf's modules are the ones the caller's own imports give
+    done = run_script(ROOT, '-c', 'import hubconf, checkpoint; assert hubconf.CheckpointError is '
+                                  'checkpoint.CheckpointError and hubconf.settings is __import__("settings")')
+    assert done.returncode == 0, done.stderr

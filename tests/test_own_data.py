@@ -292,7 +292,8 @@ def test_palette_masks_of_colours_are_read_by_their_colours_each_through_its_own
     rng = np.random.default_rng(5)
     labels = {f'{k}': class_map(rng) for k in range(4)}
     orders = [(0, 1, 2), (2, 0, 1), (1, 2, 0), (2, 1, 0)]  # each file's palette in an order of its own
-    write_pairs(tmp_path, {image_id: optimised(label, order) for (image_id, label), order in zip(labels.items(), orders)})
+    write_pairs(tmp_path, {image_id: optimised(label, order)
+                           for (image_id, label), order in zip(labels.items(), orders)})
     out = str(tmp_path / 'data')
     (tmp_path / 'colours.txt').write_text(COLOUR_FILES['cvat'])
     prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', out, colours_file=f'{tmp_path}/colours.txt')
@@ -350,7 +351,8 @@ def test_ignore_wins_over_a_colours_file_for_index_masks_too(tmp_path, log):
     (tmp_path / 'colours.txt').write_text(COLOUR_FILES['plain'])
     prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'),
                            colours_file=f'{tmp_path}/colours.txt', ignore='0')
-    assert "--ignore wins over line 1 of the colours file, 'background' (0, 0, 0): that value is no label" in log.getvalue()
+    assert "--ignore wins over line 1 of the colours file, 'background' (0, 0, 0): that value is no label" in \
+        log.getvalue()
     assert dataset.read_lines(f'{tmp_path}/data/classes.txt') == ['red thing', 'leaf']
     for image_id, label in written_labels(str(tmp_path / 'data')).items():
         np.testing.assert_array_equal(label, np.array([255, 0, 1], np.uint8)[masks[image_id]])
@@ -460,8 +462,8 @@ def test_jpeg_masks_are_refused_as_jpeg_masks(tmp_path):
     for path in (tmp_path / 'masks').rglob('*.png'):
         Image.open(path).save(path.with_suffix('.jpg'), quality=95)
         os.remove(path)
-    with pytest.raises(SystemExit, match=r'prepare: \d+ mask\(s\) are JPEG files \(\S+\.jpg.*lossy.*export the masks as '
-                                         r'PNG'):
+    with pytest.raises(SystemExit, match=r'prepare: \d+ mask\(s\) are JPEG files \(\S+\.jpg.*lossy.*export the '
+                                         r'masks as PNG'):
         prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'))
 
 
@@ -528,7 +530,8 @@ def test_exif_orientation_is_one_rule_for_the_folder(tmp_path, monkeypatch, log,
     prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(out), colours_file=f'{tmp_path}/colours.txt')
     rule = 'as a viewer shows them' if drawn == 'shown' else 'as stored'
     assert re.search(rf'2 photo\(s\) whose EXIF orientation turns or mirrors them .* read {rule}, as the masks of 1 '
-                     rf'turned photo\(s\) say by their size: \S+/square\.jpg \(8\), \S+/upside\.jpg \(3\)', log.getvalue())
+                     rf'turned photo\(s\) say by their size: \S+/square\.jpg \(8\), \S+/upside\.jpg \(3\)',
+                     log.getvalue())
     as_folder(monkeypatch, out, 3)
     for image_id in photos:  # every image read as its mask was drawn
         image, label = dataset.load_sample(image_id)
@@ -539,12 +542,17 @@ def test_exif_orientation_is_one_rule_for_the_folder(tmp_path, monkeypatch, log,
     label = class_map(rng, 30, 40)
     stored = exif_photo(f'{tmp_path}/images/tall.jpg', label, 8)
     save_image(COLOURS[label] if other == 'shown' else stored, f'{tmp_path}/masks/tall.png')
-    with pytest.raises(SystemExit, match=r'has the size of \S+/wide\.jpg as .* but \S+/tall\.png has that of '
-                       if drawn == 'shown' else r'has the size of \S+/tall\.jpg as a viewer shows it .* but '
-                                                r'\S+/wide\.png has that of \S+/wide\.jpg as stored'):
-        prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(out), colours_file=f'{tmp_path}/colours.txt')
+    with pytest.raises(SystemExit, match=r'\S+/wide\.png has the size of \S+/wide\.jpg as a viewer shows it \(EXIF '
+                                         r'orientation 6\), but \S+/tall\.png has that of \S+/tall\.jpg as stored'
+                       if drawn == 'shown' else r'\S+/tall\.png has the size of \S+/tall\.jpg as a viewer shows it '
+                                                r'\(EXIF orientation 8\), but \S+/wide\.png has that of \S+/wide\.jpg '
+                                                r'as stored: one rule must hold for every pair'):
+        prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(out),
+                               colours_file=f'{tmp_path}/colours.txt')
     os.remove(f'{tmp_path}/masks/tall.png')
-    with pytest.raises(SystemExit, match=rf'but --exif {other} says'):
+    with pytest.raises(SystemExit, match=rf'wide\.jpg {"as stored" if other == "shown" else "as a viewer shows it"} '
+                                         rf'\(EXIF orientation 6\), but --exif {other} says the masks follow the '
+                                         rf'photos'):
         prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(out),
                                colours_file=f'{tmp_path}/colours.txt', exif=other)
 
@@ -603,7 +611,8 @@ def test_names_follow_their_colours_across_reruns(tmp_path, log):
     prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', out)
     assert dataset.read_lines(f'{out}/classes.txt') == ['ground', 'fruit', 'class_2']
     assert dataset.read_lines(f'{out}/palette.txt') == ['0 0 0', '255 0 0', '0 200 0']
-    assert "the classes since the last run: new class 2 'class_2' (0, 200, 0); the others keep their names" in log.getvalue()
+    assert "the classes since the last run: new class 2 'class_2' (0, 200, 0); the others keep their names" in \
+        log.getvalue()
     np.testing.assert_array_equal(written_labels(out)['new'], three)
     # the user names it; then every red pixel goes: red is named as gone, green keeps its name
     (tmp_path / 'data' / 'classes.txt').write_text('ground\nfruit\nleaf\n')
@@ -735,6 +744,95 @@ def test_the_printed_settings_are_the_settings_that_work_and_datasets_md_shows_t
     monkeypatch.setattr(settings, 'TRAIN_SPLIT', 'trainaug')  # a newcomer who pasted only the first lines
     assert "TRAIN_SPLIT = 'trainaug' has no list file: ./data/mine/lists/trainaug.txt; DATASET 'folder' has the " \
            "splits train and val: add the line TRAIN_SPLIT = 'train' to settings.py" in dataset.check()[0]
+
+
+# ---------------------------------------------------------------- thresholds at their bounds (issue 39, part 5)
+
+@pytest.mark.parametrize('unpaired, listed', [(5, 5), (6, 5)])
+def test_unpaired_files_named_up_to_shown_unpaired(tmp_path, log, unpaired, listed):
+    for name in ['a', 'b', *(f'alone_{k}' for k in range(unpaired))]:
+        os.makedirs(tmp_path / 'images', exist_ok=True)
+        (tmp_path / 'images' / f'{name}.jpg').write_bytes(b'')  # pairing reads names only
+    for name in ('a', 'b'):
+        os.makedirs(tmp_path / 'masks', exist_ok=True)
+        (tmp_path / 'masks' / f'{name}.png').write_bytes(b'')
+    assert list(prepare.paired_files(str(tmp_path / 'images'), str(tmp_path / 'masks'))) == ['a', 'b']
+    line = next(line for line in log.getvalue().splitlines() if 'with no mask' in line)
+    assert prepare.SHOWN_UNPAIRED == 5 and line.count('alone_') == listed
+    assert line.startswith(f'prepare: {unpaired} image file(s)') and line.endswith(', ...') == (unpaired > listed)
+
+
+@pytest.mark.parametrize('text, value', [('255', ('index', 255)), ('256', None), ('255,0,0', ('colour', 255 << 16)),
+                                         ('0,0,256', None), ('-1', None), ('1,2', None)])
+def test_ignore_values_at_their_bounds(text, value):
+    if value is None:
+        with pytest.raises(SystemExit, match=rf"--ignore '{text}': a mask value 0\.\.255 or a colour r,g,b"):
+            prepare.parse_ignore(text)
+    else:
+        assert prepare.parse_ignore(text) == value
+
+
+@pytest.mark.parametrize('line, ok', [('top 255 255 255', True), ('top 256 0 0', False), ('top:0,0,255::', True),
+                                      ('top:0,256,0::', False)])
+def test_colour_values_at_their_bounds(tmp_path, line, ok):
+    (tmp_path / 'colours.txt').write_text(line + '\n')
+    if ok:
+        assert [rgb for _, rgb, _ in prepare.read_colours(str(tmp_path / 'colours.txt'))] == \
+            [tuple(int(v) for v in line.replace(':', ' ').replace(',', ' ').split()[1:4])]
+    else:
+        with pytest.raises(SystemExit, match=r'line 1 is not "name r g b"'):
+            prepare.read_colours(str(tmp_path / 'colours.txt'))
+
+
+@pytest.mark.parametrize('top, ok', [(255, True), (256, False)])
+def test_16_bit_index_masks_at_the_8_bit_bound(tmp_path, top, ok):
+    mask = np.zeros((8, 8), np.uint16)
+    mask[:4] = top
+    write_pairs(tmp_path, {'0': Image.fromarray(mask), '1': Image.fromarray(mask)})
+    run = functools.partial(prepare.prepare_folder, f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'),
+                            ignore='255')
+    if ok:
+        run()
+        assert written_labels(str(tmp_path / 'data'))['0'].max() == 255  # the --ignore value: no label
+    else:
+        with pytest.raises(SystemExit, match=r'0\.png has values up to 256: more than 8-bit class indices'):
+            run()
+
+
+@pytest.mark.parametrize('threshold', [1, 128, 255])
+def test_the_binary_threshold_at_its_value_and_one_below(tmp_path, threshold):
+    mask = np.full((6, 6), threshold, np.uint8)
+    mask[:3] = threshold - 1
+    write_pairs(tmp_path, {'0': Image.fromarray(mask), '1': Image.fromarray(mask)})
+    prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'), binary=True,
+                           threshold=threshold)
+    np.testing.assert_array_equal(written_labels(str(tmp_path / 'data'))['0'], (mask >= threshold).astype(np.uint8))
+
+
+@pytest.mark.parametrize('threshold, binary', [(0, True), (256, True), (128, False)])
+def test_thresholds_out_of_range_or_without_binary_are_refused(tmp_path, threshold, binary):
+    write_pairs(tmp_path, {image_id: Image.fromarray(np.zeros((6, 6), np.uint8)) for image_id in '01'})
+    with pytest.raises(SystemExit, match=rf'--threshold {threshold}: a value 1\.\.255, with --binary'):
+        prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'), binary=binary,
+                               threshold=threshold)
+
+
+def test_ignore_of_the_other_kind_is_refused(tmp_path):
+    miniature(tmp_path, n=2)
+    with pytest.raises(SystemExit, match='--ignore gives an index but the masks hold colours'):
+        prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'), ignore='0')
+
+
+@pytest.mark.parametrize('n_classes, shortened', [(24, False), (25, True)])
+def test_check_table_lists_every_class_up_to_check_rows(tmp_path, monkeypatch, n_classes, shortened):
+    (tmp_path / 'classes.txt').write_text(''.join(f'c{k}\n' for k in range(n_classes)))
+    (tmp_path / 'palette.txt').write_text('0 0 0\n' * n_classes)
+    as_folder(monkeypatch, tmp_path, n_classes)
+    samples = [((8, 6), np.arange(1, n_classes + 1))]
+    table = dataset.split_table({'TRAIN_SPLIT': dataset.split_stats(samples)})
+    rows = [line for line in table.splitlines() if re.match(r' *\d+ c\d+ ', line)]
+    assert dataset.CHECK_ROWS == 24 and len(rows) == 24
+    assert ('... 1 classes between' in table) == shortened
 
 
 # ---------------------------------------------------------------- check
