@@ -675,7 +675,7 @@ def rgb_of(code):
 
 
 def read_colours(path):
-    """[(name, (r, g, b), line number)] in class order from a colours file in any of the forms tools write: 'name r
+    """[(name, (r, g, b), 'FILE line N')] in class order from a colours file in any of the forms tools write: 'name r
     g b' lines; CVAT's labelmap.txt ('name:r,g,b:parts:actions', '#' comments); CamVid's label_colors.txt ('r g
     b<TAB>name'); UTF-8 with or without a byte-order mark. A line of no such form, a repeated name or colour stops
     the command, naming the lines."""
@@ -713,7 +713,7 @@ def read_colours(path):
                              f'{" and ".join(map(str, repeated[1]))}: each class needs its own')
     if not colours:
         raise SystemExit(f'prepare: {path} names no class')
-    return colours
+    return [(name, rgb, f'{path} line {number}') for name, rgb, number in colours]
 
 
 def mask_kind(image, path):
@@ -929,11 +929,10 @@ def folder_classes(kind, found, palette, colours, binary, threshold, ignore, pre
         lut[ignore[1]] = settings.IGNORE_LABEL
     if colours is not None:
         keys = [int(colour_codes(rgb)) if kind == 'colour' else k for k, (_, rgb, _) in enumerate(colours)]
-        for key, (name, rgb, number) in zip(keys, colours):
+        for key, (name, rgb, where) in zip(keys, colours):
             if lut.get(key) == settings.IGNORE_LABEL:
-                settings.logger.warning('prepare: --ignore wins over line %d of the colours file, %r %s: that %s is '
-                                        'no label, not a class', number, name, rgb,
-                                        'colour' if kind == 'colour' else 'value')
+                settings.logger.warning('prepare: --ignore wins over %s, %r %s: that %s is no label, not a class',
+                                        where, name, rgb, 'colour' if kind == 'colour' else 'value')
         table = [(key, name, rgb) for key, (name, rgb, _) in zip(keys, colours)
                  if lut.get(key) != settings.IGNORE_LABEL]
         lut.update({key: k for k, (key, _, _) in enumerate(table) if key not in lut})

@@ -342,8 +342,8 @@ def test_ignore_wins_over_a_colours_file_that_lists_the_colour(tmp_path, log, ta
     for image_id, label in written_labels(out).items():
         np.testing.assert_array_equal(label, np.array([255, 0, 1], np.uint8)[labels[image_id]], err_msg=image_id)
     assert dataset.read_lines(f'{out}/classes.txt') == ['red thing', 'leaf']
-    assert f"--ignore wins over line {line} of the colours file, 'background' (0, 0, 0): that colour is no label" \
-        in log.getvalue()
+    assert f"--ignore wins over {tmp_path}/colours.txt line {line}, 'background' (0, 0, 0): that colour is no " \
+           f"label" in log.getvalue()
 
 
 def test_ignore_wins_over_a_colours_file_for_index_masks_too(tmp_path, log):
@@ -351,7 +351,7 @@ def test_ignore_wins_over_a_colours_file_for_index_masks_too(tmp_path, log):
     (tmp_path / 'colours.txt').write_text(COLOUR_FILES['plain'])
     prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'),
                            colours_file=f'{tmp_path}/colours.txt', ignore='0')
-    assert "--ignore wins over line 1 of the colours file, 'background' (0, 0, 0): that value is no label" in \
+    assert f"--ignore wins over {tmp_path}/colours.txt line 1, 'background' (0, 0, 0): that value is no label" in \
         log.getvalue()
     assert dataset.read_lines(f'{tmp_path}/data/classes.txt') == ['red thing', 'leaf']
     for image_id, label in written_labels(str(tmp_path / 'data')).items():
