@@ -10,6 +10,8 @@ import math
 import os
 import re
 import shutil
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -747,6 +749,49 @@ def test_the_printed_settings_are_the_settings_that_work_and_datasets_md_shows_t
 
 
 # ---------------------------------------------------------------- thresholds at their bounds (issue 39, part 5)
+
+def palette_png(path, indices, palette):
+    """A palette PNG written byte by byte, as a tool may write it: its indices as they are, even past its palette
+    (which Pillow's own writer would remap)."""
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    height, width = indices.shape
+    rows = b''.join(b'\x00' + row.astype(np.uint8).tobytes() for row in indices)  # filter 0 before each row
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 3, 0, 0, 0))
+                + chunk(b'PLTE', bytes(palette)) + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
+
+
+@pytest.mark.parametrize('case, refusal', [
+    ('grey and colour masks', r'the masks mix class indices \(\S+/0\.png\) and colours \(\S+/1\.png\)'),
+    ('two files of one stem', r'\S+/0\.png and \S+/0\.tif share the name 0: which one is meant\?'),
+    ('no folder', r'\S+/nowhere is not a folder'),
+    ('an empty colours file', r'\S+/colours\.txt names no class'),
+    ('a grey mask with alpha', r'mask \S+/1\.png has mode LA: neither class indices nor RGB colours'),
+    ('an index past its palette', r'mask \S+/1\.png has the index 5, which its palette of 2 colours lacks'),
+])
+def test_each_refusal_with_an_input_that_has_its_cause(tmp_path, case, refusal):
+    mask = np.zeros((6, 6), np.uint8)
+    write_pairs(tmp_path, {'0': Image.fromarray(mask), '1': Image.fromarray(COLOURS[mask])})
+    masks, colours = f'{tmp_path}/masks', None
+    if case == 'two files of one stem':
+        Image.fromarray(mask).save(f'{tmp_path}/masks/0.tif')
+    elif case == 'no folder':
+        masks = f'{tmp_path}/nowhere'
+    elif case == 'an empty colours file':
+        (tmp_path / 'colours.txt').write_text('# label:color_rgb:parts:actions\n')
+        colours = f'{tmp_path}/colours.txt'
+    elif case == 'a grey mask with alpha':
+        Image.fromarray(np.dstack([mask, mask + 255])).save(f'{tmp_path}/masks/1.png')
+    elif case == 'an index past its palette':
+        indices = mask.copy()
+        indices[2, 3] = 5
+        palette_png(f'{tmp_path}/masks/1.png', indices, [0, 0, 0, 255, 0, 0])
+        Image.fromarray(COLOURS[mask]).save(f'{tmp_path}/masks/0.png')
+    with pytest.raises(SystemExit, match=refusal):
+        prepare.prepare_folder(f'{tmp_path}/images', masks, str(tmp_path / 'data'), colours_file=colours)
+    assert not (tmp_path / 'data').exists()
+
 
 @pytest.mark.parametrize('unpaired, listed', [(5, 5), (6, 5)])
 def test_unpaired_files_named_up_to_shown_unpaired(tmp_path, log, unpaired, listed):
