@@ -838,21 +838,17 @@ def mask_reading(ids, pairs, headers, colours):
     return kind, by_colour, palette
 
 
-def between_neighbours(values, ignored):
+def between_neighbours(values):
     """H × W bool: the pixels unlike both neighbours along a row or a column whose value lies between theirs in
-    each channel (a colour code's r, g, b; a grey value), neighbours of an ignored value aside: what interpolation
-    makes of an edge (a resize other than nearest-neighbour, anti-aliasing), what a drawn class region never is
-    but where it is a line one pixel wide. values: H × W values or colour codes."""
+    each channel (a colour code's r, g, b; a grey value): what interpolation makes of an edge (a resize other than
+    nearest-neighbour, anti-aliasing), what a drawn class region never is but where it is a line one pixel wide.
+    An ignored value is a neighbour like any other: a 0/255 mask blends its 255 (IGNORE_LABEL) too. values:
+    H × W values or colour codes."""
     rgb = np.stack([(values >> shift).astype(np.uint8) for shift in (16, 8, 0)], -1)  # H × W × 3; grey: 0, 0, v
-    free = np.ones(values.shape, bool)  # the pixels of no ignored value
-    for value in ignored:
-        free &= values != value
     between = np.zeros(values.shape, bool)
-    for codes, channels, usable, found in ((values, rgb, free, between),
-                                           (values.T, rgb.transpose(1, 0, 2), free.T, between.T)):
+    for codes, channels, found in ((values, rgb, between), (values.T, rgb.transpose(1, 0, 2), between.T)):
         # along each row: the pixels unlike both neighbours (edges only: few), then their channels
-        rows, cols = np.nonzero((codes[:, 1:-1] != codes[:, :-2]) & (codes[:, 1:-1] != codes[:, 2:])
-                                & usable[:, :-2] & usable[:, 1:-1] & usable[:, 2:])
+        rows, cols = np.nonzero((codes[:, 1:-1] != codes[:, :-2]) & (codes[:, 1:-1] != codes[:, 2:]))
         before, at, after = channels[rows, cols], channels[rows, cols + 1], channels[rows, cols + 2]  # n × 3
         inside = ((np.minimum(before, after) <= at) & (at <= np.maximum(before, after))).all(-1)
         found[rows[inside], cols[inside] + 1] = True
@@ -861,25 +857,28 @@ def between_neighbours(values, ignored):
 
 def survey_mask(job):
     """({value or colour code: pixels}, {value or colour code: its pixels between their neighbours}) of a mask,
-    read as job = (mask, by_colour, ignored) says (read_mask, between_neighbours)."""
-    mask, by_colour, ignored = job
-    _, values = read_mask(mask, by_colour)
+    read as job = (mask, by_colour) says (read_mask, between_neighbours)."""
+    _, values = read_mask(*job)
     codes, counts = np.unique(values, return_counts=True)
-    blended, blends = np.unique(values[between_neighbours(values, ignored)], return_counts=True)
+    blended, blends = np.unique(values[between_neighbours(values)], return_counts=True)
     return dict(zip(codes.tolist(), counts.tolist())), dict(zip(blended.tolist(), blends.tolist()))
 
 
 def refuse_soft(kind, ids, pairs, surveys, colours):
-    """Stops the command if the masks are soft: more than SOFT_VALUES values (or colours) lie between their
-    neighbours' at most of their pixels, so no region of their own holds them: interpolation blended the classes at
-    their edges. Names the mask that has the most such pixels, and what to do."""
+    """Stops the command if the masks are soft: values (or colours) lie between their neighbours' at most of their
+    pixels, so no region of their own holds them: interpolation blended the classes at their edges. SOFT_VALUES
+    such values may be classes drawn as lines one pixel wide, unless they cannot be: a grey value whose index
+    leaves a class below it with no pixel (0/255 halved: 128), a colour between the only two others (a two-colour
+    mask's blend). Names the mask that has the most such pixels, and what to do."""
     found, blends = collections.Counter(), collections.Counter()
     for counts, between in surveys:
         found.update(counts)
         blends.update(between)
     table = {colour_codes(rgb) for _, rgb, _ in colours or []} if kind == 'colour' else set()
     soft = sorted(value for value, pixels in blends.items() if 2 * pixels > found[value] and value not in table)
-    if len(soft) <= SOFT_VALUES:
+    blends_only = (kind == 'index' and any(value not in found for value in range(max(soft, default=0))) or
+                   kind == 'colour' and len(found) - len(soft) == 2)
+    if len(soft) <= SOFT_VALUES and not (soft and blends_only):
         return
     most = max(range(len(ids)), key=lambda i: sum(surveys[i][1].get(value, 0) for value in soft))
     shown = ', '.join(str(rgb_of(value)) if kind == 'colour' else str(value) for value in soft[:6])
@@ -1079,8 +1078,7 @@ def folder_survey(ids, pairs, colours, binary, threshold, ignore, exif, previous
             headers = pool.map(pair_header, [pairs[image_id] for image_id in ids], chunksize=64)
             upright = orientation_rule(ids, pairs, headers, exif) == 'shown'
             kind, by_colour, palette = mask_reading(ids, pairs, headers, colours)
-            ignored = ([settings.IGNORE_LABEL] if kind == 'index' else []) + ([ignore[1]] if ignore else [])
-            surveys = pool.map(survey_mask, [(pairs[image_id][1], by_colour, ignored) for image_id in ids],
+            surveys = pool.map(survey_mask, [(pairs[image_id][1], by_colour) for image_id in ids],
                                chunksize=16)
         if threshold is None:
             refuse_soft(kind, ids, pairs, surveys, colours)

@@ -16,7 +16,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 import dataset
 import hubconf
@@ -414,7 +414,9 @@ def blend_mask(values, extra=0):
     ((3, 4, 5, 5, 5), 2, True),    # 5: 3 between, 2 not
 ])
 def test_soft_masks_at_the_thresholds(tmp_path, values, extra, soft):
-    write_pairs(tmp_path, {'0': blend_mask(values, extra), '1': blend_mask((3,))})
+    # the other classes 1..9 as stripes 3 px wide (between none): the values in column 5 leave no class empty
+    stripes = Image.fromarray(np.tile(np.repeat(np.array([1, 2, 6, 7, 8, 9], np.uint8), 3), (4, 1)))
+    write_pairs(tmp_path, {'0': blend_mask(values, extra), '1': blend_mask((3,)), '2': stripes})
     assert prepare.SOFT_VALUES == 2
     if soft:
         with pytest.raises(SystemExit, match=r'the masks are soft: 3 values \(3, 4, 5\)'):
@@ -422,6 +424,48 @@ def test_soft_masks_at_the_thresholds(tmp_path, values, extra, soft):
     else:
         prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'))
         assert len(dataset.read_lines(f'{tmp_path}/data/classes.txt')) == 11
+
+
+def halved(mask):
+    """mask at half its size with the 2 × 2 mean of each pixel (PIL's reduce(2), as cv2.resize's INTER_AREA or
+    INTER_LINEAR at exactly 1/2): a soft mask whose edges hold few blended values."""
+    return mask.reduce(2)
+
+
+def test_masks_halved_by_their_means_are_soft(tmp_path):
+    """A 0/255 mask of drawn shapes halved blends 0 and 255 (IGNORE_LABEL) into 64, 128 and 191 (the second
+    class's pixels were 255, not IGNORE_LABEL, when they lie between); a 0/255 mask of edges on odd columns
+    only, into 128 alone, whose index leaves classes 1..127 with no pixel: no class index; a two-colour mask
+    into one colour between the two. Each is refused as soft, none becomes classes."""
+    rng = np.random.default_rng(3)
+    shapes = {}
+    for k in range(3):
+        big = Image.new('L', (80, 60))
+        ImageDraw.Draw(big).ellipse(tuple(rng.integers(5, 25, 2)) + tuple(rng.integers(40, 58, 2)), fill=255)
+        shapes[f'{k}'] = halved(big)
+    stripes = [np.kron(rng.integers(0, 2, (2, 5)), np.ones((30, 16), int))[:, 3:-13] for _ in range(2)]  # 60 × 64
+    strips = {f'{k}': halved(Image.fromarray((255 * big).astype(np.uint8))) for k, big in enumerate(stripes)}
+    two_colours = {f'{k}': halved(Image.fromarray(COLOURS[big])) for k, big in enumerate(stripes)}
+    for case, masks, values, found in (
+            ('shapes', shapes, r'3 values \(64, 128, 191\)', {0, 64, 128, 191, 255}),
+            ('strips', strips, r'1 values \(128\)', {0, 128, 255}),
+            ('colours', two_colours, r'1 colours \(\(128, 0, 0\)\)', {(0, 0, 0), (128, 0, 0), (255, 0, 0)})):
+        assert {value if np.ndim(value) == 0 else tuple(value) for mask in masks.values()
+                for value in np.unique(np.asarray(mask).reshape(-1, *np.shape(mask)[2:]), axis=0).tolist()} == found
+        write_pairs(tmp_path / case, masks)
+        with pytest.raises(SystemExit, match=rf'the masks are soft: {values} lie between'):
+            prepare.prepare_folder(f'{tmp_path}/{case}/images', f'{tmp_path}/{case}/masks', str(tmp_path / case / 'data'))
+
+
+def test_a_line_class_whose_index_leaves_no_class_empty_is_a_class(tmp_path):
+    """Background 0 and cells 2 with a contour class 1 one pixel wide between them: 1 lies between its neighbours
+    at every pixel, yet classes 0..2 all hold pixels, so it is a class (SOFT_VALUES of them are)."""
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 1
+    mask[6:14, 6:14] = 2
+    write_pairs(tmp_path, {'0': Image.fromarray(mask), '1': Image.fromarray(mask.T.copy())})
+    prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'))
+    assert written_labels(str(tmp_path / 'data'))['0'].tolist() == mask.tolist()
 
 
 def distinct_colours(height, width):
