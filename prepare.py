@@ -1133,6 +1133,13 @@ def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_frac
         colours_file = os.path.join(masks, 'labelmap.txt')
         masks = os.path.join(masks, 'SegmentationClass')
         settings.logger.info('prepare: a CVAT export: masks in %s, colours from %s', masks, colours_file)
+    for flag, folder in (('images', images), ('masks', masks), ('val-images', val_images), ('val-masks', val_masks)):
+        for replaced in (os.path.join(out, name) for name in ('labels', 'lists', NEW, OLD)):
+            if folder and os.path.commonpath([os.path.realpath(folder), os.path.realpath(replaced)]) == \
+                    os.path.realpath(replaced):  # swap_in would move it out with the old dataset, and delete it
+                raise SystemExit(f'prepare: --{flag} {folder} lies in {replaced}, which the command replaces with '
+                                 f'the dataset it writes: move the {flag.split("-")[-1]} elsewhere, or give another '
+                                 f'--out')
     if threshold is not None and not (binary and 1 <= threshold <= 255):
         raise SystemExit(f'prepare: --threshold {threshold}: a value 1..255, with --binary')
     if val_images:

@@ -739,6 +739,22 @@ def test_labels_no_list_names_are_removed(tmp_path, log):
         in log.getvalue()
 
 
+@pytest.mark.parametrize('side, inside', [('masks', 'labels'), ('images', 'lists'), ('masks', prepare.NEW)])
+def test_input_folders_inside_what_the_command_replaces_are_refused(tmp_path, side, inside):
+    """data/mine/images + data/mine/labels with --out data/mine: the swap would move the user's own masks (or
+    images) out with the old dataset and delete them."""
+    miniature(tmp_path, n=2)
+    out = tmp_path / 'data'
+    os.makedirs(out)
+    os.rename(tmp_path / side, out / inside)
+    before = sorted(path.relative_to(out) for path in out.rglob('*'))
+    folders = {'images': f'{tmp_path}/images', 'masks': f'{tmp_path}/masks', side: f'{out}/{inside}'}
+    with pytest.raises(SystemExit, match=rf'--{side} {re.escape(str(out / inside))} lies in {re.escape(str(out))}'
+                                         rf'/{re.escape(inside)}, which the command replaces'):
+        prepare.prepare_folder(folders['images'], folders['masks'], str(out), colours_file=f'{tmp_path}/colours.txt')
+    assert sorted(path.relative_to(out) for path in out.rglob('*')) == before
+
+
 def test_the_split_is_drawn_per_id_and_stays_as_pairs_are_added(tmp_path, log):
     ids = [f'scene_{k:02d}/{k:04d}' for k in range(40)]
     first, later = ids[:12], ids  # 28 pairs added
