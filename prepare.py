@@ -62,6 +62,7 @@ command, naming it. Images stay where they are; the lists name ids, which may ho
 import argparse
 import collections
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -588,6 +589,7 @@ NOT_DATA = ('thumbs.db', 'desktop.ini', '__macosx')
 SHOWN_UNPAIRED = 5  # unpaired files named, of each side
 SOFT_VALUES = 2  # values (or colours) found mostly between their neighbours that masks may hold: more, they are soft
 NEW, OLD = '.prepare-new', '.prepare-old'  # in --out while a run replaces its dataset: the new one, the one it replaces
+LOCK = '.prepare.lock'  # in --out: held by the run that writes NEW and swaps it in, naming it
 
 
 def files_by_stem(folder, extensions):
@@ -1127,7 +1129,7 @@ def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_frac
     paired by relative path without extension; ids are those paths, under train/ and val/ when the validation
     set comes in folders of its own. Every problem stops it before it writes; it writes the new dataset into
     out/NEW, then swaps it in (swap_in), so a run that stops leaves the previous one whole, and labels no list
-    names go with it."""
+    names go with it. A second run that comes to write while one writes out is refused (out/LOCK)."""
     if os.path.isdir(os.path.join(masks, 'SegmentationClass')) and colours_file is None and \
             os.path.isfile(os.path.join(masks, 'labelmap.txt')):  # a CVAT "Segmentation mask 1.1" export
         colours_file = os.path.join(masks, 'labelmap.txt')
@@ -1154,12 +1156,24 @@ def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_frac
     upright, by_colour, names, rgbs, lut = folder_survey(
         list(pairs), pairs, colours, binary, threshold, parse_ignore(ignore) if ignore is not None else None, exif,
         previous_classes(out))
-    outcomes = write_folder(os.path.join(out, NEW), out, pairs, lists, upright, by_colour, names, rgbs, lut)
-    labels = os.path.join(out, 'labels')
-    stale = sorted(os.path.relpath(os.path.join(directory, name), labels) for directory, _, files in os.walk(labels)
-                   for name in files if os.path.relpath(os.path.join(directory, name), labels).replace(os.sep, '/')
-                   [:-len('.png')] not in pairs)
-    swap_in(out)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, LOCK), 'a+') as lock:  # one run writes out/NEW and swaps it in at a time
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # dropped by the kernel when its process dies
+        except BlockingIOError:
+            lock.seek(0)
+            raise SystemExit(f'prepare: another prepare.py folder run ({lock.read().strip()}) is writing {out}: wait '
+                             f'for it to end, then run again') from None
+        lock.truncate(0)
+        lock.write(f'pid {os.getpid()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}')
+        lock.flush()
+        outcomes = write_folder(os.path.join(out, NEW), out, pairs, lists, upright, by_colour, names, rgbs, lut)
+        labels = os.path.join(out, 'labels')
+        stale = sorted(os.path.relpath(os.path.join(directory, name), labels)
+                       for directory, _, files in os.walk(labels) for name in files
+                       if os.path.relpath(os.path.join(directory, name), labels).replace(os.sep, '/')[:-len('.png')]
+                       not in pairs)
+        swap_in(out)
     if stale:
         settings.logger.info('prepare: %d label file(s) of the last run that no list names now removed: %s%s',
                              len(stale), ', '.join(stale[:SHOWN_UNPAIRED]),

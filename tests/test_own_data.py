@@ -723,7 +723,8 @@ def test_every_state_of_the_swap_is_refused_or_whole(tmp_path, monkeypatch):
             assert "TRAIN_SPLIT = 'train' has no list file" in problems[0], problems
         prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', out)
         assert dataset.read_lines(f'{out}/classes.txt') == ['ground', 'plant', 'fruit'], stop
-        assert sorted(os.listdir(out)) == ['classes.txt', 'images.txt', 'labels', 'lists', 'palette.txt'], stop
+        assert sorted(os.listdir(out)) == [prepare.LOCK, 'classes.txt', 'images.txt', 'labels', 'lists',
+                                           'palette.txt'], stop
 
 
 def test_labels_no_list_names_are_removed(tmp_path, log):
@@ -753,6 +754,32 @@ def test_input_folders_inside_what_the_command_replaces_are_refused(tmp_path, si
                                          rf'/{re.escape(inside)}, which the command replaces'):
         prepare.prepare_folder(folders['images'], folders['masks'], str(out), colours_file=f'{tmp_path}/colours.txt')
     assert sorted(path.relative_to(out) for path in out.rglob('*')) == before
+
+
+def test_a_second_run_on_one_out_while_the_first_writes_is_refused(tmp_path, monkeypatch):
+    """Two runs at once on one --out wrote into one .prepare-new (one's rmtree under the other's labels: a
+    dataset of one's lists and the other's labels, or a crash naming .prepare-new/palette.txt). The second, here
+    started while the first writes its labels, is refused naming the first, and the first ends whole."""
+    miniature(tmp_path, n=3)
+    out = str(tmp_path / 'data')
+    run = functools.partial(prepare.prepare_folder, f'{tmp_path}/images', f'{tmp_path}/masks', out,
+                            colours_file=f'{tmp_path}/colours.txt')
+    write_folder, refusals = prepare.write_folder, []
+
+    def second_run_while_writing(*args):
+        monkeypatch.setattr(prepare, 'write_folder', write_folder)
+        try:
+            run()
+        except SystemExit as refusal:
+            refusals.append(str(refusal))
+        return write_folder(*args)
+    monkeypatch.setattr(prepare, 'write_folder', second_run_while_writing)
+    run()
+    assert len(refusals) == 1 and re.fullmatch(rf'prepare: another prepare.py folder run \(pid {os.getpid()}, '
+                                               rf'started .*\) is writing {re.escape(out)}: wait for it to end, then '
+                                               rf'run again', refusals[0]), refusals
+    assert sorted(written_labels(out)) == sorted(dataset.read_lines(f'{out}/lists/train.txt') +
+                                                 dataset.read_lines(f'{out}/lists/val.txt'))
 
 
 def test_the_split_is_drawn_per_id_and_stays_as_pairs_are_added(tmp_path, log):
