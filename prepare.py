@@ -807,11 +807,10 @@ def orientation_rule(ids, pairs, headers, exif):
 
 
 def mask_reading(ids, pairs, headers, colours):
-    """('index' or 'colour', by_colour, palette) of the masks: palette PNGs are read by their colours (each
-    through its own palette: an optimiser's re-save orders it as it likes) with a colours file or among RGB colour
-    masks, else by their indices, which their palettes must then agree on (palette: each index's colour code,
-    for the classes' colours; else None). Masks that mix grey class indices with colours, or palette PNGs whose
-    palettes disagree, stop the command, naming two files; the reading is logged."""
+    """('index' or 'colour', by_colour) of the masks: palette PNGs are read by their colours (each through its own
+    palette: an optimiser's re-save orders it as it likes) with a colours file or among RGB colour masks, else by
+    their indices (agreed_palette then checks their palettes). Masks that mix grey class indices with colours
+    stop the command, naming two files; the reading is logged."""
     kinds = collections.Counter(header[3] for header in headers)
     by_colour = colours is not None or kinds['colour'] > 0
     reading = {image_id: 'colour' if header[3] == 'colour' or header[3] == 'palette' and by_colour else 'index'
@@ -820,24 +819,31 @@ def mask_reading(ids, pairs, headers, colours):
     if len(first) > 1:
         raise SystemExit(f'prepare: the masks mix class indices ({first["index"]}) and colours ({first["colour"]}): '
                          f'give them all in one form')
-    palette = None
-    if kinds['palette'] and not by_colour:
-        palette = {}  # index → (colour code, the first mask with it)
-        for image_id, header in zip(ids, headers):
-            for index, code in enumerate(header[5] or []):
-                known, mask = palette.setdefault(index, (code, pairs[image_id][1]))
-                if code != known:
-                    raise SystemExit(
-                        f'prepare: the palette masks disagree: index {index} is {rgb_of(known)} in {mask} but '
-                        f'{rgb_of(code)} in {pairs[image_id][1]}; if their colours are the classes (masks re-saved '
-                        f'by an optimiser or as GIMP "indexed", each with a palette of its own order), give --colours '
-                        f'FILE listing them; if their indices are, give every mask the same palette')
-        palette = [palette[index][0] for index in range(len(palette))]
     described = {'colour': 'RGB colours', 'index': 'grey class indices', 'palette': 'palette PNGs read by their '
                  + ('colours, each through its own palette' if by_colour else 'indices (their palettes agree)')}
     settings.logger.info('prepare: masks: %s', ', '.join(f'{count} {described[kind]}' for kind, count in kinds.items()))
     kind, = first
-    return kind, by_colour, palette
+    return kind, by_colour
+
+
+def agreed_palette(ids, pairs, headers, surveys):
+    """Each index's colour code of palette PNGs read by their indices (for the classes' colours), or None if there
+    are none: the colour of every mask whose pixels use the index (of the first palette that has it where none
+    does: an index no pixel uses tells nothing). Masks whose palettes give an index their pixels use two colours
+    stop the command, naming both: their colours, not their indices, may be the classes."""
+    palette = {}  # index → (colour code, the first mask with it, whether its pixels use the index)
+    for image_id, header, (counts, _) in zip(ids, headers, surveys):
+        for index, code in enumerate(header[5] or []):
+            known, mask, known_used = palette.setdefault(index, (code, pairs[image_id][1], index in counts))
+            if index in counts and known_used and code != known:
+                raise SystemExit(
+                    f'prepare: the palette masks disagree: index {index} is {rgb_of(known)} in {mask} but '
+                    f'{rgb_of(code)} in {pairs[image_id][1]}; if their colours are the classes (masks re-saved '
+                    f'by an optimiser or as GIMP "indexed", each with a palette of its own order), give --colours '
+                    f'FILE listing them; if their indices are, give every mask the same palette')
+            if index in counts and not known_used:
+                palette[index] = code, pairs[image_id][1], True
+    return [palette[index][0] for index in range(len(palette))] if palette else None
 
 
 def between_neighbours(values):
@@ -1073,15 +1079,17 @@ def swap_in(out):
 def folder_survey(ids, pairs, colours, binary, threshold, ignore, exif, previous):
     """(upright, by_colour, names, colours (r, g, b) per class, lut) of the pairs (id → (image, mask)), from two
     passes over them, before anything is written: their headers (sizes, EXIF orientations, modes, palettes: the
-    orientation rule, how the masks are read), then their values (soft masks, the classes, values no class has).
+    orientation rule, how the masks are read), then their values (the palettes' colours of the indices used,
+    soft masks, the classes, values no class has).
     The other arguments are prepare_folder's, previous_classes' result; every problem stops the command."""
     try:
         with dataset.worker_pool() as pool:
             headers = pool.map(pair_header, [pairs[image_id] for image_id in ids], chunksize=64)
             upright = orientation_rule(ids, pairs, headers, exif) == 'shown'
-            kind, by_colour, palette = mask_reading(ids, pairs, headers, colours)
+            kind, by_colour = mask_reading(ids, pairs, headers, colours)
             surveys = pool.map(survey_mask, [(pairs[image_id][1], by_colour) for image_id in ids],
                                chunksize=16)
+        palette = None if by_colour else agreed_palette(ids, pairs, headers, surveys)
         if threshold is None:
             refuse_soft(kind, ids, pairs, surveys, colours)
         found = collections.Counter()

@@ -333,6 +333,31 @@ def test_palette_masks_whose_palettes_agree_are_read_by_their_indices(tmp_path, 
     assert dataset.read_lines(f'{tmp_path}/data/palette.txt') == ['0 0 0', '255 0 0', '0 200 0']
 
 
+def test_palettes_that_differ_only_at_indices_no_pixel_uses_agree(tmp_path, log):
+    """One tool writes VOC's colour map in all 256 entries, another the classes' colours then black: they differ at
+    index 3 and on, which no pixel uses; the indices decide. Where a pixel uses an index, its colour must agree."""
+    rng = np.random.default_rng(8)
+    labels = {f'{k}': class_map(rng) for k in range(4)}
+    masks = {}
+    for image_id, label in labels.items():
+        masks[image_id] = Image.fromarray(label, 'L').convert('P')
+        masks[image_id].putpalette(dataset.voc_palette() if int(image_id) % 2 else
+                                   dataset.voc_palette()[:9] + [0] * (768 - 9))
+    write_pairs(tmp_path / 'unused', masks)
+    prepare.prepare_folder(f'{tmp_path}/unused/images', f'{tmp_path}/unused/masks', str(tmp_path / 'data'))
+    assert 'masks: 4 palette PNGs read by their indices (their palettes agree)' in log.getvalue()
+    assert {image_id: label.tolist() for image_id, label in written_labels(str(tmp_path / 'data')).items()} == \
+        {image_id: label.tolist() for image_id, label in labels.items()}
+    masks['0'] = Image.fromarray(np.full(labels['0'].shape, 3, np.uint8), 'L').convert('P')  # index 3, used: black
+    masks['0'].putpalette(dataset.voc_palette()[:9] + [0] * (768 - 9))
+    masks['3'] = Image.fromarray(np.maximum(labels['3'], 3), 'L').convert('P')  # index 3, used: VOC's olive
+    masks['3'].putpalette(dataset.voc_palette())
+    write_pairs(tmp_path / 'used', {'0': masks['0'], '3': masks['3']})
+    with pytest.raises(SystemExit, match=r'palette masks disagree: index 3 is \(0, 0, 0\) in \S+/masks/0\.png but '
+                                         r'\(128, 128, 0\) in \S+/masks/3\.png'):
+        prepare.prepare_folder(f'{tmp_path}/used/images', f'{tmp_path}/used/masks', str(tmp_path / 'data2'))
+
+
 @pytest.mark.parametrize('table, line', [('cvat', 2), ('camvid', 1)])
 def test_ignore_wins_over_a_colours_file_that_lists_the_colour(tmp_path, log, table, line):
     """CVAT's labelmap.txt always starts with background:0,0,0, CamVid's label_colors.txt with its Void 0 0 0."""
