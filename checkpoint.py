@@ -143,8 +143,9 @@ def load_state(module, state, path, file_key=str):
 
 def read_checkpoint(path):
     """The checkpoint dict `{'net': state_dict, 'step': N, ...}` at path (the authors' files included), unloaded; a
-    bare state_dict (a file of tensors only) as {'net': it}; the prefix of a wrapper (WRAPPER_PREFIXES) that every
-    key of the state_dict carries taken off. Anything else is a CheckpointError naming the file."""
+    bare state_dict (a file of tensors only) as {'net': it}; the prefixes of wrappers (WRAPPER_PREFIXES) that every
+    key of the state_dict carries taken off, in whichever order they were put on. Anything else is a
+    CheckpointError naming the file."""
     ckpt = read_weights(path)
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         ckpt = {'net': ckpt}  # torch.save(net.state_dict(), path)
@@ -152,9 +153,10 @@ def read_checkpoint(path):
         raise CheckpointError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict, or a '
                               f'state_dict')
     state = ckpt['net']
-    for prefix in WRAPPER_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    # the wrappers in either order: torch.compile(DDP(net)) has _orig_mod.module. keys, DDP(torch.compile(net))
+    # module._orig_mod.
+    while state and (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)):
+        state = {k[len(prefix):]: v for k, v in state.items()}
     return {**ckpt, 'net': state}
 
 

@@ -145,6 +145,23 @@ def test_a_ddp_state_dict_loads_and_another_networks_is_refused_naming_the_file(
         hubconf.emanet(str(other))
 
 
+@pytest.mark.parametrize('prefix', ['_orig_mod.module.', 'module._orig_mod.', 'module.', '_orig_mod.'])
+def test_wrappers_prefixes_in_either_order_come_off(tmp_path, prefix):
+    """torch.compile(DDP(net)).state_dict() has _orig_mod.module. keys (the order PyTorch's docs recommend),
+    DDP(torch.compile(net)) module._orig_mod.: both are this network's, whichever wrapper came last."""
+    state = {'fc2.weight': torch.ones(3, 2, 1, 1), 'fc2.bias': torch.zeros(3)}
+    torch.save({'net': {prefix + key: value for key, value in state.items()}, 'step': 1}, tmp_path / 'wrapped.pth')
+    assert list(checkpoint.read_checkpoint(tmp_path / 'wrapped.pth')['net']) == list(state)
+
+
+def test_a_compiled_ddp_state_dict_loads(saved, model, tmp_path):
+    state = torch.load(saved, weights_only=True)
+    state['net'] = {f'_orig_mod.module.{key}': value for key, value in state['net'].items()}
+    torch.save(state, tmp_path / 'compiled_ddp.pth')
+    image = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(hubconf.emanet(str(tmp_path / 'compiled_ddp.pth'))(image), model(image))
+
+
 @pytest.mark.parametrize('depth', [50, 101, 152])
 def test_the_authors_depths_entry_by_entry(monkeypatch, depth):
     for name, value in {**SHAPE, 'N_LAYERS': depth}.items():
