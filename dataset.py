@@ -409,8 +409,9 @@ def read_image(path):
 
 def read_photo(source, upright=True):
     """The RGB PIL image of a photo as an image viewer shows it, whichever form it comes in: a path (the user's own
-    files; the datasets' images are read as stored, by read_image), a PIL image (one opened from a file shows as
-    that file does) or a numpy array (`array_image`). EXIF orientation applied (unless not upright), so a phone's
+    files; the datasets' images are read as stored, by read_image; a file object too), a PIL image (one opened
+    from a file shows as that file does) or a numpy array (`array_image`); anything else (a torch tensor) is a
+    TypeError saying what is accepted. EXIF orientation applied (unless not upright), so a phone's
     portrait photo is upright at its shown size; transparent pixels (an alpha channel, or the transparent value or
     colour of a grayscale, RGB or palette image, 16-bit ones included) composited on the MEAN colour, what the
     network sees as "no content" (the colour of its padding: 0 after normalising); palette, CMYK and other modes
@@ -421,6 +422,11 @@ def read_photo(source, upright=True):
         return shown_rgb(source, upright, 'the PIL image')
     if isinstance(source, np.ndarray):
         return shown_rgb(array_image(source), upright, f'the {source.dtype} array')
+    if not isinstance(source, (str, bytes, os.PathLike)) and not hasattr(source, 'read'):  # read: a file object
+        named = (f'a torch.Tensor of shape {tuple(source.shape)}' if isinstance(source, torch.Tensor) else
+                 'None' if source is None else f'a {type(source).__name__}')
+        raise TypeError(f'{named} is no image: give a path, a PIL image or a numpy array (H × W × 3 uint8 RGB, '
+                        f'H × W grey); of a C × H × W tensor of floats in 0..1, tensor.permute(1, 2, 0).numpy()')
     with open_image(source, 'image') as stored:
         return shown_rgb(stored, upright, f'image {source}')
 
