@@ -621,7 +621,8 @@ def files_by_stem(folder, extensions):
 
 def paired_files(images_dir, masks_dir):
     """{relative path without extension: (image file, mask file)} of the images and masks of the same relative
-    path; the unpaired ones are named (a count and the first few); none paired, or JPEG masks, stop the command."""
+    path; the unpaired ones are named (a count and the first few); none paired, JPEG masks, or names a list cannot
+    hold stop the command."""
     images = files_by_stem(images_dir, IMAGE_EXTENSIONS)
     masks = files_by_stem(masks_dir, MASK_EXTENSIONS + JPEG_EXTENSIONS)
     jpeg = sorted(key for key in images.keys() & masks.keys() if masks[key].lower().endswith(JPEG_EXTENSIONS))
@@ -637,6 +638,11 @@ def paired_files(images_dir, masks_dir):
                                     other_side, other, ', '.join(files[key] for key in alone[:SHOWN_UNPAIRED]),
                                     ', ...' if len(alone) > SHOWN_UNPAIRED else '')
     pairs = {key: (images[key], masks[key]) for key in sorted(images.keys() & masks.keys())}
+    unlistable = [key for key in pairs if key != key.strip() or any(c in key for c in '\t\n\r')]
+    if unlistable:  # lists and images.txt hold an id a line, stripped; images.txt a tab after it
+        raise SystemExit(f'prepare: {len(unlistable)} pair(s) have names that a list cannot hold '
+                         f'({", ".join(map(repr, unlistable[:SHOWN_UNPAIRED]))}): rename them without spaces at the '
+                         f'ends of a name, tabs or line breaks')
     if not pairs:
         raise SystemExit(f'prepare: no image of {images_dir} ({len(images)} files) has a mask of the same path '
                          f'without extension in {masks_dir} ({len(masks)} files): a/b/img_001.jpg pairs with '

@@ -781,6 +781,20 @@ def test_input_folders_inside_what_the_command_replaces_are_refused(tmp_path, si
     assert sorted(path.relative_to(out) for path in out.rglob('*')) == before
 
 
+@pytest.mark.parametrize('name', ['trail ', ' lead', 'tab\there'])
+def test_names_the_lists_cannot_hold_are_refused_naming_them(tmp_path, name):
+    """Lists and images.txt hold an id a line, read without the spaces at its ends, images.txt a tab between id
+    and path: 'trail .png' was prepared with exit 0, then `check` and training found no label for 'trail'."""
+    miniature(tmp_path, n=2)
+    for side, extension in (('images', '.png'), ('masks', '.png')):
+        os.rename(tmp_path / side / f'img_001{extension}', tmp_path / side / f'{name}{extension}')
+    with pytest.raises(SystemExit, match=rf'prepare: 1 pair\(s\) have names that a list cannot hold '
+                                         rf'\({re.escape(repr(name))}\): rename them without spaces at the ends of '
+                                         rf'a name, tabs or line breaks'):
+        prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'),
+                               colours_file=f'{tmp_path}/colours.txt')
+
+
 def test_a_second_run_on_one_out_while_the_first_writes_is_refused(tmp_path, monkeypatch):
     """Two runs at once on one --out wrote into one .prepare-new (one's rmtree under the other's labels: a
     dataset of one's lists and the other's labels, or a crash naming .prepare-new/palette.txt). The second, here
