@@ -69,6 +69,7 @@ import json
 import os
 import shutil
 import time
+import unicodedata
 
 import numpy as np
 import scipy.io
@@ -652,15 +653,16 @@ def paired_files(images_dir, masks_dir):
 
 def split_pairs(ids, fraction):
     """{'train': ids, 'val': ids} of the ids: an id validates when the first 8 bytes of the SHA-256 of its UTF-8
-    text, as a fraction of 2**64, lie below fraction. The split is the same on any machine, and an id's side
-    depends on the id alone, so adding pairs never moves one; the val count is a fraction of the ids in
-    expectation (binomial: about fraction·n ± sqrt(fraction·(1 − fraction)·n)). Each side keeps one id at least:
-    where the hash gives a side none, the id nearest the cut goes there, said in the log (adding pairs may send it
-    back)."""
+    text (composed: Unicode NFC), as a fraction of 2**64, lie below fraction. The split is the same on any machine,
+    and an id's side depends on the id alone, so adding pairs never moves one; the val count is a fraction of the
+    ids in expectation (binomial: about fraction·n ± sqrt(fraction·(1 − fraction)·n)). Each side keeps one id at
+    least: where the hash gives a side none, the id nearest the cut goes there, said in the log (adding pairs may
+    send it back)."""
     if not 0 < fraction < 1 or len(ids) < 2:
         raise SystemExit(f'prepare: --val-fraction {fraction} of {len(ids)} pairs: give a fraction in (0, 1) of at '
                          f'least 2 pairs, or --val-images and --val-masks')
-    draw = {image_id: int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], 'big') for image_id in ids}
+    draw = {image_id: int.from_bytes(hashlib.sha256(unicodedata.normalize('NFC', image_id).encode()).digest()[:8],
+                                     'big') for image_id in ids}  # NFC: macOS's HFS+ names decomposed
     val = [image_id for image_id in ids if draw[image_id] < fraction * 2 ** 64]
     for side, chosen, nearest in (('val', not val, min), ('train', len(val) == len(ids), max)):
         if chosen:

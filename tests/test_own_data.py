@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import struct
+import unicodedata
 import zlib
 
 import numpy as np
@@ -836,6 +837,18 @@ def test_the_split_is_drawn_per_id_and_stays_as_pairs_are_added(tmp_path, log):
     at = at if at * 2 ** 64 <= draws[middle] else math.nextafter(at, 0)  # the largest fraction not above its hash
     assert middle not in prepare.split_pairs(ids, at)['val'] or at * 2 ** 64 < draws[middle]
     assert middle in prepare.split_pairs(ids, math.nextafter(at, 1))['val']
+
+
+def test_the_split_of_a_name_is_that_of_its_unicode_form_anywhere(log):
+    """macOS's HFS+ stores 'café' decomposed (NFD: e + combining accent), Linux keeps what it is given (mostly
+    composed, NFC): one dataset copied between them is one split. café_2, _3 and _5 hash to other sides as bytes."""
+    composed = [f'café_{k}' for k in range(8)]
+    decomposed = [unicodedata.normalize('NFD', image_id) for image_id in composed]
+    assert decomposed != composed
+    split = prepare.split_pairs(composed, 0.5)
+    assert split['val'] == hashed_val(composed, 0.5)
+    assert {side: [unicodedata.normalize('NFC', i) for i in ids] for side, ids in
+            prepare.split_pairs(decomposed, 0.5).items()} == split
 
 
 def test_each_side_keeps_an_id_and_fractions_at_their_bounds(tmp_path, log):
