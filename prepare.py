@@ -622,10 +622,19 @@ def files_by_stem(folder, extensions):
 
 def paired_files(images_dir, masks_dir):
     """{relative path without extension: (image file, mask file)} of the images and masks of the same relative
-    path; the unpaired ones are named (a count and the first few); none paired, JPEG masks, or names a list cannot
-    hold stop the command."""
+    path (or, where none pairs so, of the image's path and a suffix that every mask's name has: CamVid's _L, if
+    that pairs each mask); the unpaired ones are named (a count and the first few); none paired, JPEG masks, or
+    names a list cannot hold stop the command."""
     images = files_by_stem(images_dir, IMAGE_EXTENSIONS)
     masks = files_by_stem(masks_dir, MASK_EXTENSIONS + JPEG_EXTENSIONS)
+    if masks and not images.keys() & masks.keys():  # maybe each mask's name adds a suffix to its image's
+        common = os.path.commonprefix([key[::-1] for key in masks])[::-1].rsplit('/', 1)[-1]  # of the names
+        for suffix in (common[start:] for start in range(len(common))):  # the longest that pairs every mask
+            if {key[:-len(suffix)] for key in masks} <= images.keys():
+                settings.logger.info("prepare: every mask's name is its image's and %r (as CamVid's are): paired so",
+                                     suffix)
+                masks = {key[:-len(suffix)]: path for key, path in masks.items()}
+                break
     jpeg = sorted(key for key in images.keys() & masks.keys() if masks[key].lower().endswith(JPEG_EXTENSIONS))
     if jpeg:
         raise SystemExit(f'prepare: {len(jpeg)} mask(s) are JPEG files ({", ".join(masks[key] for key in jpeg[:2])}'

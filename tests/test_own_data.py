@@ -161,6 +161,29 @@ def test_a_cvat_export_is_a_folder_of_masks(tmp_path):
         np.testing.assert_array_equal(found[image_id], label)
 
 
+def test_camvids_masks_named_as_their_images_plus_l_pair(tmp_path, log):
+    """CamVid's LabeledApproved_full/0001TP_006690_L.png labels 701_StillsRaw_full/0001TP_006690.png: every
+    mask's name adds _L to its image's. It was "no image has a mask of the same path"; a suffix that makes only
+    some masks pair is no rule (they stay unpaired)."""
+    rng = np.random.default_rng(4)
+    labels = {f'0001TP_{frame:06d}': class_map(rng) for frame in (6690, 6720, 6750)}
+    for image_id, label in labels.items():
+        save_image(COLOURS[label], f'{tmp_path}/701_StillsRaw_full/{image_id}.png')
+        save_image(COLOURS[label], f'{tmp_path}/LabeledApproved_full/{image_id}_L.png')
+    (tmp_path / 'label_colors.txt').write_text(COLOUR_FILES['camvid'])
+    prepare.prepare_folder(f'{tmp_path}/701_StillsRaw_full', f'{tmp_path}/LabeledApproved_full',
+                           str(tmp_path / 'data'), colours_file=f'{tmp_path}/label_colors.txt')
+    assert "every mask's name is its image's and '_L' (as CamVid's are): paired so" in log.getvalue()
+    found = written_labels(str(tmp_path / 'data'))
+    assert sorted(found) == sorted(labels)
+    for image_id, label in labels.items():
+        np.testing.assert_array_equal(found[image_id], label)
+    os.rename(tmp_path / 'LabeledApproved_full' / '0001TP_006690_L.png', tmp_path / 'LabeledApproved_full' / 'x_L.png')
+    with pytest.raises(SystemExit, match='no image of .* has a mask of the same path'):
+        prepare.prepare_folder(f'{tmp_path}/701_StillsRaw_full', f'{tmp_path}/LabeledApproved_full',
+                               str(tmp_path / 'data'), colours_file=f'{tmp_path}/label_colors.txt')
+
+
 def test_a_colour_missing_from_the_table_is_named_with_file_and_pixel(tmp_path):
     miniature(tmp_path, n=2)
     mask = np.asarray(Image.open(tmp_path / 'masks' / 'grey.png')).copy()
