@@ -562,6 +562,20 @@ def test_jpeg_masks_are_refused_as_jpeg_masks(tmp_path):
         prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'))
 
 
+@pytest.mark.parametrize('extension', ['webp', 'gif'])
+def test_masks_of_no_mask_type_are_named_by_their_type(tmp_path, extension):
+    """WebP (lossy by default) or GIF masks were "masks (0 files)", as JPEG masks were."""
+    miniature(tmp_path, n=2)
+    for path in (tmp_path / 'masks').rglob('*.png'):
+        Image.open(path).save(path.with_suffix(f'.{extension}'))
+        os.remove(path)
+    count = len(list((tmp_path / 'masks').rglob(f'*.{extension}')))
+    with pytest.raises(SystemExit, match=rf'\(0 files\): a/b/img_001\.jpg pairs with a/b/img_001\.png; masks are '
+                                         rf'\.png, \.bmp, \.tif or \.tiff files, and {tmp_path}/masks holds '
+                                         rf'{count} \.{extension} file\(s\)'):
+        prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'))
+
+
 def test_files_that_are_no_data_are_skipped_and_counted(tmp_path, log):
     labels = miniature(tmp_path, n=3)
     for side in ('images', 'masks'):
