@@ -161,10 +161,11 @@ def read_checkpoint(path):
 
 
 def load_checkpoint(net, path, optimizer=None, scaler=None):
-    """Loads a checkpoint (`read_checkpoint`) into net, and into optimizer and scaler when given; returns the
-    whole checkpoint dict."""
+    """Loads a checkpoint (`read_checkpoint`) of the current dataset's classes (`check_classes`) into net, and into
+    optimizer and scaler when given; returns the whole checkpoint dict."""
     ckpt = read_checkpoint(path)
     load_state(net, ckpt['net'], path)
+    check_classes(ckpt, path)
     if optimizer is not None:
         if 'optimizer' not in ckpt or 'scaler' not in ckpt:
             raise CheckpointError(f'{path} holds weights but no optimizer state (as the authors\' released files): '
@@ -172,6 +173,29 @@ def load_checkpoint(net, path, optimizer=None, scaler=None):
         optimizer.load_state_dict(ckpt['optimizer'])
         load_scaler(scaler, ckpt['scaler'], path)
     return ckpt
+
+
+def check_classes(ckpt, path):
+    """A CheckpointError where the checkpoint's classes (`classes`, `palette`: its dataset's when it was saved) have
+    other colours than the current dataset's, class by class: its class k would be scored (eval.py), exported or
+    trained on (a resumed run) as another, as when `prepare.py folder` ran again with a colour gone and one new.
+    Names alone that differ (a class renamed in classes.txt) are the same classes: logged. A file without classes
+    (the authors', ours before they held them) is not checked."""
+    if 'classes' not in ckpt:
+        return
+    colours = dataset.palette()
+    now = list(zip(dataset.current()['classes'],
+                   [tuple(colours[3 * k:3 * k + 3]) for k in range(settings.N_CLASSES)]))  # as save_checkpoint's
+    then = list(zip(ckpt['classes'], map(tuple, ckpt['palette'])))
+    moved = [f'its class {k} {name!r} {rgb} is {now[k][0]!r} {now[k][1]} there'
+             for k, (name, rgb) in enumerate(then) if k < len(now) and rgb != now[k][1]]
+    if moved:
+        where = settings.DATA_ROOT if settings.DATASET == 'folder' else f'DATASET={settings.DATASET!r}'
+        raise CheckpointError(f'{path} was trained on classes that {where} has no more: {"; ".join(moved)}. Use it '
+                              f'with the data it was trained on, or train anew on these (INIT_FROM starts from it)')
+    for k, ((name, _), (new_name, _)) in enumerate(zip(then, now)):
+        if name != new_name:
+            settings.logger.warning('%s: its class %d %r is named %r now', path, k, name, new_name)
 
 
 def load_scaler(scaler, state, path):
@@ -324,7 +348,8 @@ def init_from(net, path):
     (optimizer, step) is used: the run's schedule starts fresh at step 1."""
     if not os.path.isfile(path):
         raise CheckpointError(f'INIT_FROM={path!r} does not exist')
-    ckpt = load_checkpoint(net, path)
+    ckpt = read_checkpoint(path)  # of any classes: fine-tuning on others is what it is for
+    load_state(net, ckpt['net'], path)
     settings.logger.info('started from the network of %s (its step %s); optimizer and schedule fresh',
                          path, ckpt.get('step'))
 

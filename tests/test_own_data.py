@@ -19,8 +19,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
+import checkpoint
 import dataset
 import hubconf
+import network
 import prepare
 import settings
 from harness import ROOT, TINY, make_experiment, run_script
@@ -1137,6 +1139,34 @@ def test_eval_scores_the_right_classes_by_name_in_the_datas_colours(trained):
     assert done.returncode != 0 and "DATASET='folder' has no benchmark server" in done.stderr
     done = run_script(experiment, 'compare.py', '.')
     assert done.returncode == 0 and 'mIoU' in done.stdout
+
+
+def test_a_checkpoint_of_classes_the_data_no_longer_has_is_refused(trained, tmp_path, monkeypatch):
+    """The data prepared again with a colour gone and one new (the same class count): eval.py filed the class
+    trained as 'leaf' (0, 200, 0) under 'class_2' (0, 0, 255), exit 0, and a resumed run trained it on blue.
+    A class renamed in classes.txt is the same class: said, and scored under its new name."""
+    experiment, base, labels, _ = trained
+    shutil.copytree(base / 'data', tmp_path / 'data')
+    for image_id, label in labels.items():  # leaf (0, 200, 0) → blue: the masks drawn again
+        save_image(np.array([(0, 0, 0), (255, 0, 0), (0, 0, 255)], np.uint8)[label], f'{tmp_path}/masks/{image_id}.png')
+    prepare.prepare_folder(f'{base}/images', f'{tmp_path}/masks', str(tmp_path / 'data'))
+    folder = make_experiment(tmp_path / 'experiment', tmp_path / 'data', MODEL_DIR=str(experiment / 'models'),
+                             DATASET='folder', N_CLASSES=3, TRAIN_SPLIT='train')
+    done = run_script(folder, 'eval.py')
+    assert done.returncode != 0 and not (folder / 'logdir' / 'eval_final.json').exists()
+    assert re.search(rf"{re.escape(str(experiment / 'models' / 'final.pth'))} was trained on classes that "
+                     rf"{re.escape(str(tmp_path / 'data'))} has no more: its class 2 'leaf' \(0, 200, 0\) is "
+                     rf"'class_2' \(0, 0, 255\) there", done.stderr), done.stderr
+    as_folder(monkeypatch, tmp_path / 'data', 3)  # train.py's resume loads it alike
+    for name in ('N_LAYERS', 'EMA_CHANNELS'):
+        monkeypatch.setattr(settings, name, TINY[name])
+    with pytest.raises(checkpoint.CheckpointError, match=r"its class 2 'leaf' \(0, 200, 0\) is 'class_2'"):
+        checkpoint.load_checkpoint(network.EMANet(), experiment / 'models' / 'final.pth')
+    prepare.prepare_folder(f'{base}/images', f'{base}/masks', str(tmp_path / 'data'))  # leaf back as class 2
+    (tmp_path / 'data' / 'classes.txt').write_text('background\nred thing\nplant\n')
+    done = run_script(folder, 'eval.py')
+    assert done.returncode == 0 and "its class 2 'leaf' is named 'plant' now" in done.stderr, done.stderr
+    assert 'plant' in json.loads((folder / 'logdir' / 'eval_final.json').read_text())['per_class']
 
 
 def test_the_python_api_segments_as_eval_does(trained, tmp_path):
