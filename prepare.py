@@ -657,7 +657,8 @@ def paired_files(images_dir, masks_dir):
         others = collections.Counter(os.path.splitext(name)[1].lower() for _, _, names in os.walk(masks_dir)
                                      for name in names if not name.startswith('.')
                                      and os.path.splitext(name)[1].lower() not in MASK_EXTENSIONS)  # .webp, .gif
-        held = ', '.join(f'{count} {extension or "extensionless"} file(s)' for extension, count in others.most_common(3))
+        held = ', '.join(f'{count} {extension or "extensionless"} file(s)'
+                         for extension, count in others.most_common(3))
         raise SystemExit(f'prepare: no image of {images_dir} ({len(images)} files) has a mask of the same path '
                          f'without extension in {masks_dir} ({len(masks)} files): a/b/img_001.jpg pairs with '
                          f'a/b/img_001.png' + (f'; masks are {", ".join(MASK_EXTENSIONS[:-1])} or '

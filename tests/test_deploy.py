@@ -319,9 +319,10 @@ def test_arrays_of_no_image_layout_are_refused_saying_what_is_accepted(array):
         dataset.read_photo(array)
 
 
-@pytest.mark.parametrize('source, named', [(torch.zeros(3, 4, 5), 'a torch.Tensor of shape (3, 4, 5)'),
-                                           (torch.zeros(4, 5, 3, dtype=torch.uint8), 'a torch.Tensor of shape (4, 5, 3)'),
-                                           (None, 'None'), ([[0, 1], [2, 3]], 'a list')])
+@pytest.mark.parametrize('source, named', [
+    (torch.zeros(3, 4, 5), 'a torch.Tensor of shape (3, 4, 5)'),
+    (torch.zeros(4, 5, 3, dtype=torch.uint8), 'a torch.Tensor of shape (4, 5, 3)'),
+    (None, 'None'), ([[0, 1], [2, 3]], 'a list')])
 def test_sources_of_no_image_form_are_refused_saying_what_is_accepted(source, named):
     """A tensor (what a PyTorch user has at hand) read as a file: 'Tensor' object has no attribute 'read'."""
     with pytest.raises(TypeError, match=rf'{re.escape(named)} is no image: give a path, a PIL image or a numpy '

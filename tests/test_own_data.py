@@ -505,7 +505,8 @@ def test_masks_halved_by_their_means_are_soft(tmp_path):
                 for value in np.unique(np.asarray(mask).reshape(-1, *np.shape(mask)[2:]), axis=0).tolist()} == found
         write_pairs(tmp_path / case, masks)
         with pytest.raises(SystemExit, match=rf'the masks are soft: {values} lie between'):
-            prepare.prepare_folder(f'{tmp_path}/{case}/images', f'{tmp_path}/{case}/masks', str(tmp_path / case / 'data'))
+            prepare.prepare_folder(f'{tmp_path}/{case}/images', f'{tmp_path}/{case}/masks',
+                                   str(tmp_path / case / 'data'))
 
 
 def test_a_line_class_whose_index_leaves_no_class_empty_is_a_class(tmp_path):
