@@ -1162,9 +1162,9 @@ def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_frac
     set comes in folders of its own. Every problem stops it before it writes; it writes the new dataset into
     out/NEW, then swaps it in (swap_in), so a run that stops leaves the previous one whole, and labels no list
     names go with it. A second run that comes to write while one writes out is refused (out/LOCK)."""
-    if os.path.isdir(os.path.join(masks, 'SegmentationClass')) and colours_file is None and \
+    if os.path.isdir(os.path.join(masks, 'SegmentationClass')) and \
             os.path.isfile(os.path.join(masks, 'labelmap.txt')):  # a CVAT "Segmentation mask 1.1" export
-        colours_file = os.path.join(masks, 'labelmap.txt')
+        colours_file = colours_file or os.path.join(masks, 'labelmap.txt')
         masks = os.path.join(masks, 'SegmentationClass')
         settings.logger.info('prepare: a CVAT export: masks in %s, colours from %s', masks, colours_file)
     for flag, folder in (('images', images), ('masks', masks), ('val-images', val_images), ('val-masks', val_masks)):

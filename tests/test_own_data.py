@@ -157,10 +157,12 @@ def test_a_cvat_export_is_a_folder_of_masks(tmp_path):
     export = tmp_path / 'cvat'
     shutil.copytree(tmp_path / 'masks', export / 'SegmentationClass')
     (export / 'labelmap.txt').write_text(COLOUR_FILES['cvat'])
-    prepare.prepare_folder(f'{tmp_path}/images', str(export), str(tmp_path / 'data'))
-    found = written_labels(str(tmp_path / 'data'))
-    for image_id, label in labels.items():
-        np.testing.assert_array_equal(found[image_id], label)
+    shutil.copytree(tmp_path / 'masks', export / 'SegmentationObject')  # instances: colours of no class
+    for colours_file in (None, str(export / 'labelmap.txt')):  # its labelmap found, or given: "no image has a mask"
+        prepare.prepare_folder(f'{tmp_path}/images', str(export), str(tmp_path / 'data'), colours_file=colours_file)
+        found = written_labels(str(tmp_path / 'data'))
+        for image_id, label in labels.items():
+            np.testing.assert_array_equal(found[image_id], label)
 
 
 def test_camvids_masks_named_as_their_images_plus_l_pair(tmp_path, log):
