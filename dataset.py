@@ -166,6 +166,7 @@ DATASETS = {
 # <image file, relative to DATA_ROOT>' a line, with a third field 'stored' where the image is read without its
 # EXIF orientation (its mask has the stored size), else as a viewer shows it (read_photo)
 FOLDER_FILES = {'classes': 'classes.txt', 'palette': 'palette.txt', 'images': 'images.txt'}
+PREPARE_NEW = '.prepare-new'  # in a 'folder' DATA_ROOT while prepare.py folder replaces its dataset
 
 
 TEST_SPLIT = 'test'  # the split of images only, as the benchmark servers' test sets are: nothing to score
@@ -537,10 +538,14 @@ def open_split(data_root, split, setting):
         raise FileNotFoundError(f'DATA_ROOT is not a folder: {data_root}')
     path = list_path(split, data_root)
     if not os.path.isfile(path):
-        hint = ''
-        if settings.DATASET == 'folder':  # the splits prepare.py folder writes; settings.py still says VOC's trainaug
-            hint = (f"; DATASET 'folder' has the splits train and val: add the line "
-                    f"{setting} = {'train' if setting == 'TRAIN_SPLIT' else 'val'!r} to settings.py")
+        hint, written = '', 'train' if setting == 'TRAIN_SPLIT' else 'val'  # the splits prepare.py folder writes
+        if settings.DATASET == 'folder' and os.path.isdir(os.path.join(data_root, PREPARE_NEW)):  # swap_in's
+            hint = f'; a `prepare.py folder` run stopped while it replaced the dataset in {data_root}: run it again'
+        elif settings.DATASET == 'folder' and split != written:  # settings.py still says VOC's trainaug
+            hint = (f"; DATASET 'folder' has the splits train and val: add the line {setting} = {written!r} to "
+                    f"settings.py")
+        elif settings.DATASET == 'folder':
+            hint = f'; `prepare.py folder ... --out {data_root}` writes it'
         raise FileNotFoundError(f'{setting} = {split!r} has no list file: {path}{hint}')
     ids = read_ids(split, data_root)
     if not ids:

@@ -589,7 +589,7 @@ JPEG_EXTENSIONS = ('.jpg', '.jpeg')
 NOT_DATA = ('thumbs.db', 'desktop.ini', '__macosx')
 SHOWN_UNPAIRED = 5  # unpaired files named, of each side
 SOFT_VALUES = 2  # values (or colours) found mostly between their neighbours that masks may hold: more, they are soft
-NEW, OLD = '.prepare-new', '.prepare-old'  # in --out while a run replaces its dataset: the new one, the one it replaces
+NEW, OLD = dataset.PREPARE_NEW, '.prepare-old'  # in --out while a run replaces its dataset: the new one, the old
 LOCK = '.prepare.lock'  # in --out: held by the run that writes NEW and swaps it in, naming it
 
 

@@ -787,8 +787,10 @@ def test_every_state_of_the_swap_is_refused_or_whole(tmp_path, monkeypatch):
             as_folder(folder, out, 3)
             problems = dataset.check()
         assert problems if stop else problems == [], stop
-        if stop:
-            assert "TRAIN_SPLIT = 'train' has no list file" in problems[0], problems
+        if stop:  # what to do: run it again (TRAIN_SPLIT is 'train' already: "add the line" it said)
+            assert re.fullmatch(rf"TRAIN_SPLIT = 'train' has no list file: {re.escape(out)}/lists/train\.txt; a "
+                                rf"`prepare\.py folder` run stopped while it replaced the dataset in "
+                                rf"{re.escape(out)}: run it again", problems[0]), problems
         prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', out)
         assert dataset.read_lines(f'{out}/classes.txt') == ['ground', 'plant', 'fruit'], stop
         assert sorted(os.listdir(out)) == [prepare.LOCK, 'classes.txt', 'images.txt', 'labels', 'lists',
@@ -927,6 +929,10 @@ def test_the_printed_settings_are_the_settings_that_work_and_datasets_md_shows_t
     monkeypatch.setattr(settings, 'TRAIN_SPLIT', 'trainaug')  # a newcomer who pasted only the first lines
     assert "TRAIN_SPLIT = 'trainaug' has no list file: ./data/mine/lists/trainaug.txt; DATASET 'folder' has the " \
            "splits train and val: add the line TRAIN_SPLIT = 'train' to settings.py" in dataset.check()[0]
+    monkeypatch.setattr(settings, 'TRAIN_SPLIT', 'train')  # the line is there, the list is not: no "add the line"
+    os.remove('data/mine/lists/train.txt')
+    assert dataset.check()[0] == ("TRAIN_SPLIT = 'train' has no list file: ./data/mine/lists/train.txt; "
+                                  "`prepare.py folder ... --out ./data/mine` writes it")
 
 
 # ---------------------------------------------------------------- thresholds at their bounds (issue 39, part 5)
