@@ -2,8 +2,11 @@
 name the file, resume, the pretrained backbone, and the one-run-per-folder lock.
 
 A checkpoint is `{'net': state_dict, 'step': N}` (the authors' released files are exactly that) plus, in ours,
-`optimizer`, `scaler`, `settings` (as plain values, see `plain`) and `recipe` (the run against its published recipe,
-`recipe_record`). Every load uses `torch.load(weights_only=True)`.
+`optimizer`, `scaler`, `settings` (as plain values, see `plain`), `recipe` (the run against its published recipe,
+`recipe_record`), and `classes` and `palette`, the names and the [r, g, b] colours of the classes, in label order, of
+the dataset it was trained on (what a model needs away from its folder: hubconf.py). A bare state_dict loads too, and
+one whose keys all carry the prefix of a wrapper (DDP's `module.`, torch.compile's `_orig_mod.`) without it. Every
+load uses `torch.load(weights_only=True)`.
 
 Two path rules. The files a run writes and resumes from (latest.pth, final.pth, step_<N>.pth, best.pth, train.lock,
 temporary files) are always `model_file(name)` = MODEL_DIR/name: a file of the same name in the working folder is
@@ -39,6 +42,9 @@ class CorruptCheckpointError(CheckpointError):
 
 class MismatchError(CheckpointError):
     """Weights for another network: a key missing, unexpected or of another shape."""
+
+
+WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # what DDP and torch.compile put before every key of the net they wrap
 
 
 # step_<N>.pth as train.py names it (f'step_{step}.pth', steps from 1): a kept copy such as step_20000_best.pth,
@@ -117,6 +123,10 @@ def load_state(module, state, path, file_key=str):
     unexpected key, as file_key names it in the file. BN num_batches_tracked counters are optional: older files
     lack them, and a fixed BN momentum never reads them."""
     own = module.state_dict()
+    if state and not own.keys() & state.keys():
+        raise MismatchError(f'{path} holds the weights of another network: none of its {len(state)} keys '
+                            f'({", ".join(file_key(k) for k in list(state)[:3])}, ...) is one of this '
+                            f'{type(module).__name__}\'s ({", ".join(file_key(k) for k in list(own)[:3])}, ...)')
     for k, v in state.items():
         if k in own and (not isinstance(v, torch.Tensor) or v.shape != own[k].shape):
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
@@ -135,19 +145,30 @@ def load_state(module, state, path, file_key=str):
 
 
 def read_checkpoint(path):
-    """The checkpoint dict `{'net': state_dict, 'step': N, ...}` at path (the authors' files included), unloaded;
-    anything else is a CheckpointError naming the file."""
+    """The checkpoint dict `{'net': state_dict, 'step': N, ...}` at path (the authors' files included), unloaded; a
+    bare state_dict (a file of tensors only) as {'net': it}; the prefixes of wrappers (WRAPPER_PREFIXES) that every
+    key of the state_dict carries taken off, in whichever order they were put on. Anything else is a
+    CheckpointError naming the file."""
     ckpt = read_weights(path)
-    if not isinstance(ckpt, dict) or 'net' not in ckpt:
-        raise CheckpointError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict')
-    return ckpt
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {'net': ckpt}  # torch.save(net.state_dict(), path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('net'), dict):
+        raise CheckpointError(f'{path} is not an EMANet checkpoint: expected a dict with a "net" state_dict, or a '
+                              f'state_dict')
+    state = ckpt['net']
+    # the wrappers in either order: torch.compile(DDP(net)) has _orig_mod.module. keys, DDP(torch.compile(net))
+    # module._orig_mod.
+    while state and (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return {**ckpt, 'net': state}
 
 
 def load_checkpoint(net, path, optimizer=None, scaler=None):
-    """Loads a checkpoint (`read_checkpoint`) into net, and into optimizer and scaler when given; returns the
-    whole checkpoint dict."""
+    """Loads a checkpoint (`read_checkpoint`) of the current dataset's classes (`check_classes`) into net, and into
+    optimizer and scaler when given; returns the whole checkpoint dict."""
     ckpt = read_checkpoint(path)
     load_state(net, ckpt['net'], path)
+    check_classes(ckpt, path)
     if optimizer is not None:
         if 'optimizer' not in ckpt or 'scaler' not in ckpt:
             raise CheckpointError(f'{path} holds weights but no optimizer state (as the authors\' released files): '
@@ -155,6 +176,29 @@ def load_checkpoint(net, path, optimizer=None, scaler=None):
         optimizer.load_state_dict(ckpt['optimizer'])
         load_scaler(scaler, ckpt['scaler'], path)
     return ckpt
+
+
+def check_classes(ckpt, path):
+    """A CheckpointError where the checkpoint's classes (`classes`, `palette`: its dataset's when it was saved) have
+    other colours than the current dataset's, class by class: its class k would be scored (eval.py), exported or
+    trained on (a resumed run) as another, as when `prepare.py folder` ran again with a colour gone and one new.
+    Names alone that differ (a class renamed in classes.txt) are the same classes: logged. A file without classes
+    (the authors', ours before they held them) is not checked."""
+    if 'classes' not in ckpt:
+        return
+    colours = dataset.palette()
+    now = list(zip(dataset.current()['classes'],
+                   [tuple(colours[3 * k:3 * k + 3]) for k in range(settings.N_CLASSES)]))  # as save_checkpoint's
+    then = list(zip(ckpt['classes'], map(tuple, ckpt['palette'])))
+    moved = [f'its class {k} {name!r} {rgb} is {now[k][0]!r} {now[k][1]} there'
+             for k, (name, rgb) in enumerate(then) if k < len(now) and rgb != now[k][1]]
+    if moved:
+        where = settings.DATA_ROOT if settings.DATASET == 'folder' else f'DATASET={settings.DATASET!r}'
+        raise CheckpointError(f'{path} was trained on classes that {where} has no more: {"; ".join(moved)}. Use it '
+                              f'with the data it was trained on, or train anew on these (INIT_FROM starts from it)')
+    for k, ((name, _), (new_name, _)) in enumerate(zip(then, now)):
+        if name != new_name:
+            settings.logger.warning('%s: its class %d %r is named %r now', path, k, name, new_name)
 
 
 def load_scaler(scaler, state, path):
@@ -238,17 +282,19 @@ def folder_recipe(model_dir, values):
 
 
 def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
-    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings', 'recipe'} and the entries of extra
-    (e.g. best.pth's 'best_mIoU'; train.py's 'recipe', compared once before its first step, else `recipe_record`)
-    atomically (`replace_file`). Refuses non-finite weights."""
+    """Writes MODEL_DIR/name = {'net', 'step', 'optimizer', 'scaler', 'settings', 'classes', 'palette', 'recipe'}
+    and the entries of extra (e.g. best.pth's 'best_mIoU'; train.py's 'recipe', compared once before its first step,
+    else `recipe_record`) atomically (`replace_file`). Refuses non-finite weights."""
     state = net.state_dict()
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise CheckpointError(f'step {step}: {bad} is not finite; {name} was not written')
     optimizer_state = optimizer.state_dict()  # its hyper-parameters come from settings: LR may be a numpy float
     optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
+    colours = dataset.palette()  # the classes' first: what a model needs away from its folder (hubconf.py)
     ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
-            'settings': plain(settings.effective()), **(extra or {})}
+            'settings': plain(settings.effective()), 'classes': list(dataset.current()['classes']),
+            'palette': [colours[3 * k:3 * k + 3] for k in range(settings.N_CLASSES)], **(extra or {})}
     if 'recipe' not in ckpt:
         ckpt['recipe'] = recipe_record(net)
 
@@ -364,7 +410,8 @@ def init_from(net, path):
     (optimizer, step) is used: the run's schedule starts fresh at step 1."""
     if not os.path.isfile(path):
         raise CheckpointError(f'INIT_FROM={path!r} does not exist')
-    ckpt = load_checkpoint(net, path)
+    ckpt = read_checkpoint(path)  # of any classes: fine-tuning on others is what it is for
+    load_state(net, ckpt['net'], path)
     settings.logger.info('started from the network of %s (its step %s); optimizer and schedule fresh',
                          path, ckpt.get('step'))
 

@@ -169,6 +169,7 @@ DATASETS = {
 # <image file, relative to DATA_ROOT>' a line, with a third field 'stored' where the image is read without its
 # EXIF orientation (its mask has the stored size), else as a viewer shows it (read_photo)
 FOLDER_FILES = {'classes': 'classes.txt', 'palette': 'palette.txt', 'images': 'images.txt'}
+PREPARE_NEW = '.prepare-new'  # in a 'folder' DATA_ROOT while prepare.py folder replaces its dataset
 
 
 TEST_SPLIT = 'test'  # the split of images only, as the benchmark servers' test sets are: nothing to score
@@ -213,9 +214,10 @@ def folder_file(kind, data_root=None):
 
 
 def read_lines(path):
-    """The stripped non-empty lines of a text file; a missing one says how DATASET 'folder' gets it."""
+    """The stripped non-empty lines of a text file (UTF-8, with or without the byte-order mark an editor may add);
+    a missing one says how DATASET 'folder' gets it."""
     try:
-        with open(path) as f:
+        with open(path, encoding='utf-8-sig') as f:
             return [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
         raise FileNotFoundError(f"missing {path}: DATASET 'folder' reads the DATA_ROOT that `python prepare.py "
@@ -240,6 +242,10 @@ def folder_data(data_root):
 @functools.lru_cache(maxsize=8)  # keyed by the files' versions: a rewritten file is read again
 def read_folder_data(classes_path, palette_path, *versions):
     classes = tuple(read_lines(classes_path))
+    for number, name in enumerate(classes, 1):
+        if name in classes[:number - 1]:  # eval's per-class table and JSON are keyed by name: one would hide the other
+            raise ValueError(f'{classes_path} names {name!r} twice (lines {classes.index(name) + 1} and {number}): '
+                             f'give each class a name of its own')
     palette = []
     for number, line in enumerate(read_lines(palette_path), 1):
         values = line.split()
@@ -781,31 +787,36 @@ def read_image(path):
     return image if image.mode == 'RGB' else image.convert('RGB')
 
 
-def read_photo(path, upright=True):
-    """The RGB PIL image at path as an image viewer shows it (for the user's own files; the datasets' images are
-    read as stored, by read_image): EXIF orientation applied (unless not upright), so a phone's portrait photo is upright at its shown
-    size; transparent pixels (an alpha channel, or the transparent value or colour of a grayscale, RGB or palette
-    image, 16-bit ones included) composited on the MEAN colour, what the network sees as "no content" (the colour
-    of its padding: 0 after normalising); palette, CMYK and other modes converted to RGB. A grayscale mode of
-    more than 8 bits is read by its values: 16-bit (I;16...) 0..65535 scaled to 0..255 (÷ 257); 32-bit integers
-    ('I') as 8-bit when all lie in 0..255, as 16-bit when in 0..65535; floats ('F') as 0..1 (× 255) when all lie
-    in [0, 1], as 0..255 when in [0, 255]. Anything else (negative values, larger ones, NaN, a mode without an
-    RGB conversion) is an error naming the file: no guess is shown as if it were the image."""
-    with open_image(path, 'image') as stored:
-        image = ImageOps.exif_transpose(stored) if upright else stored.copy()
+def read_photo(source, upright=True):
+    """The RGB PIL image of a photo as an image viewer shows it, whichever form it comes in: a path (the user's own
+    files; the datasets' images are read as stored, by read_image; a file object too), a PIL image (one opened
+    from a file shows as that file does) or a numpy array (`array_image`); anything else (a torch tensor) is a
+    TypeError saying what is accepted. EXIF orientation applied (unless not upright), so a phone's
+    portrait photo is upright at its shown size; transparent pixels (an alpha channel, or the transparent value or
+    colour of a grayscale, RGB or palette image, 16-bit ones included) composited on the MEAN colour, what the
+    network sees as "no content" (the colour of its padding: 0 after normalising); palette, CMYK and other modes
+    converted to RGB. A grayscale mode of more than 8 bits is read by its values (`eight_bit`). Anything else
+    (values of no known range, NaN, a mode without an RGB conversion) is an error naming the file: no guess is
+    shown as if it were the image."""
+    if isinstance(source, Image.Image):
+        return shown_rgb(source, upright, 'the PIL image')
+    if isinstance(source, np.ndarray):
+        return shown_rgb(array_image(source), upright, f'the {source.dtype} array')
+    if not isinstance(source, (str, bytes, os.PathLike)) and not hasattr(source, 'read'):  # read: a file object
+        named = (f'a torch.Tensor of shape {tuple(source.shape)}' if isinstance(source, torch.Tensor) else
+                 'None' if source is None else f'a {type(source).__name__}')
+        raise TypeError(f'{named} is no image: give a path, a PIL image or a numpy array (H × W × 3 uint8 RGB, '
+                        f'H × W grey); of a C × H × W tensor of floats in 0..1, tensor.permute(1, 2, 0).numpy()')
+    with open_image(source, 'image') as stored:
+        return shown_rgb(stored, upright, f'image {source}')
+
+
+def shown_rgb(image, upright, name):
+    """read_photo of a PIL image; errors name it as name says."""
+    image = ImageOps.exif_transpose(image) if upright else image.copy()
     if image.mode in ('I', 'F') or image.mode.startswith('I;16'):
         values = np.asarray(image, np.float64)  # H × W, the file's own values
-        low, high = values.min(), values.max()
-        if image.mode == 'F':
-            scale = 255 if low >= 0 and high <= 1 else 1 if low >= 0 and high <= 255 else None
-        elif image.mode == 'I' and low >= 0 and high <= 255:
-            scale = 1
-        else:
-            scale = 1 / 257 if low >= 0 and high <= 65535 else None
-        if scale is None:  # NaN too: every comparison with it is false
-            raise ValueError(f'image {path} has {image.mode} values {low:g}..{high:g}: neither 0..255 or 0..65535 '
-                             f'(integers) nor 0..1 or 0..255 (floats), so how it looks is unknown')
-        grey = Image.fromarray(np.round(values * scale).astype(np.uint8))
+        grey = Image.fromarray(eight_bit(values, 'I;16' if image.mode.startswith('I;16') else image.mode, name))
         transparent = image.info.get('transparency')  # a grey level in the file's values (PNG's tRNS)
         image = grey if transparent is None else \
             Image.merge('LA', (grey, Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8))))
@@ -817,7 +828,48 @@ def read_photo(path, upright=True):
             return background
         return image.convert('RGB')
     except ValueError as error:  # a mode Pillow opens but cannot convert
-        raise ValueError(f'image {path} cannot be shown in RGB ({image.mode}: {error})') from None
+        raise ValueError(f'{name} cannot be shown in RGB ({image.mode}: {error})') from None
+
+
+def eight_bit(values, mode, name):
+    """Uint8 0..255 of an image's own values (an array of any shape) by what their range says they are: 'I;16'
+    (16-bit) 0..65535 ÷ 257; 'I' (integers) as 8-bit when all lie in 0..255, as 16-bit when in 0..65535; 'F'
+    (floats) × 255 when all lie in [0, 1], as they are in [0, 255]. Any other range (NaN too) is an error naming
+    the image as name says."""
+    low, high = values.min(), values.max()
+    if mode == 'F':
+        scale = 255 if low >= 0 and high <= 1 else 1 if low >= 0 and high <= 255 else None
+    elif mode == 'I' and low >= 0 and high <= 255:
+        scale = 1
+    else:
+        scale = 1 / 257 if low >= 0 and high <= 65535 else None
+    if scale is None:  # NaN too: every comparison with it is false
+        raise ValueError(f'{name} has {mode} values {low:g}..{high:g}: neither 0..255 or 0..65535 (integers) nor '
+                         f'0..1 or 0..255 (floats), so how it looks is unknown')
+    return np.round(values * scale).astype(np.uint8)
+
+
+ARRAY_MODES = {1: 'L', 3: 'RGB', 4: 'RGBA'}  # channels of an array → the PIL mode of its 8-bit image
+
+
+def array_image(array):
+    """The PIL image read_photo shows of a numpy array: H × W (grey), H × W × 3 (RGB) or H × W × 4 (RGBA) of uint8,
+    bool (0 black, 1 white), uint16 (16-bit, as a 16-bit PNG reads), other integers or floats (by their range, as
+    a file of 32-bit integers or floats reads: `eight_bit`); any other shape or type is an error saying what is
+    accepted."""
+    channels = {2: 1, 3: array.shape[-1]}.get(array.ndim)
+    if channels not in ARRAY_MODES or not array.size or array.dtype.kind not in 'buif':
+        raise ValueError(f'an array of shape {array.shape} and dtype {array.dtype} is no image: give H × W × 3 '
+                         f'(RGB), H × W × 4 (RGBA) or H × W (grey) of uint8, bool, uint16 (÷ 257), other integers '
+                         f'(0..255 or 0..65535) or floats (0..1 or 0..255)')
+    if array.dtype == np.uint8:
+        values = array
+    elif array.dtype == bool:
+        values = array.astype(np.uint8) * 255
+    else:
+        mode = 'F' if array.dtype.kind == 'f' else 'I;16' if array.dtype == np.uint16 else 'I'
+        values = eight_bit(np.asarray(array, np.float64), mode, f'the {array.dtype} array')
+    return Image.fromarray(np.ascontiguousarray(values.reshape(array.shape[:2]) if channels == 1 else values))
 
 
 def read_label(path):
@@ -865,7 +917,15 @@ def open_split(data_root, split, setting):
         raise FileNotFoundError(f'DATA_ROOT is not a folder: {data_root}')
     path = list_path(split, data_root)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'{setting} = {split!r} has no list file: {path}')
+        hint, written = '', 'train' if setting == 'TRAIN_SPLIT' else 'val'  # the splits prepare.py folder writes
+        if settings.DATASET == 'folder' and os.path.isdir(os.path.join(data_root, PREPARE_NEW)):  # swap_in's
+            hint = f'; a `prepare.py folder` run stopped while it replaced the dataset in {data_root}: run it again'
+        elif settings.DATASET == 'folder' and split != written:  # settings.py still says VOC's trainaug
+            hint = (f"; DATASET 'folder' has the splits train and val: add the line {setting} = {written!r} to "
+                    f"settings.py")
+        elif settings.DATASET == 'folder':
+            hint = f'; `prepare.py folder ... --out {data_root}` writes it'
+        raise FileNotFoundError(f'{setting} = {split!r} has no list file: {path}{hint}')
     ids = read_ids(split, data_root)
     if not ids:
         raise ValueError(f'{setting} = {split!r} lists no ids: {path}')

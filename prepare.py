@@ -34,10 +34,18 @@
         5105 ids, VOC2010's ImageSets/Main lists) into the VOC2010 folder, which then is DATA_ROOT
     python prepare.py folder --images photos --masks masks --out data/mine [--colours labelmap.txt]
         your own data (DATASET = 'folder'): images and masks paired by relative path without extension
-        (photos/a/img_1.jpg with masks/a/img_1.png); masks of class indices, palette PNGs (their indices), RGB
-        colours (through --colours FILE, else each colour found is a class) or 0/255 (--binary); writes labels/,
-        lists/{train,val}.txt (--val-fraction 0.1 drawn with a fixed seed, or --val-images DIR --val-masks DIR),
-        classes.txt (name the classes there), palette.txt and images.txt; the folder is DATA_ROOT
+        (photos/a/img_1.jpg with masks/a/img_1.png; macOS's ._* files, .DS_Store, Thumbs.db, desktop.ini and
+        hidden folders skipped); masks of class indices, RGB colours (through --colours FILE, else each colour
+        found is a class), palette PNGs (by their colours with a colours file or among RGB masks, else by their
+        indices, on which their palettes must agree) or 0/255 (--binary; --binary --threshold 128 cuts a soft
+        one); --ignore VALUE or r,g,b is "no label", even where the colours file lists it; soft (interpolated)
+        masks, JPEG masks and class counts a label cannot hold are refused; writes labels/, lists/{train,val}.txt
+        (--val-fraction 0.1: each pair by a hash of its path; or --val-images DIR --val-masks DIR), classes.txt
+        (name the classes there: a re-run keeps each name with its colour), palette.txt and images.txt, all
+        replaced together at the end; prints the settings lines to train on it; the folder is DATA_ROOT
+    python prepare.py folder --images photos --masks masks --out data/mine --exif stored
+        masks drawn on the photos as stored, not as a viewer shows them (EXIF orientation), where no turned,
+        non-square photo's mask tells by its size
     python prepare.py folder --images photos --masks cvat_export --out data/mine
         a CVAT "Segmentation mask 1.1" export: its SegmentationClass/ masks and labelmap.txt colours
     python prepare.py demo data/demo [--seed 0]
@@ -54,11 +62,14 @@ command, naming it. Images stay where they are; the lists name ids, which may ho
 import argparse
 import collections
 import contextlib
+import fcntl
 import functools
+import hashlib
 import json
-import math
 import os
+import shutil
 import time
+import unicodedata
 
 import numpy as np
 import scipy.io
@@ -572,19 +583,29 @@ def prepare_context(voc_dir, context_dir):
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 MASK_EXTENSIONS = ('.png', '.bmp', '.tif', '.tiff')  # lossless: a JPEG mask's colours are not its classes
+JPEG_EXTENSIONS = ('.jpg', '.jpeg')
+# what Windows and macOS's zip tool leave in folders; names that start with '.' (macOS's ._name files, .DS_Store,
+# hidden folders) are no data either
+NOT_DATA = ('thumbs.db', 'desktop.ini', '__macosx')
 SHOWN_UNPAIRED = 5  # unpaired files named, of each side
-SPLIT_SEED = 0  # --val-fraction's split: the same files give the same split anywhere
+SOFT_VALUES = 2  # values (or colours) found mostly between their neighbours that masks may hold: more, they are soft
+NEW, OLD = dataset.PREPARE_NEW, '.prepare-old'  # in --out while a run replaces its dataset: the new one, the old
+LOCK = '.prepare.lock'  # in --out: held by the run that writes NEW and swaps it in, naming it
 
 
 def files_by_stem(folder, extensions):
     """{path from folder without extension, '/'-separated: file} of every file with one of extensions in
-    folder or deeper; two files of one stem (a.jpg, a.png) stop the command, naming both."""
+    folder or deeper; files and folders that are no data (NOT_DATA, hidden ones) are skipped, counted in one
+    line; two files of one stem (a.jpg, a.png) stop the command, naming both."""
     if not os.path.isdir(folder):
         raise SystemExit(f'prepare: {folder} is not a folder')
-    found = {}
+    found, skipped = {}, collections.Counter()
     for directory, subfolders, names in os.walk(folder):
-        subfolders.sort()
-        for name in sorted(names):
+        for kind, entries in (('folder', subfolders), ('file', names)):
+            kept = sorted(name for name in entries if not name.startswith('.') and name.lower() not in NOT_DATA)
+            skipped[kind] += len(entries) - len(kept)
+            entries[:] = kept  # os.walk goes into the subfolders left
+        for name in names:
             stem, extension = os.path.splitext(name)
             if extension.lower() in extensions:
                 key = os.path.relpath(os.path.join(directory, stem), folder).replace(os.sep, '/')
@@ -592,13 +613,33 @@ def files_by_stem(folder, extensions):
                     raise SystemExit(f'prepare: {found[key]} and {os.path.join(directory, name)} share the name '
                                      f'{key}: which one is meant?')
                 found[key] = os.path.join(directory, name)
+    if sum(skipped.values()):
+        settings.logger.info("prepare: %d file(s) and %d folder(s) of %s skipped: no data (macOS's ._* and .DS_Store, "
+                             "Thumbs.db, desktop.ini, __MACOSX, hidden ones)", skipped['file'], skipped['folder'],
+                             folder)
     return found
 
 
 def paired_files(images_dir, masks_dir):
     """{relative path without extension: (image file, mask file)} of the images and masks of the same relative
-    path; the unpaired ones are named (a count and the first few); none paired stops the command."""
-    images, masks = files_by_stem(images_dir, IMAGE_EXTENSIONS), files_by_stem(masks_dir, MASK_EXTENSIONS)
+    path (or, where none pairs so, of the image's path and a suffix that every mask's name has: CamVid's _L, if
+    that pairs each mask); the unpaired ones are named (a count and the first few); none paired, JPEG masks, or
+    names a list cannot hold stop the command."""
+    images = files_by_stem(images_dir, IMAGE_EXTENSIONS)
+    masks = files_by_stem(masks_dir, MASK_EXTENSIONS + JPEG_EXTENSIONS)
+    if masks and not images.keys() & masks.keys():  # maybe each mask's name adds a suffix to its image's
+        common = os.path.commonprefix([key[::-1] for key in masks])[::-1].rsplit('/', 1)[-1]  # of the names
+        for suffix in (common[start:] for start in range(len(common))):  # the longest that pairs every mask
+            if {key[:-len(suffix)] for key in masks} <= images.keys():
+                settings.logger.info("prepare: every mask's name is its image's and %r (as CamVid's are): paired so",
+                                     suffix)
+                masks = {key[:-len(suffix)]: path for key, path in masks.items()}
+                break
+    jpeg = sorted(key for key in images.keys() & masks.keys() if masks[key].lower().endswith(JPEG_EXTENSIONS))
+    if jpeg:
+        raise SystemExit(f'prepare: {len(jpeg)} mask(s) are JPEG files ({", ".join(masks[key] for key in jpeg[:2])}'
+                         f'{", ..." if len(jpeg) > 2 else ""}): a JPEG mask holds no exact class, since its lossy '
+                         f'compression changes the values and colours around every edge; export the masks as PNG')
     for files, side, others, other_side, other in ((images, 'image', masks, 'mask', masks_dir),
                                                    (masks, 'mask', images, 'image', images_dir)):
         alone = sorted(files.keys() - others.keys())
@@ -607,21 +648,67 @@ def paired_files(images_dir, masks_dir):
                                     other_side, other, ', '.join(files[key] for key in alone[:SHOWN_UNPAIRED]),
                                     ', ...' if len(alone) > SHOWN_UNPAIRED else '')
     pairs = {key: (images[key], masks[key]) for key in sorted(images.keys() & masks.keys())}
+    unlistable = [key for key in pairs if key != key.strip() or any(c in key for c in '\t\n\r')]
+    if unlistable:  # lists and images.txt hold an id a line, stripped; images.txt a tab after it
+        raise SystemExit(f'prepare: {len(unlistable)} pair(s) have names that a list cannot hold '
+                         f'({", ".join(map(repr, unlistable[:SHOWN_UNPAIRED]))}): rename them without spaces at the '
+                         f'ends of a name, tabs or line breaks')
     if not pairs:
+        others = collections.Counter(os.path.splitext(name)[1].lower() for _, _, names in os.walk(masks_dir)
+                                     for name in names if not name.startswith('.')
+                                     and os.path.splitext(name)[1].lower() not in MASK_EXTENSIONS)  # .webp, .gif
+        held = ', '.join(f'{count} {extension or "extensionless"} file(s)'
+                         for extension, count in others.most_common(3))
         raise SystemExit(f'prepare: no image of {images_dir} ({len(images)} files) has a mask of the same path '
                          f'without extension in {masks_dir} ({len(masks)} files): a/b/img_001.jpg pairs with '
-                         f'a/b/img_001.png')
+                         f'a/b/img_001.png' + (f'; masks are {", ".join(MASK_EXTENSIONS[:-1])} or '
+                                               f'{MASK_EXTENSIONS[-1]} files, and {masks_dir} holds {held}' if held
+                                               else ''))
     return pairs
 
 
+def split_pairs(ids, fraction):
+    """{'train': ids, 'val': ids} of the ids: an id validates when the first 8 bytes of the SHA-256 of its UTF-8
+    text (composed: Unicode NFC), as a fraction of 2**64, lie below fraction. The split is the same on any machine,
+    and an id's side depends on the id alone, so adding pairs never moves one; the val count is a fraction of the
+    ids in expectation (binomial: about fraction·n ± sqrt(fraction·(1 − fraction)·n)). Each side keeps one id at
+    least: where the hash gives a side none, the id nearest the cut goes there, said in the log (adding pairs may
+    send it back)."""
+    if not 0 < fraction < 1 or len(ids) < 2:
+        raise SystemExit(f'prepare: --val-fraction {fraction} of {len(ids)} pairs: give a fraction in (0, 1) of at '
+                         f'least 2 pairs, or --val-images and --val-masks')
+    draw = {image_id: int.from_bytes(hashlib.sha256(unicodedata.normalize('NFC', image_id).encode()).digest()[:8],
+                                     'big') for image_id in ids}  # NFC: macOS's HFS+ names decomposed
+    val = [image_id for image_id in ids if draw[image_id] < fraction * 2 ** 64]
+    for side, chosen, nearest in (('val', not val, min), ('train', len(val) == len(ids), max)):
+        if chosen:
+            moved = nearest(draw, key=draw.get)
+            val = [image_id for image_id in val if image_id != moved] if side == 'train' else [moved]
+            settings.logger.info('prepare: the hash of the ids puts none of the %d pairs in %s: %s, the nearest, goes '
+                                 'there', len(ids), side, moved)
+    return {'train': sorted(set(ids) - set(val)), 'val': sorted(val)}
+
+
+def colour_codes(rgb):
+    """r·65536 + g·256 + b of each colour of an array-like ... × 3, as int64."""
+    rgb = np.asarray(rgb, np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def rgb_of(code):
+    """(r, g, b) of a colour code."""
+    return code >> 16, (code >> 8) & 255, code & 255
+
+
 def read_colours(path):
-    """[(name, (r, g, b))] in class order from a colours file in any of the forms tools write: 'name r g b'
-    lines; CVAT's labelmap.txt ('name:r,g,b:parts:actions', '#' comments); CamVid's label_colors.txt
-    ('r g b<TAB>name'). A line of no such form, a repeated name or colour stops the command, naming it."""
+    """[(name, (r, g, b), 'FILE line N')] in class order from a colours file in any of the forms tools write: 'name r
+    g b' lines; CVAT's labelmap.txt ('name:r,g,b:parts:actions', '#' comments); CamVid's label_colors.txt ('r g
+    b<TAB>name'); UTF-8 with or without a byte-order mark. A line of no such form, a repeated name or colour stops
+    the command, naming the lines."""
     try:
-        with open(path) as f:
+        with open(path, encoding='utf-8-sig') as f:
             lines = f.read().splitlines()
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise SystemExit(f'prepare: cannot read the colours file {path}: {error}') from None
     colours = []
     for number, line in enumerate(lines, 1):
@@ -641,74 +728,199 @@ def read_colours(path):
         if not name.strip() or len(values) != 3 or not all(v.isdigit() and int(v) < 256 for v in values):
             raise SystemExit(f'prepare: {path} line {number} is not "name r g b", "r g b name" or CVAT\'s '
                              f'"name:r,g,b:parts:actions": {line!r}')
-        colours.append((name.strip(), tuple(map(int, values))))
-    for what, values in (('name', [name for name, _ in colours]), ('colour', [rgb for _, rgb in colours])):
-        repeated = [value for value, count in collections.Counter(values).items() if count > 1]
+        colours.append((name.strip(), tuple(map(int, values)), number))
+    for what, position in (('name', 0), ('colour', 1)):
+        lines_of = collections.defaultdict(list)
+        for entry in colours:
+            lines_of[entry[position]].append(entry[2])
+        repeated = next(((value, numbers) for value, numbers in lines_of.items() if len(numbers) > 1), None)
         if repeated:
-            raise SystemExit(f'prepare: {path} has the {what} {repeated[0]} more than once')
+            raise SystemExit(f'prepare: {path} has the {what} {repeated[0]!r} on lines '
+                             f'{" and ".join(map(str, repeated[1]))}: each class needs its own')
     if not colours:
         raise SystemExit(f'prepare: {path} names no class')
-    return colours
+    return [(name, rgb, f'{path} line {number}') for name, rgb, number in colours]
 
 
-def read_mask(path):
-    """('index', H × W uint8) of a single-channel mask (8 or 16 bit grey, palette indices, 1 bit), or ('colour',
-    H × W uint32 colour codes r·65536 + g·256 + b) of an RGB(A) one; errors name the file."""
-    image = dataset.open_image(path, 'mask')
+def mask_kind(image, path):
+    """How an opened mask holds its classes: 'index' (grey: 8 or 16 bit, 1 bit), 'palette' (a palette PNG: indices
+    and colours) or 'colour' (RGB or RGBA); any other mode is an error naming path."""
     if image.mode in ('RGB', 'RGBA'):
-        rgb = np.asarray(image.convert('RGB'), np.uint32)
-        return 'colour', (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    if image.mode not in ('L', 'P', '1', 'I', 'I;16', 'I;16B', 'I;16L'):
-        raise ValueError(f'mask {path} has mode {image.mode}: neither class indices nor RGB colours')
+        return 'colour'
+    if image.mode == 'P':
+        return 'palette'
+    if image.mode in ('L', '1', 'I', 'I;16', 'I;16B', 'I;16L'):
+        return 'index'
+    raise ValueError(f'mask {path} has mode {image.mode}: neither class indices nor RGB colours')
+
+
+def read_mask(path, by_colour):
+    """(reading, H × W int64) of a mask: 'colour' and the colour codes of an RGB(A) mask, or of a palette PNG's
+    pixels through its own palette when by_colour; else 'index' and its values (8 or 16 bit grey, 1 bit, a palette
+    PNG's indices). Errors name the file."""
+    image = dataset.open_image(path, 'mask')
+    kind = mask_kind(image, path)
+    if kind == 'colour':
+        return 'colour', colour_codes(np.asarray(image.convert('RGB')))
     values = np.asarray(image, np.int64)
+    if kind == 'palette' and by_colour:
+        palette = colour_codes(np.reshape(image.getpalette(), (-1, 3)))
+        if values.max() >= len(palette):
+            raise ValueError(f'mask {path} has the index {values.max()}, which its palette of {len(palette)} colours '
+                             f'lacks')
+        return 'colour', palette[values]
     if values.min() < 0 or values.max() > 255:
         raise ValueError(f'mask {path} has values up to {values.max()}: more than 8-bit class indices')
-    return 'index', values.astype(np.uint8)
+    return 'index', values
 
 
-def colour_name(code):
-    return f'({code >> 16}, {(code >> 8) & 255}, {code & 255})'
-
-
-def shown_and_stored(path):
-    """((W, H) as a viewer shows the image, (W, H) as stored), from its header; errors name the file."""
-    with dataset.open_image(path, 'image', decode=False) as image:
-        turned = image.getexif().get(dataset.EXIF_ORIENTATION) in dataset.TURNING_ORIENTATIONS
-        return image.size[::-1] if turned else image.size, image.size
-
-
-def survey_pair(job):
-    """What the first pass learns of a pair: (kind, {value or colour code: pixels}, palette or None, upright).
-    The mask must have the image's size as a viewer shows it (then upright) or as stored. job = (image, mask)."""
+def pair_header(job):
+    """What the headers of a pair say: (image (W, H) as a viewer shows it, as stored, its EXIF orientation, the
+    mask's kind (mask_kind), its (W, H), the colour code of each entry of its palette or None). job = (image,
+    mask)."""
     image, mask = job
-    kind, values = read_mask(mask)
-    shown, stored = shown_and_stored(image)
-    size = values.shape[::-1]
-    if size not in (shown, stored):
-        turned = f' (as stored; {shown[0]}×{shown[1]} as shown)' if shown != stored else ''
-        raise ValueError(f'mask {mask} is {size[0]}×{size[1]} but its image {image} is '
-                         f'{stored[0]}×{stored[1]}{turned}')
-    codes, counts = np.unique(values, return_counts=True)
+    with dataset.open_image(image, 'image', decode=False) as opened:
+        orientation, stored = opened.getexif().get(dataset.EXIF_ORIENTATION), opened.size
+    shown = stored[::-1] if orientation in dataset.TURNING_ORIENTATIONS else stored
     with dataset.open_image(mask, 'mask', decode=False) as opened:
-        palette = opened.getpalette() if opened.mode == 'P' else None
-    return kind, dict(zip(codes.tolist(), counts.tolist())), palette, size == shown
+        kind = mask_kind(opened, mask)
+        palette = colour_codes(np.reshape(opened.getpalette(), (-1, 3))).tolist() if kind == 'palette' else None
+        return shown, stored, orientation, kind, opened.size, palette
 
 
-def label_of(job):
-    """Writes the label of a mask as target: values through lut ({value: class or IGNORE_LABEL}); a value that
-    lut lacks is an error naming the file, a pixel and the value. job = (mask, lut, target)."""
-    mask, lut, target = job
-    kind, values = read_mask(mask)
-    keys = np.array(sorted(lut), np.int64)
-    where = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
-    known = keys[where] == values
-    if not known.all():
-        y, x = np.argwhere(~known)[0]
-        value = int(values[y, x])
-        what = f'colour {colour_name(value)}' if kind == 'colour' else f'value {value}'
-        raise ValueError(f'mask {mask} has the {what} at pixel (x={x}, y={y}), which no class has '
-                         f'(the colours file, --binary or --ignore decide the classes)')
-    return write_if_changed(np.array([lut[k] for k in keys.tolist()], np.uint8)[where], target)
+def orientation_rule(ids, pairs, headers, exif):
+    """'shown' (the masks were drawn on the photos as a viewer shows them, EXIF orientation applied) or 'stored':
+    one rule for every pair, what the masks of turned (EXIF orientation 5-8), non-square photos say by their size,
+    else exif (--exif), else 'shown'. A mask of neither size, turned photos whose masks disagree, or one against
+    --exif stop the command; the photos whose orientation changes them but whose masks' size cannot tell (square
+    ones, those turned by 180° or mirrored) are named in a warning: the rule decided them."""
+    how = {'shown': 'as a viewer shows it', 'stored': 'as stored'}
+    sides, undecided = {'shown': [], 'stored': []}, []  # (image, orientation) of the photos each rule fits
+    for image_id, (shown, stored, orientation, _, size, _) in zip(ids, headers):
+        image, mask = pairs[image_id]
+        if size not in (shown, stored):
+            turned = f' (as stored; {shown[0]}×{shown[1]} as shown)' if shown != stored else ''
+            raise SystemExit(f'prepare: mask {mask} is {size[0]}×{size[1]} but its image {image} is '
+                             f'{stored[0]}×{stored[1]}{turned}')
+        if shown != stored:
+            sides['shown' if size == shown else 'stored'].append((image_id, orientation))
+        elif orientation in range(2, 9):  # the orientations that turn or mirror a photo
+            undecided.append((image_id, orientation))
+    told = [side for side in sides if sides[side]]
+    if len(told) == 2 or exif and told and told != [exif]:
+        side = told[0]
+        other = 'stored' if side == 'shown' else 'shown'
+        first, orientation = sides[side][0]
+        against = (f'but {pairs[sides[other][0][0]][1]} has that of {pairs[sides[other][0][0]][0]} {how[other]}'
+                   if sides[other] else f'but --exif {exif} says the masks follow the photos {how[exif]}')
+        raise SystemExit(f'prepare: {pairs[first][1]} has the size of {pairs[first][0]} {how[side]} (EXIF orientation '
+                         f'{orientation}), {against}: one rule must hold for every pair; re-export the masks that '
+                         f'follow the other')
+    rule = exif or (told[0] if told else 'shown')
+    if undecided:
+        source = ('--exif' if exif else f'as the masks of {len(sides[rule])} turned photo(s) say by their size'
+                  if told else 'by default: no turned, non-square photo tells')
+        read, other = ('as a viewer shows them', 'stored') if rule == 'shown' else ('as stored', 'shown')
+        settings.logger.warning(
+            'prepare: %d photo(s) whose EXIF orientation turns or mirrors them have masks whose size cannot tell how '
+            'they were drawn (square, or turned by 180° or mirrored): read %s, %s: %s; if their masks were drawn on '
+            'the photos %s, give --exif %s', len(undecided), read, source,
+            ', '.join(f'{pairs[image_id][0]} ({orientation})' for image_id, orientation in undecided),
+            'as stored' if rule == 'shown' else 'as a viewer shows them', other)
+    return rule
+
+
+def mask_reading(ids, pairs, headers, colours):
+    """('index' or 'colour', by_colour) of the masks: palette PNGs are read by their colours (each through its own
+    palette: an optimiser's re-save orders it as it likes) with a colours file or among RGB colour masks, else by
+    their indices (agreed_palette then checks their palettes). Masks that mix grey class indices with colours
+    stop the command, naming two files; the reading is logged."""
+    kinds = collections.Counter(header[3] for header in headers)
+    by_colour = colours is not None or kinds['colour'] > 0
+    reading = {image_id: 'colour' if header[3] == 'colour' or header[3] == 'palette' and by_colour else 'index'
+               for image_id, header in zip(ids, headers)}
+    first = {kind: pairs[image_id][1] for image_id, kind in reversed(reading.items())}
+    if len(first) > 1:
+        raise SystemExit(f'prepare: the masks mix class indices ({first["index"]}) and colours ({first["colour"]}): '
+                         f'give them all in one form')
+    described = {'colour': 'RGB colours', 'index': 'grey class indices', 'palette': 'palette PNGs read by their '
+                 + ('colours, each through its own palette' if by_colour else 'indices (their palettes agree)')}
+    settings.logger.info('prepare: masks: %s', ', '.join(f'{count} {described[kind]}' for kind, count in kinds.items()))
+    kind, = first
+    return kind, by_colour
+
+
+def agreed_palette(ids, pairs, headers, surveys):
+    """Each index's colour code of palette PNGs read by their indices (for the classes' colours), or None if there
+    are none: the colour of every mask whose pixels use the index (of the first palette that has it where none
+    does: an index no pixel uses tells nothing). Masks whose palettes give an index their pixels use two colours
+    stop the command, naming both: their colours, not their indices, may be the classes."""
+    palette = {}  # index → (colour code, the first mask with it, whether its pixels use the index)
+    for image_id, header, (counts, _) in zip(ids, headers, surveys):
+        for index, code in enumerate(header[5] or []):
+            known, mask, known_used = palette.setdefault(index, (code, pairs[image_id][1], index in counts))
+            if index in counts and known_used and code != known:
+                raise SystemExit(
+                    f'prepare: the palette masks disagree: index {index} is {rgb_of(known)} in {mask} but '
+                    f'{rgb_of(code)} in {pairs[image_id][1]}; if their colours are the classes (masks re-saved '
+                    f'by an optimiser or as GIMP "indexed", each with a palette of its own order), give --colours '
+                    f'FILE listing them; if their indices are, give every mask the same palette')
+            if index in counts and not known_used:
+                palette[index] = code, pairs[image_id][1], True
+    return [palette[index][0] for index in range(len(palette))] if palette else None
+
+
+def between_neighbours(values):
+    """H × W bool: the pixels unlike both neighbours along a row or a column whose value lies between theirs in
+    each channel (a colour code's r, g, b; a grey value): what interpolation makes of an edge (a resize other than
+    nearest-neighbour, anti-aliasing), what a drawn class region never is but where it is a line one pixel wide.
+    An ignored value is a neighbour like any other: a 0/255 mask blends its 255 (IGNORE_LABEL) too. values:
+    H × W values or colour codes."""
+    rgb = np.stack([(values >> shift).astype(np.uint8) for shift in (16, 8, 0)], -1)  # H × W × 3; grey: 0, 0, v
+    between = np.zeros(values.shape, bool)
+    for codes, channels, found in ((values, rgb, between), (values.T, rgb.transpose(1, 0, 2), between.T)):
+        # along each row: the pixels unlike both neighbours (edges only: few), then their channels
+        rows, cols = np.nonzero((codes[:, 1:-1] != codes[:, :-2]) & (codes[:, 1:-1] != codes[:, 2:]))
+        before, at, after = channels[rows, cols], channels[rows, cols + 1], channels[rows, cols + 2]  # n × 3
+        inside = ((np.minimum(before, after) <= at) & (at <= np.maximum(before, after))).all(-1)
+        found[rows[inside], cols[inside] + 1] = True
+    return between
+
+
+def survey_mask(job):
+    """({value or colour code: pixels}, {value or colour code: its pixels between their neighbours}) of a mask,
+    read as job = (mask, by_colour) says (read_mask, between_neighbours)."""
+    _, values = read_mask(*job)
+    codes, counts = np.unique(values, return_counts=True)
+    blended, blends = np.unique(values[between_neighbours(values)], return_counts=True)
+    return dict(zip(codes.tolist(), counts.tolist())), dict(zip(blended.tolist(), blends.tolist()))
+
+
+def refuse_soft(kind, ids, pairs, surveys, colours):
+    """Stops the command if the masks are soft: values (or colours) lie between their neighbours' at most of their
+    pixels, so no region of their own holds them: interpolation blended the classes at their edges. SOFT_VALUES
+    such values may be classes drawn as lines one pixel wide, unless they cannot be: a grey value whose index
+    leaves a class below it with no pixel (0/255 halved: 128), a colour between the only two others (a two-colour
+    mask's blend). Names the mask that has the most such pixels, and what to do."""
+    found, blends = collections.Counter(), collections.Counter()
+    for counts, between in surveys:
+        found.update(counts)
+        blends.update(between)
+    table = {colour_codes(rgb) for _, rgb, _ in colours or []} if kind == 'colour' else set()
+    soft = sorted(value for value, pixels in blends.items() if 2 * pixels > found[value] and value not in table)
+    blends_only = (kind == 'index' and any(value not in found for value in range(max(soft, default=0))) or
+                   kind == 'colour' and len(found) - len(soft) == 2)
+    if len(soft) <= SOFT_VALUES and not (soft and blends_only):
+        return
+    most = max(range(len(ids)), key=lambda i: sum(surveys[i][1].get(value, 0) for value in soft))
+    shown = ', '.join(str(rgb_of(value)) if kind == 'colour' else str(value) for value in soft[:6])
+    raise SystemExit(
+        f'prepare: the masks are soft: {len(soft)} {"colours" if kind == "colour" else "values"} ({shown}'
+        f'{", ..." if len(soft) > 6 else ""}) lie between the {"colours" if kind == "colour" else "values"} of '
+        f'their neighbours at most of their pixels, {sum(blends[value] for value in soft)} pixels in all, the most '
+        f'in {pairs[ids[most]][1]}: interpolation blended the classes at their edges (a mask resized with bilinear '
+        f'or bicubic, or drawn with anti-aliasing), so those pixels show no class. Resize masks with '
+        f'nearest-neighbour or draw them without anti-aliasing; a 0/255 mask can be cut with --binary --threshold 128')
 
 
 def parse_ignore(value):
@@ -717,56 +929,148 @@ def parse_ignore(value):
     if len(parts) == 1 and value.isdigit() and int(value) < 256:
         return 'index', int(value)
     if len(parts) == 3 and all(p.strip().isdigit() and int(p) < 256 for p in parts):
-        r, g, b = map(int, parts)
-        return 'colour', (r << 16) | (g << 8) | b
+        return 'colour', int(colour_codes(list(map(int, parts))))
     raise SystemExit(f'prepare: --ignore {value!r}: a mask value 0..255 or a colour r,g,b')
 
 
-def folder_classes(kind, found, palette, colours, binary, ignore):
-    """(names, palette, lut) of the masks: kind 'index' or 'colour', found {value or colour code: pixels} over
-    every mask, palette the first palette mask's (or None), colours the --colours table (or None), binary
-    --binary, ignore parse_ignore's (or None). lut maps every value allowed to a class or IGNORE_LABEL."""
-    lut = {}
-    if ignore is not None:
-        if ignore[0] != kind:
-            raise SystemExit(f'prepare: --ignore gives a{" colour" if ignore[0] == "colour" else "n index"} but the '
-                             f'masks hold {"colours" if kind == "colour" else "class indices"}')
-        lut[ignore[1]] = settings.IGNORE_LABEL
-    values = set(found) - set(lut)
+def folder_classes(kind, found, palette, colours, binary, threshold, ignore, previous):
+    """(names, colours (r, g, b) per class, lut) of the masks: kind 'index' or 'colour' (mask_reading), found
+    {value or colour code: pixels} over every mask, palette the agreed palette's colour codes (or None), colours
+    the --colours table (read_colours, or None), binary --binary, threshold --threshold (or None), ignore
+    parse_ignore's (or None), previous the last run's [(name, (r, g, b))] (previous_classes, or None). lut maps
+    every value allowed to a class or IGNORE_LABEL. --ignore wins over the table. Without a table the names follow
+    previous, by colour for colour masks (their order too: a new colour is a class at the end), by index for
+    index masks. A class count that labels cannot hold stops the command."""
+    if ignore is not None and ignore[0] != kind:
+        raise SystemExit(f'prepare: --ignore gives a{" colour" if ignore[0] == "colour" else "n index"} but the '
+                         f'masks hold {"colours" if kind == "colour" else "class indices"}')
     if kind == 'colour':
-        if colours is None:  # the colours found are the classes, in colour order
-            colours = [(f'class_{k}', (code >> 16, (code >> 8) & 255, code & 255))
-                       for k, code in enumerate(sorted(values))]
-            settings.logger.info('prepare: %d colours found, each a class (name them in classes.txt):\n%s',
-                                 len(colours), '\n'.join(f'  {name}  {rgb}: {found[(rgb[0] << 16) | (rgb[1] << 8) | rgb[2]]} px'
-                                                         for name, rgb in colours))
-        lut.update({(r << 16) | (g << 8) | b: k for k, (_, (r, g, b)) in enumerate(colours)})
-        return [name for name, _ in colours], [rgb for _, rgb in colours], lut
-    lut.setdefault(settings.IGNORE_LABEL, settings.IGNORE_LABEL)
-    if binary:
-        lut.update({0: 0, 255: 1})
-        values = {0, 1} | (values - {0, 255})
-    elif values and values <= {0, 255} and 255 in values and settings.IGNORE_LABEL == 255 and ignore is None:
-        raise SystemExit('prepare: the masks hold only 0 and 255, a binary mask; but 255 is IGNORE_LABEL, "no label" '
-                         'in a class-index mask, so the foreground would be ignored and one class trained: give '
-                         '--binary (255 → class 1), or --ignore 255 if 255 does mean "no label"')
-    classes = sorted(values - {settings.IGNORE_LABEL}) if not binary else [0, 1]
-    n_classes = len(colours) if colours else max(classes, default=0) + 1
-    lut.update({value: value for value in range(n_classes) if value not in lut})
-    if colours:
-        return [name for name, _ in colours], [rgb for _, rgb in colours], lut
-    source = list(palette or []) + dataset.voc_palette()[len(palette or []):]  # palette masks: their own colours
-    return [f'class_{k}' for k in range(n_classes)], [tuple(source[3 * k:3 * k + 3]) for k in range(n_classes)], lut
+        lut = {}
+    elif threshold is not None:  # --binary --threshold T: T and above are the foreground
+        lut = {value: int(value >= threshold) for value in range(256)}
+    elif binary:
+        lut = {0: 0, 255: 1}
+    elif set(found) <= {0, 255} and 255 in found and settings.IGNORE_LABEL == 255 and ignore is None:
+        raise SystemExit('prepare: the masks hold only 0 and 255, a binary mask; but 255 is IGNORE_LABEL, "no '
+                         'label" in a class-index mask, so the foreground would be ignored and one class trained: '
+                         'give --binary (255 → class 1), or --ignore 255 if 255 does mean "no label"')
+    else:
+        lut = {settings.IGNORE_LABEL: settings.IGNORE_LABEL}
+    if ignore is not None:
+        lut[ignore[1]] = settings.IGNORE_LABEL
+    if colours is not None:
+        keys = [int(colour_codes(rgb)) if kind == 'colour' else k for k, (_, rgb, _) in enumerate(colours)]
+        for key, (name, rgb, where) in zip(keys, colours):
+            if lut.get(key) == settings.IGNORE_LABEL:
+                settings.logger.warning('prepare: --ignore wins over %s, %r %s: that %s is no label, not a class',
+                                        where, name, rgb, 'colour' if kind == 'colour' else 'value')
+        table = [(key, name, rgb) for key, (name, rgb, _) in zip(keys, colours)
+                 if lut.get(key) != settings.IGNORE_LABEL]
+        lut.update({key: k for k, (key, _, _) in enumerate(table) if key not in lut})
+        names, rgbs = [name for _, name, _ in table], [rgb for _, _, rgb in table]
+    elif kind == 'colour':  # the colours found are the classes: the last run's in its order, then the new ones
+        codes = {code for code in found if code not in lut}
+        rgbs = [rgb for _, rgb in previous or [] if int(colour_codes(rgb)) in codes]
+        rgbs += [rgb_of(code) for code in sorted(codes - {int(colour_codes(rgb)) for rgb in rgbs})]
+        lut.update({int(colour_codes(rgb)): k for k, rgb in enumerate(rgbs)})
+        names = class_names(rgbs, {rgb: name for name, rgb in previous or []})
+        settings.logger.info('prepare: %d colours found, each a class (name them in classes.txt):\n%s', len(rgbs),
+                             '\n'.join(f'  {name}  {rgb}: {found[int(colour_codes(rgb))]} px'
+                                       for name, rgb in zip(names, rgbs)))
+    else:  # class indices: the values found, or 0 and 1 of --binary
+        n_classes = 2 if binary else max(set(found) - set(lut), default=0) + 1
+        lut.update({value: value for value in range(n_classes) if value not in lut})
+        colour_map = colour_codes(np.reshape(dataset.voc_palette(), (-1, 3))).tolist()
+        rgbs = [rgb_of(code) for code in ((palette or []) + colour_map[len(palette or []):])[:n_classes]]
+        names = class_names(range(n_classes), dict(enumerate(name for name, _ in previous or [])))
+    limit = min(256, settings.IGNORE_LABEL) if settings.IGNORE_LABEL >= 0 else 256
+    if len(names) > limit:
+        raise SystemExit(f'prepare: the masks make {len(names)} classes (0..{len(names) - 1}), but a label holds '
+                         f'{limit} at most: a label PNG has 8 bits (0..255), and IGNORE_LABEL = '
+                         f'{settings.IGNORE_LABEL} is "no label", no class; merge classes, or give --colours FILE '
+                         f'listing the classes, so that another value or colour is an error naming its mask')
+    if previous is not None:
+        log_class_changes(previous, names, rgbs, kind == 'colour')
+    return names, rgbs, lut
 
 
-def previous_names(out, n_classes):
-    """The class names of an earlier run's classes.txt in out when it has n_classes of them (the user may have
-    named them), else None."""
-    try:
-        names = dataset.read_lines(os.path.join(out, dataset.FOLDER_FILES['classes']))
-    except FileNotFoundError:
+def class_names(keys, before):
+    """The name of each class, by its key (colour or index): its name in before ({key: name}), else class_<k> (k
+    its index; class_<k>_<n> where a kept name has that)."""
+    names = [before.get(key) for key in keys]
+    for k, name in enumerate(names):
+        if name is None:
+            names[k] = next(f'class_{k}' + suffix for suffix in [''] + [f'_{n}' for n in range(1, len(names) + 2)]
+                            if f'class_{k}' + suffix not in names)
+    return names
+
+
+def log_class_changes(previous, names, rgbs, by_colour):
+    """Logs how the classes differ from the last run's (previous: [(name, (r, g, b))]), matched by colour
+    (by_colour) or by index: the new ones, the gone ones, the renamed ones (a colours file names its own)."""
+    before = {rgb if by_colour else k: (name, rgb) for k, (name, rgb) in enumerate(previous)}
+    now = {rgb if by_colour else k: (k, name, rgb) for k, (name, rgb) in enumerate(zip(names, rgbs))}
+    changes = [f'new class {k} {name!r} {rgb}' for key, (k, name, rgb) in now.items() if key not in before]
+    changes += [f'{name!r} {rgb} is gone (no mask holds it now)' for key, (name, rgb) in before.items()
+                if key not in now]
+    changes += [f'{before[key][0]!r} {rgb} is now {name!r}' for key, (k, name, rgb) in now.items()
+                if key in before and before[key][0] != name]
+    if changes:
+        settings.logger.warning('prepare: the classes since the last run: %s; the others keep their names',
+                                '; '.join(changes))
+
+
+def previous_classes(out):
+    """[(name, (r, g, b))] of the dataset an earlier run wrote in out, whose classes.txt the user may have edited;
+    None if there is none. A run stopped while it swapped its dataset in (swap_in) left out without lists/ and
+    its whole dataset in out/NEW: the names are there."""
+    new = os.path.join(out, NEW)
+    source = new if not os.path.isdir(os.path.join(out, 'lists')) and os.path.isdir(os.path.join(new, 'lists')) else out
+    if not os.path.exists(dataset.folder_file('classes', source)):
         return None
-    return names if len(names) == n_classes else None
+    try:
+        data = dataset.folder_data(source)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f'prepare: {error}. Line k of classes.txt names the class of colour k of palette.txt: fix '
+                         f'them, or remove both to start afresh') from None
+    return list(zip(data['classes'], data['palette']))
+
+
+def mapped(mask, by_colour, lut):
+    """H × W uint8 label of a mask: its values (read_mask) through lut ({value or colour code: class or
+    IGNORE_LABEL}); a value that lut lacks is an error naming the file, a pixel and the value."""
+    reading, values = read_mask(mask, by_colour)
+    keys = np.array(sorted(lut), np.int64)
+    where = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
+    known = keys[where] == values
+    if not known.all():
+        y, x = np.argwhere(~known)[0]
+        value = int(values[y, x])
+        what = f'colour {rgb_of(value)}' if reading == 'colour' else f'value {value}'
+        raise ValueError(f'mask {mask} has the {what} at pixel (x={x}, y={y}), which no class has '
+                         f'(the colours file, --binary or --ignore decide the classes)')
+    return np.array([lut[k] for k in keys.tolist()], np.uint8)[where]
+
+
+def label_of(job):
+    """Writes the label of a mask (mapped) as target: a hard link to previous (the last run's label of the id) when
+    that holds the same classes, so an unchanged label keeps its file; 'kept' or 'written'. job = (mask,
+    by_colour, lut, target, previous)."""
+    mask, by_colour, lut, target, previous = job
+    label = mapped(mask, by_colour, lut)
+    try:
+        same = np.array_equal(dataset.read_label(previous), label)
+    except (FileNotFoundError, ValueError):  # none, or a broken earlier output
+        same = False
+    if not same:
+        dataset.save_label_png(label, target)
+        return 'written'
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        os.link(previous, target)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(previous, target)
+    return 'kept'
 
 
 def write_text(path, lines):
@@ -776,76 +1080,141 @@ def write_text(path, lines):
     os.replace(path + '.tmp', path)
 
 
-def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_fraction=0.1, colours_file=None,
-                   binary=False, ignore=None):
-    """Writes out/labels/<id>.png (single-channel class indices in the masks' colours), out/lists/{train,val}.txt,
-    classes.txt, palette.txt and images.txt (each id's image, where it is) from folders of images and masks
-    paired by relative path without extension; ids are those paths, under train/ and val/ when the validation
-    set comes in folders of its own."""
-    if os.path.isdir(os.path.join(masks, 'SegmentationClass')) and colours_file is None and \
-            os.path.isfile(os.path.join(masks, 'labelmap.txt')):  # a CVAT "Segmentation mask 1.1" export
-        colours_file = os.path.join(masks, 'labelmap.txt')
-        masks = os.path.join(masks, 'SegmentationClass')
-        settings.logger.info('prepare: a CVAT export: masks in %s, colours from %s', masks, colours_file)
-    if val_images:
-        splits = {split: {f'{split}/{key}': pair for key, pair in paired_files(*folders).items()}
-                  for split, folders in (('train', (images, masks)), ('val', (val_images, val_masks)))}
-        pairs = {**splits['train'], **splits['val']}
-        lists = {split: sorted(found) for split, found in splits.items()}
-    else:
-        pairs = paired_files(images, masks)
-        if not 0 < val_fraction < 1 or len(pairs) < 2:
-            raise SystemExit(f'prepare: --val-fraction {val_fraction} of {len(pairs)} pairs: give a fraction in '
-                             f'(0, 1) of at least 2 pairs, or --val-images and --val-masks')
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(pairs))
-        # the nearest whole count, a half rounded up (round() would send 2.5 down and 3.5 up); 1 to n - 1
-        n_val = min(len(pairs) - 1, max(1, math.floor(val_fraction * len(pairs) + 0.5)))
-        ids = sorted(pairs)
-        lists = {'train': sorted(ids[i] for i in order[n_val:]), 'val': sorted(ids[i] for i in order[:n_val])}
-    ids = sorted(pairs)
+def swap_in(out):
+    """Replaces the dataset in out (lists/, labels/, classes.txt, palette.txt, images.txt) with the one written in
+    out/NEW. The old lists/ goes first and the new one comes last, so every state in between has no lists/,
+    which `prepare.py check` and training refuse (and a run stopped there leaves out/NEW whole, for
+    previous_classes); the three files are copied in atomically, each."""
+    new, old = os.path.join(out, NEW), os.path.join(out, OLD)
+    shutil.rmtree(old, ignore_errors=True)
+    os.makedirs(old)
+    for name in ('lists', 'labels'):
+        if os.path.exists(os.path.join(out, name)):
+            os.rename(os.path.join(out, name), os.path.join(old, name))
+    os.rename(os.path.join(new, 'labels'), os.path.join(out, 'labels'))
+    for kind in ('classes', 'palette', 'images'):
+        shutil.copyfile(dataset.folder_file(kind, new), dataset.folder_file(kind, out) + '.tmp')
+        os.replace(dataset.folder_file(kind, out) + '.tmp', dataset.folder_file(kind, out))
+    os.rename(os.path.join(new, 'lists'), os.path.join(out, 'lists'))
+    shutil.rmtree(old)
+    shutil.rmtree(new)
+
+
+def folder_survey(ids, pairs, colours, binary, threshold, ignore, exif, previous):
+    """(upright, by_colour, names, colours (r, g, b) per class, lut) of the pairs (id → (image, mask)), from two
+    passes over them, before anything is written: their headers (sizes, EXIF orientations, modes, palettes: the
+    orientation rule, how the masks are read), then their values (the palettes' colours of the indices used,
+    soft masks, the classes, values no class has).
+    The other arguments are prepare_folder's, previous_classes' result; every problem stops the command."""
     try:
         with dataset.worker_pool() as pool:
-            surveys = pool.map(survey_pair, [pairs[image_id] for image_id in ids], chunksize=16)
+            headers = pool.map(pair_header, [pairs[image_id] for image_id in ids], chunksize=64)
+            upright = orientation_rule(ids, pairs, headers, exif) == 'shown'
+            kind, by_colour = mask_reading(ids, pairs, headers, colours)
+            surveys = pool.map(survey_mask, [(pairs[image_id][1], by_colour) for image_id in ids],
+                               chunksize=16)
+        palette = None if by_colour else agreed_palette(ids, pairs, headers, surveys)
+        if threshold is None:
+            refuse_soft(kind, ids, pairs, surveys, colours)
+        found = collections.Counter()
+        for counts, _ in surveys:
+            found.update(counts)
+        names, rgbs, lut = folder_classes(kind, found, palette, colours, binary, threshold, ignore, previous)
+        first_bad = next((image_id for image_id, (counts, _) in zip(ids, surveys) if counts.keys() - lut.keys()), None)
+        if first_bad is not None:
+            mapped(pairs[first_bad][1], by_colour, lut)  # raises, naming the pixel
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f'prepare: {error}') from None
-    kinds = {kind: image_id for image_id, (kind, *_) in zip(ids, surveys)}
-    if len(kinds) > 1:
-        raise SystemExit(f'prepare: the masks mix class indices ({pairs[kinds["index"]][1]}) and RGB colours '
-                         f'({pairs[kinds["colour"]][1]}): give them all in one form')
-    kind, = kinds
-    found = collections.Counter()
-    for _, counts, _, _ in surveys:
-        found.update(counts)
-    palette = next((palette for _, _, palette, _ in surveys if palette is not None), None)
-    colours = read_colours(colours_file) if colours_file else None
-    names, palette, lut = folder_classes(kind, found, palette, colours, binary,
-                                         parse_ignore(ignore) if ignore is not None else None)
-    if colours is None and previous_names(out, len(names)):
-        names = previous_names(out, len(names))
-        settings.logger.info('prepare: the class names of %s kept', dataset.folder_file('classes', out))
-    os.makedirs(out, exist_ok=True)
-    write_text(dataset.folder_file('classes', out), names)
-    write_text(dataset.folder_file('palette', out), [' '.join(map(str, rgb)) for rgb in palette])
-    write_text(dataset.folder_file('images', out), [
-        '\t'.join([image_id, os.path.relpath(os.path.abspath(pairs[image_id][0]), os.path.abspath(out))]
-                  + ([] if upright else ['stored'])) for image_id, (*_, upright) in zip(ids, surveys)])
+    return upright, by_colour, names, rgbs, lut
+
+
+def write_folder(new, out, pairs, lists, upright, by_colour, names, rgbs, lut):
+    """Writes the dataset of pairs (id → (image, mask)) and lists (split → ids) into the folder new, as out will
+    hold it (images.txt's paths are relative to out; a label that out/labels has alike is linked, not written):
+    classes.txt, palette.txt and images.txt, the labels, then lists/, last. Returns the labels' outcomes."""
+    shutil.rmtree(new, ignore_errors=True)
+    os.makedirs(new)
+    write_text(dataset.folder_file('classes', new), names)
+    write_text(dataset.folder_file('palette', new), [' '.join(map(str, rgb)) for rgb in rgbs])
+    write_text(dataset.folder_file('images', new), [
+        '\t'.join([image_id, os.path.relpath(os.path.abspath(image), os.path.abspath(out))]
+                  + ([] if upright else ['stored'])) for image_id, (image, _) in pairs.items()])
     saved = settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT
-    settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT = 'folder', len(names), out
+    settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT = 'folder', len(names), new
     try:
-        jobs = [(pairs[image_id][1], lut, dataset.label_path(image_id, out)) for image_id in ids]
-        outcomes = collections.Counter()
-        with dataset.worker_pool() as pool:
-            outcomes.update(pool.imap_unordered(label_of, jobs, chunksize=16))
-        dataset.write_lists(lists, out)
+        jobs = [(mask, by_colour, lut, dataset.label_path(image_id, new), dataset.label_path(image_id, out))
+                for image_id, (_, mask) in pairs.items()]
+        with dataset.worker_pool() as pool:  # its workers take these settings: the labels' palette is new's
+            outcomes = collections.Counter(pool.imap_unordered(label_of, jobs, chunksize=16))
+        dataset.write_lists(lists, new)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f'prepare: {error}') from None
     finally:
         settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT = saved
+    return outcomes
+
+
+def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_fraction=0.1, colours_file=None,
+                   binary=False, ignore=None, threshold=None, exif=None):
+    """Writes out/labels/<id>.png (single-channel class indices in the masks' colours), out/lists/{train,val}.txt,
+    classes.txt, palette.txt and images.txt (each id's image, where it is) from folders of images and masks
+    paired by relative path without extension; ids are those paths, under train/ and val/ when the validation
+    set comes in folders of its own. Every problem stops it before it writes; it writes the new dataset into
+    out/NEW, then swaps it in (swap_in), so a run that stops leaves the previous one whole, and labels no list
+    names go with it. A second run that comes to write while one writes out is refused (out/LOCK)."""
+    if os.path.isdir(os.path.join(masks, 'SegmentationClass')) and \
+            os.path.isfile(os.path.join(masks, 'labelmap.txt')):  # a CVAT "Segmentation mask 1.1" export
+        colours_file = colours_file or os.path.join(masks, 'labelmap.txt')
+        masks = os.path.join(masks, 'SegmentationClass')
+        settings.logger.info('prepare: a CVAT export: masks in %s, colours from %s', masks, colours_file)
+    for flag, folder in (('images', images), ('masks', masks), ('val-images', val_images), ('val-masks', val_masks)):
+        for replaced in (os.path.join(out, name) for name in ('labels', 'lists', NEW, OLD)):
+            if folder and os.path.commonpath([os.path.realpath(folder), os.path.realpath(replaced)]) == \
+                    os.path.realpath(replaced):  # swap_in would move it out with the old dataset, and delete it
+                raise SystemExit(f'prepare: --{flag} {folder} lies in {replaced}, which the command replaces with '
+                                 f'the dataset it writes: move the {flag.split("-")[-1]} elsewhere, or give another '
+                                 f'--out')
+    if threshold is not None and not (binary and 1 <= threshold <= 255):
+        raise SystemExit(f'prepare: --threshold {threshold}: a value 1..255, with --binary')
+    if val_images:
+        splits = {split: {f'{split}/{key}': pair for key, pair in paired_files(*folders).items()}
+                  for split, folders in (('train', (images, masks)), ('val', (val_images, val_masks)))}
+        pairs = dict(sorted({**splits['train'], **splits['val']}.items()))
+        lists = {split: sorted(found) for split, found in splits.items()}
+    else:
+        pairs = paired_files(images, masks)
+        lists = split_pairs(list(pairs), val_fraction)
+    colours = read_colours(colours_file) if colours_file else None
+    upright, by_colour, names, rgbs, lut = folder_survey(
+        list(pairs), pairs, colours, binary, threshold, parse_ignore(ignore) if ignore is not None else None, exif,
+        previous_classes(out))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, LOCK), 'a+') as lock:  # one run writes out/NEW and swaps it in at a time
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # dropped by the kernel when its process dies
+        except BlockingIOError:
+            lock.seek(0)
+            raise SystemExit(f'prepare: another prepare.py folder run ({lock.read().strip()}) is writing {out}: wait '
+                             f'for it to end, then run again') from None
+        lock.truncate(0)
+        lock.write(f'pid {os.getpid()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}')
+        lock.flush()
+        outcomes = write_folder(os.path.join(out, NEW), out, pairs, lists, upright, by_colour, names, rgbs, lut)
+        labels = os.path.join(out, 'labels')
+        stale = sorted(os.path.relpath(os.path.join(directory, name), labels)
+                       for directory, _, files in os.walk(labels) for name in files
+                       if os.path.relpath(os.path.join(directory, name), labels).replace(os.sep, '/')[:-len('.png')]
+                       not in pairs)
+        swap_in(out)
+    if stale:
+        settings.logger.info('prepare: %d label file(s) of the last run that no list names now removed: %s%s',
+                             len(stale), ', '.join(stale[:SHOWN_UNPAIRED]),
+                             ', ...' if len(stale) > SHOWN_UNPAIRED else '')
     settings.logger.info('prepare: %s: %d classes (%s), train %d, val %d; labels: %d written, %d already correct',
                          out, len(names), ', '.join(names), len(lists['train']), len(lists['val']),
                          outcomes['written'], outcomes['kept'])
-    settings.logger.info("prepare: in settings.py: DATASET = 'folder', DATA_ROOT = %r, N_CLASSES = %d, "
-                         "TRAIN_SPLIT = 'train'", out, len(names))
+    settings.logger.info("prepare: the settings to train on it, for settings.py:\nDATASET = 'folder'\nDATA_ROOT = %r\n"
+                         "N_CLASSES = %d\nTRAIN_SPLIT = 'train'", out, len(names))
 
 
 # ---------------------------------------------------------------- demo
@@ -948,11 +1317,16 @@ def main():
     folder.add_argument('--val-images', help='folder of validation images (with --val-masks)')
     folder.add_argument('--val-masks', help='folder of validation masks')
     folder.add_argument('--val-fraction', type=float, default=0.1,
-                        help='without --val-images: this share of the pairs, drawn with a fixed seed, validates '
-                             '(default: 0.1)')
+                        help='without --val-images: each pair validates with this probability, drawn from a hash of '
+                             'its path, so adding pairs never moves one (default: 0.1)')
     folder.add_argument('--colours', metavar='FILE', help="the classes in order with their colours: 'name r g b' "
                                                           "lines, CVAT's labelmap.txt or CamVid's label_colors.txt")
     folder.add_argument('--binary', action='store_true', help='masks of 0 and 255: 255 is class 1 (not IGNORE_LABEL)')
+    folder.add_argument('--threshold', type=int, metavar='T', help='with --binary: values of T and above are class 1, '
+                                                                   'the others 0 (soft masks, resized with bilinear)')
+    folder.add_argument('--exif', choices=('shown', 'stored'),
+                        help='how the masks were drawn on photos with an EXIF orientation, where their size cannot '
+                             'tell: on the photo as a viewer shows it (default) or as stored')
     folder.add_argument('--ignore', metavar='VALUE', help='the mask value (or colour r,g,b) that means "no label"')
     folder.add_argument('--out', required=True, help='the folder to write (becomes DATA_ROOT)')
     demo = commands.add_parser('demo', help='write a small generated dataset')
@@ -978,7 +1352,7 @@ def main():
         prepare_coco_panoptic(args.root)
     elif args.command == 'folder':
         prepare_folder(args.images, args.masks, args.out, args.val_images, args.val_masks, args.val_fraction,
-                       args.colours, args.binary, args.ignore)
+                       args.colours, args.binary, args.ignore, args.threshold, args.exif)
     elif args.command == 'demo':
         make_demo(args.out_dir, args.seed)
     elif dataset.check():

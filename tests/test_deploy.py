@@ -261,6 +261,75 @@ def test_read_photo_refuses_values_of_no_known_range(tmp_path, values, why):
         dataset.read_photo(tmp_path / 'odd.tif')
 
 
+def test_read_photo_reads_a_pil_image_and_an_array_as_their_file(tmp_path):
+    """One reading for every form: the PIL image of a file (any mode: EXIF orientation, 16-bit, 32-bit integers
+    and floats, RGBA, LA, CMYK, palettes with transparency, 1 bit) gives exactly what its path gives, and so do its
+    pixels as a numpy array, where an array holds all a file says (no EXIF, no transparency entry, no palette)."""
+    shown = own_images(tmp_path)
+    Image.fromarray(np.tile(np.arange(64) % 3 == 0, (48, 1))).save(tmp_path / 'bits.png')  # mode 1
+    arrays = ('gray.png', 'gray16.png', 'int32_8bit.tif', 'int32_16bit.tif', 'float_255.tif', 'float_1.tif',
+              'rgba.png', 'bits.png')
+    for name in [*shown, 'bits.png']:
+        by_path = np.asarray(dataset.read_photo(tmp_path / name))
+        with Image.open(tmp_path / name) as image:
+            mode = image.mode
+            np.testing.assert_array_equal(np.asarray(dataset.read_photo(image)), by_path, err_msg=f'{name} ({mode})')
+            if name in arrays:
+                array = np.asarray(image)
+                np.testing.assert_array_equal(np.asarray(dataset.read_photo(array)), by_path,
+                                              err_msg=f'{name} as {array.dtype}')
+    assert np.asarray(dataset.read_photo(tmp_path / 'bits.png')).max() == 255
+    rgb16 = np.stack([np.full((4, 5), 65535), np.full((4, 5), 257), np.zeros((4, 5))], -1).astype(np.uint16)
+    assert (np.asarray(dataset.read_photo(rgb16)) == (255, 1, 0)).all()  # 16-bit colour: ÷ 257, as 16-bit grey
+    floats = np.stack([np.full((4, 5), 1.0), np.full((4, 5), 0.5), np.zeros((4, 5))], -1)
+    assert (np.asarray(dataset.read_photo(floats)) == (255, 128, 0)).all()  # floats in [0, 1]: × 255
+
+
+@pytest.mark.parametrize('values, expected', [
+    (np.array([[0, 255]], np.int32), (0, 255)),                 # 32-bit integers up to 255: 8-bit
+    (np.array([[0, 256]], np.int32), (0, 1)),                   # one past: 16-bit, ÷ 257
+    (np.array([[0, 65535]], np.int32), (0, 255)),               # the 16-bit end
+    (np.array([[0, 65536]], np.int32), 'I values 0..65536'),    # one past: refused
+    (np.array([[-1, 5]], np.int32), 'I values -1..5'),          # below 0: refused
+    (np.array([[0, 1]], np.float32), (0, 255)),                 # floats up to 1: × 255
+    (np.array([[0, np.nextafter(np.float32(1), np.float32(2))]], np.float32), (0, 1)),  # one float past: 0..255
+    (np.array([[0, 255]], np.float32), (0, 255)),               # the 0..255 end
+    (np.array([[0, np.nextafter(np.float32(255), np.float32(256))]], np.float32), 'F values 0..255'),  # refused
+    (np.array([[np.nextafter(np.float32(0), np.float32(-1)), 1]], np.float32), 'F values -1.4013e-45..1'),
+])
+def test_read_photo_ranges_at_their_bounds(tmp_path, values, expected):
+    """Each range of read_photo's, at its end and one past, as a file (TIFF) and as an array."""
+    Image.fromarray(values).save(tmp_path / 'bound.tif')
+    for source, name in ((tmp_path / 'bound.tif', f'image {tmp_path / "bound.tif"}'),
+                         (values, f'the {values.dtype} array')):
+        if isinstance(expected, str):
+            with pytest.raises(ValueError, match=re.escape(f'{name} has {expected}') + ': neither'):
+                dataset.read_photo(source)
+        else:
+            assert tuple(np.asarray(dataset.read_photo(source))[0, :, 0]) == expected
+
+
+@pytest.mark.parametrize('array', [np.zeros((4, 5, 2), np.uint8), np.zeros((4, 5, 3, 1), np.uint8),
+                                   np.zeros(5, np.uint8), np.zeros((0, 5), np.uint8), np.zeros((4, 5), np.complex64),
+                                   np.zeros((4, 5), object)])
+def test_arrays_of_no_image_layout_are_refused_saying_what_is_accepted(array):
+    with pytest.raises(ValueError, match=re.escape(f'an array of shape {array.shape} and dtype {array.dtype} is no '
+                                                   f'image: give H × W × 3 (RGB), H × W × 4 (RGBA) or H × W '
+                                                   f'(grey)')):
+        dataset.read_photo(array)
+
+
+@pytest.mark.parametrize('source, named', [
+    (torch.zeros(3, 4, 5), 'a torch.Tensor of shape (3, 4, 5)'),
+    (torch.zeros(4, 5, 3, dtype=torch.uint8), 'a torch.Tensor of shape (4, 5, 3)'),
+    (None, 'None'), ([[0, 1], [2, 3]], 'a list')])
+def test_sources_of_no_image_form_are_refused_saying_what_is_accepted(source, named):
+    """A tensor (what a PyTorch user has at hand) read as a file: 'Tensor' object has no attribute 'read'."""
+    with pytest.raises(TypeError, match=rf'{re.escape(named)} is no image: give a path, a PIL image or a numpy '
+                                        rf'array.*tensor\.permute\(1, 2, 0\)\.numpy\(\)'):
+        dataset.read_photo(source)
+
+
 def test_segment_folder_of_own_images(trained, tmp_path):
     photos = tmp_path / 'photos'
     own_images(photos)
