@@ -4,13 +4,16 @@
     model = torch.hub.load('path/to/this/checkout', 'emanet', checkpoint='models/final.pth', source='local')
     mask = model('photo.jpg')                              # H × W int64 class indices, the image's own size
     mask, probabilities = model(image, probabilities=True)  # and classes × H × W float32 softmax scores
+    model = torch.hub.load(..., precision='bfloat16')      # bfloat16 on a CPU with AVX512-BF16 or AMX, or a GPU
 
 The checkpoint decides the network: ours hold the settings they were trained with (architecture, classes, MEAN,
 STD, the EVAL_* protocol); the authors' files ({'net', 'step'}) do not, so their class count, EMA_CHANNELS,
 N_BASES and N_LAYERS are read from the weights' shapes (the stride is the caller's, 8 by default). An image is a
 path (read as a viewer shows it, as `eval.py --image` does), a PIL image or an H × W × 3 uint8 array, and is
 segmented with eval.py's protocol: EVAL_SCALES, EVAL_FLIP and EVAL_WINDOW of the checkpoint, or the caller's
-scales=, flip=, window=.
+scales=, flip=, window=. It computes in float32 (precision='float32', the default, as eval.py's protocol) or in
+bfloat16 (precision='bfloat16': eval.py's EVAL_AMP = True, refused where the device has no native bfloat16);
+`model.precision` and a log line say which.
 
 Settings are module globals (settings.py): the checkpoint's are applied while the network is built and while
 an image is segmented, and the previous values are put back afterwards, so a caller's own use of settings (an
@@ -68,12 +71,17 @@ def stored_settings(ckpt, stride):
     return {**values, **({'EVAL_STRIDE': stride} if stride else {})}
 
 
+PRECISIONS = ('float32', 'bfloat16')  # emanet(precision=...)
+
+
 class Model:
     """A trained EMANet (`net`, in eval mode on `device`), what `evaluation.predict` runs of it (`forward`: on the
-    CPU its frozen graph, made once) and the settings it runs under (`settings`)."""
+    CPU its frozen graph, made once), the settings it runs under (`settings`) and the precision it computes in
+    (`precision`: 'float32' or 'bfloat16')."""
 
-    def __init__(self, net, forward, values, device):
+    def __init__(self, net, forward, values, device, precision):
         self.net, self.forward, self.settings, self.device = net, forward, values, device
+        self.precision = precision
 
     def __call__(self, image, probabilities=False):
         """H × W int64 class indices of image (a path, a PIL image or an H × W × 3 uint8 array) at its own size;
@@ -91,19 +99,32 @@ class Model:
         return (mask, scores.numpy()) if probabilities else mask
 
 
-def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=None):
+def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=None, precision='float32'):
     """The Model of a checkpoint file: stride (8 or 16) the output stride
     at test time (the authors' files: also the one they were trained at, 8 by default); scales, flip, window
-    replace the checkpoint's EVAL_SCALES, EVAL_FLIP, EVAL_WINDOW; device: 'cuda' when there is one, else 'cpu'."""
+    replace the checkpoint's EVAL_SCALES, EVAL_FLIP, EVAL_WINDOW; device: 'cuda' when there is one, else 'cpu';
+    precision: 'float32' or 'bfloat16' (a CPU with native bfloat16, or a GPU that computes it: a ValueError
+    elsewhere)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision={precision!r}: must be one of {", ".join(map(repr, PRECISIONS))}')
     path = checkpoint
     ckpt = read_checkpoint(path)
     values = stored_settings(ckpt, stride)
     for name, value in (('EVAL_SCALES', scales), ('EVAL_FLIP', flip), ('EVAL_WINDOW', window)):
         if value is not None:
             values[name] = tuple(value) if name == 'EVAL_SCALES' else value
+    values.update(EVAL_AMP=precision == 'bfloat16', AMP=True)  # AMP: on CUDA, EVAL_AMP takes the training's
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     with applied(values):
+        try:
+            dtype = evaluation.eval_dtype(device)
+        except ValueError as error:  # a CPU without native bfloat16
+            raise ValueError(f"precision='bfloat16' (eval.py's EVAL_AMP): {error}; or precision='float32'") from None
+        if dtype not in (None, torch.bfloat16):  # a GPU below compute capability 8
+            raise ValueError(f"precision='bfloat16': {device} has no bfloat16 in hardware (it would take {dtype}); "
+                             f"use precision='float32'")
         net = network.EMANet(stride=dataset.output_stride())
         load_state(net, ckpt['net'], path)
         net = net.eval().to(device)
-        return Model(net, evaluation.inference_net(net, device), values, device)
+        settings.logger.info('EMANet of %s on %s in %s', path, device, precision)
+        return Model(net, evaluation.inference_net(net, device), values, device, precision)
