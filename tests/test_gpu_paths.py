@@ -330,7 +330,7 @@ def test_inference_peak_is_one_forward_after_warm_up_from_a_reset_baseline(monke
     events = fake_cuda_memory
     monkeypatch.setattr(benchmark, 'random_images', lambda batch, height, width, device, channels_last:
                         torch.zeros(batch, 3, height, width))  # the images stay on the CPU
-    variants = {name: (name, lambda img, name=name: events.append(f'forward {name}'), False)
+    variants = {name: (name, lambda img, name=name: events.append(f'forward {name}'), False, 'float32')
                 for name in ('eager', 'compiled')}
     args = types.SimpleNamespace(eval_batch=1, warmup=2, iters=1, repeats=1)
     results = benchmark.measure_inference(torch.device('cuda'), args, variants, 9, 9)
