@@ -113,7 +113,7 @@ def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=
     for name, value in (('EVAL_SCALES', scales), ('EVAL_FLIP', flip), ('EVAL_WINDOW', window)):
         if value is not None:
             values[name] = tuple(value) if name == 'EVAL_SCALES' else value
-    values.update(EVAL_AMP=precision == 'bfloat16', AMP=True)  # AMP: on CUDA, EVAL_AMP takes the training's
+    values.update(EVAL_AMP=precision == 'bfloat16', AMP=True)  # on CUDA EVAL_AMP takes what AMP = True trains in
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     with applied(values):
         try:

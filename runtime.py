@@ -160,7 +160,7 @@ def freeze(net, dtype=None):
     caller.forward = lambda img: weights(img)  # a function attribute: weights is no submodule of caller
     if dtype is not None:
         weights.to(memory_format=torch.channels_last)
-        caller.forward = lambda img: weights(img.contiguous(memory_format=torch.channels_last)).float()
+        caller.forward = lambda img: weights(img.contiguous(memory_format=torch.channels_last))
     with torch.no_grad(), autocast(torch.device('cpu'), dtype), warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)  # see above
         traced = torch.jit.trace(caller, torch.zeros(1, 3, 33, 33), check_trace=False)

@@ -274,7 +274,7 @@ def main():
     dtype = runtime.autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     precision = f'{dtype} autocast'.replace('torch.', '') if dtype else 'float32'
-    if settings.AMP and dtype is None and device.type == 'cpu':  # said, as the run is slower than AMP promises
+    if settings.AMP and dtype is None and device.type == 'cpu':  # AMP's fallback, said: this run is no faster
         precision += ': AMP = True, but this CPU has no native bfloat16, which it would emulate slower than float32'
 
     # ---------------------------------------------------------------- resume
