@@ -22,11 +22,11 @@ Sections:
              channels-last, and with --compile torch.compile'd; the variants taking turns within each repeat
   infer      inference (eval, inference_mode) in seconds per image, GFLOP/s, the fraction of its precision's limit
              and the ratios to onnxruntime float32 and to eager: on CUDA the settings' AMP + channels-last; on CPU
-             first the CPU's limits (a 2048x2048 matrix product in float32 and, where native, bfloat16), then eager
-             float32, its runtime.freeze graph (what eval.py runs), onnxruntime and OpenVINO float32 on an
+             eager float32, its runtime.freeze graph (what eval.py runs), onnxruntime and OpenVINO float32 on an
              export_onnx file, and in bfloat16 (EVAL_AMP) eager autocast, the frozen graph traced under autocast
-             (what eval.py runs then) and OpenVINO bfloat16: rows that say so on a CPU without native bfloat16;
-             the variants take turns within each repeat
+             (what eval.py runs then) and OpenVINO bfloat16 (rows that say so on a CPU without native bfloat16),
+             against the CPU's limits: a 2048x2048 matrix product in float32 and, where native, bfloat16; the
+             variants and the limits take turns within each repeat
   attention  the EM unit against a non-local block of the same width as the feature map grows
   data       training samples/s of one data worker: dataset.TrainDataset against the authors' whole-image
              pipeline, on generated 500x375 JPEGs at CROP_SIZE
@@ -65,7 +65,7 @@ import runtime
 import settings
 
 SECTIONS = ('table1', 'train', 'infer', 'attention', 'data')
-MATMUL = 2048  # the CPU's limits: a MATMUL × MATMUL matrix product in float32 and in bfloat16 (cpu_limits)
+MATMUL = 2048  # the CPU's limits: a MATMUL × MATMUL matrix product in float32 and in bfloat16 (limit_calls)
 # paper Table 1 (ResNet-101 OS8 at 513x513): (parameters in millions, multiply-adds in G)
 PAPER_TABLE1 = {'backbone': (42.6, 190.6), 'head_512': (10.0, 43.1), 'head_256': (4.87, 21.1)}
 DEFAULTS = {  # per device type; None: from settings
@@ -275,19 +275,18 @@ def interleaved_seconds(calls, device, args):
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
-def cpu_limits(args):
-    """{'float32': GFLOP/s, 'bfloat16': GFLOP/s, or None without native bfloat16} of a MATMUL × MATMUL matrix
-    product on the CPU, the two taking turns (`interleaved_seconds`): the most its cores compute in each precision,
-    the limit each inference path's rate is a fraction of."""
-    dtypes = {'float32': torch.float32, 'bfloat16': torch.bfloat16 if runtime.native_bfloat16() else None}
+def limit_calls():
+    """{precision: a call of a MATMUL × MATMUL matrix product in it} for float32 and, where the CPU computes it
+    natively, bfloat16, each called once already (oneDNN's first call sets its kernel up): the most the CPU's cores
+    compute in each precision, the limits that `measure_inference` times among the variants it reads against
+    them, so that the machine's load is the same for both."""
     calls = {}
-    for name, dtype in dtypes.items():
-        if dtype is not None:
+    for name, dtype in (('float32', torch.float32), ('bfloat16', torch.bfloat16)):
+        if dtype == torch.float32 or runtime.native_bfloat16():
             a, b = (torch.randn(MATMUL, MATMUL, dtype=dtype) for _ in range(2))
             calls[name] = lambda a=a, b=b: torch.mm(a, b)
-            calls[name]()  # oneDNN's first call sets its kernel up
-    seconds = interleaved_seconds(calls, torch.device('cpu'), args)
-    return {name: 2 * MATMUL ** 3 / seconds[name] / 1e9 if name in calls else None for name in dtypes}
+            calls[name]()
+    return calls
 
 
 def inference_variants(device, args, onnx_path):
@@ -342,10 +341,12 @@ def inference_gflop(batch, height, width):
 
 
 def measure_inference(device, args, variants, height, width, limits=None):
-    """{variant: seconds per image, images/s, GFLOP/s, the fraction of its precision's limit (limits: cpu_limits;
-    None on CUDA), peak MiB and the ratios to eager and to onnxruntime (CPU)} of each eval-mode forward on a random
-    eval_batch × 3 × height × width input. A variant's peak is that of one forward after its warm-up calls (at
-    least one: cuDNN's search and torch.compile's compilation for this size), above what was allocated before."""
+    """({variant: seconds per image, images/s, GFLOP/s, the fraction of its precision's limit, peak MiB and the
+    ratios to eager and to onnxruntime (CPU)} of each eval-mode forward on a random eval_batch × 3 × height × width
+    input, None for a variant that cannot run here; {precision: GFLOP/s of limits' call, None where the CPU has no
+    native bfloat16}, or None without limits (CUDA)). The limits' calls take turns with the variants'
+    (`interleaved_seconds`). A variant's peak is that of one forward after its warm-up calls (at least one:
+    cuDNN's search and torch.compile's compilation for this size), above what was allocated before."""
     runs = {name: variant for name, variant in variants.items() if variant is not None}
     inputs, peaks = {}, {}
     for name, (_, forward, channels_last, _) in runs.items():
@@ -356,29 +357,27 @@ def measure_inference(device, args, variants, height, width, limits=None):
         restart_peak(device)
         forward(inputs[name])
         peaks[name] = peak_mib(device, baseline)
-    seconds = interleaved_seconds({name: lambda name=name: runs[name][1](inputs[name]) for name in runs}, device, args)
+    calls = {name: lambda name=name: runs[name][1](inputs[name]) for name in runs}
+    seconds = interleaved_seconds({**calls, **{('limit', p): call for p, call in (limits or {}).items()}}, device,
+                                  args)
+    gflops = None if limits is None else \
+        {p: 2 * MATMUL ** 3 / seconds[('limit', p)] / 1e9 if p in limits else None for p in ('float32', 'bfloat16')}
     gflop = inference_gflop(args.eval_batch, height, width)
     results = {}
     for name, (_, _, _, precision) in runs.items():
-        limit = (limits or {}).get(precision)
+        limit = (gflops or {}).get(precision)
         results[name] = {'seconds_per_image': seconds[name] / args.eval_batch,
                          'images_per_s': args.eval_batch / seconds[name], 'gflops': gflop / seconds[name],
                          'precision': precision, 'of_limit': gflop / seconds[name] / limit if limit else None,
                          'peak_mib': peaks[name], 'vs_eager': seconds['eager'] / seconds[name],
                          'vs_onnxruntime': seconds['onnxruntime'] / seconds[name] if 'onnxruntime' in runs else None}
-    return {name: results.get(name) for name in variants}
+    return {name: results.get(name) for name in variants}, gflops
 
 
 def run_infer(device, args):
-    """Each inference variant at each of args.infer_sizes (`measure_inference`), and on the CPU first its limits
-    (`cpu_limits`), in the same run."""
-    results, rows = {'config': model_config(args.eval_batch)}, []
-    limits = None
-    if device.type == 'cpu':
-        results['limits'] = limits = cpu_limits(args)
-        print_table(f'CPU limits: {MATMUL}x{MATMUL} matrix product, {torch.get_num_threads()} threads',
-                    ['precision', 'GFLOP/s'], [[name, f'{gflops:.0f}' if gflops else 'n/a: no native bfloat16']
-                                               for name, gflops in limits.items()])
+    """Each inference variant at each of args.infer_sizes (`measure_inference`), on the CPU against its limits
+    (`limit_calls`) measured among them."""
+    results, rows, limit_rows = {'config': model_config(args.eval_batch)}, [], []
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = None
         if device.type == 'cpu':  # onnxruntime's and OpenVINO's packages run on the CPU
@@ -386,11 +385,14 @@ def run_infer(device, args):
             torch.manual_seed(settings.SEED)  # build_net's weights
             runtime.export_onnx(network.EMANet().eval(), onnx_path)
         variants = inference_variants(device, args, onnx_path)
+        limits = limit_calls() if device.type == 'cpu' else None
         for height, width in args.infer_sizes:
-            measured = measure_inference(device, args, variants, height, width, limits)
+            measured, gflops = measure_inference(device, args, variants, height, width, limits)
             # the eager forward's numbers stay where they were; the other variants beside them
             results[f'{height}x{width}'] = {**measured['eager'], **{k: v for k, v in measured.items() if k != 'eager'},
-                                            'gflop_per_image': inference_gflop(1, height, width)}
+                                            'gflop_per_image': inference_gflop(1, height, width), 'limits': gflops}
+            limit_rows += [[f'{height}x{width}', name, f'{value:.0f}' if value else 'n/a: no native bfloat16']
+                           for name, value in (gflops or {}).items()]
             for name, result in measured.items():
                 if result is None:
                     rows.append([f'{height}x{width}', name, 'n/a: this CPU has no native bfloat16'])
@@ -399,6 +401,9 @@ def run_infer(device, args):
                              f"{result['gflops']:.1f}", format_fraction(result['of_limit']),
                              format_ratio(result['vs_onnxruntime']), f"{result['vs_eager']:.2f}x",
                              format_mib(result['peak_mib'])])
+    if limit_rows:
+        print_table(f'CPU limits: a {MATMUL}x{MATMUL} matrix product, {torch.get_num_threads()} threads, taking turns '
+                    f'with the inference variants', ['input', 'precision', 'GFLOP/s'], limit_rows)
     print_table(f'Inference, {describe_model()}, batch {args.eval_batch}',
                 ['input', 'variant', 's/image', 'GFLOP/s', 'of limit', 'vs onnxruntime', 'vs eager', 'peak MiB'],
                 rows)

@@ -49,7 +49,8 @@ training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only E
 checkpoints of this folder's MODEL_DIR: one from elsewhere is no result of this experiment, and its JSON goes to
 LOG_DIR/other_checkpoints/ named by its path (eval_up_exp_a_models_final.json), out of the TensorBoard curve and
 of compare.py. --onnx refuses a file exported with other settings than this folder's (each setting that shapes
-the graph, named), whichever engine runs it; both engines run on the CPU with PyTorch's thread count. A missing checkpoint or one for other settings is an error: random weights are never scored.
+the graph, named), whichever engine runs it; both engines run on the CPU with PyTorch's thread count. A missing
+checkpoint or one for other settings is an error: random weights are never scored.
 
 Your own images are segmented as a viewer shows them (dataset.read_photo): camera orientation (EXIF) applied,
 transparency composited on the MEAN colour, every Pillow mode read by its values (16-bit, 32-bit integer and
@@ -243,9 +244,10 @@ def own_checkpoint(path):
 def result_path(path, engine='pytorch'):
     """LOG_DIR/eval_<checkpoint stem>.json for a file of MODEL_DIR, eval_<checkpoint stem>_<protocol>.json for
     another protocol than the authors' (evaluation.protocol), and _onnx after it for an ONNX file (_onnx_openvino
-    when engine is 'openvino'): each keeps its own file. A file from elsewhere (another folder's run, a released checkpoint) is no result of this folder's:
-    LOG_DIR/OTHER_CHECKPOINTS/eval_<its path from here, without extension, '/' as '_' and '..' as 'up'>... (e.g.
-    eval_up_exp_a_models_final.json for ../exp_a/models/final.pth), which compare.py and --all do not read."""
+    when engine is 'openvino'): each keeps its own file. A file from elsewhere (another folder's run, a released
+    checkpoint) is no result of this folder's: LOG_DIR/OTHER_CHECKPOINTS/eval_<its path from here, without
+    extension, '/' as '_' and '..' as 'up'>... (e.g. eval_up_exp_a_models_final.json for ../exp_a/models/final.pth),
+    which compare.py and --all do not read."""
     stem, extension = os.path.splitext(path)
     if own_checkpoint(path):
         folder, tag = settings.LOG_DIR, os.path.basename(stem)

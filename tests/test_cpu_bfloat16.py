@@ -53,8 +53,9 @@ def test_eval_amp_evaluates_in_bfloat16_where_native_and_is_refused_elsewhere(mo
     if not fake_cpu:
         for refused in (lambda: evaluation.eval_dtype(CPU), evaluation.protocol,
                         lambda: evaluation.predict(recording_net(seen), img)):
-            with pytest.raises(ValueError, match='EVAL_AMP=True evaluates in bfloat16, but this CPU has no native bfloat16'
-                                                 '.*emulated bfloat16 is slower than float32.*EVAL_AMP = False'):
+            with pytest.raises(ValueError, match='EVAL_AMP=True evaluates in bfloat16, but this CPU has no native '
+                                                 'bfloat16.*emulated bfloat16 is slower than float32.*'
+                                                 'EVAL_AMP = False'):
                 refused()
         return
     seen.clear()

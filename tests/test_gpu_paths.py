@@ -333,7 +333,7 @@ def test_inference_peak_is_one_forward_after_warm_up_from_a_reset_baseline(monke
     variants = {name: (name, lambda img, name=name: events.append(f'forward {name}'), False, 'float32')
                 for name in ('eager', 'compiled')}
     args = types.SimpleNamespace(eval_batch=1, warmup=2, iters=1, repeats=1)
-    results = benchmark.measure_inference(torch.device('cuda'), args, variants, 9, 9)
+    results, limits = benchmark.measure_inference(torch.device('cuda'), args, variants, 9, 9)
     expected = []
     for name in variants:  # what an earlier row left is freed; the peak restarts after the warm-up
         expected += ['empty_cache', 'reset_peak_memory_stats', 'memory_allocated', f'forward {name}',
@@ -341,6 +341,7 @@ def test_inference_peak_is_one_forward_after_warm_up_from_a_reset_baseline(monke
                      'max_memory_allocated']
     assert events[:len(expected)] == expected
     assert [results[name]['peak_mib'] for name in variants] == [200, 200]  # above the baseline
+    assert limits is None  # the CPU's
 
 
 def test_training_and_attention_peaks_restart_after_warm_up(fake_cuda_memory):
