@@ -151,7 +151,8 @@ def freeze(net, dtype=None):
     dtype torch.bfloat16 (a CPU with native bfloat16: evaluation.eval_dtype) traces it under autocast, channels-last:
     the casts autocast makes go into the graph, the EM iterations' float32 region (network.EMAU.forward) with them,
     and it runs so without autocast. On a 2-core AMD EPYC (AVX512-BF16), EMANet-50 at 257 × 257: 2.2× eager
-    float32, where eager autocast gives 1.55× (1.75× channels-last); benchmark.py at 513 × 513: 2.14× against 1.56×.
+    float32, where eager autocast gives 1.55× (1.75× channels-last); benchmark.py at 513 × 513: 2.14× against
+    1.56×.
     The trace sees a copy of net without gradients, called from a bare module: its weights go into the graph as
     constants (what freezing makes of them anyway), and TorchScript does not first script each of its ~470
     submodules (0.5 s of 0.95 s for an EMANet-50 on one thread; the graph is the same)."""
