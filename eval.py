@@ -49,8 +49,9 @@ training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only E
 checkpoints of this folder's MODEL_DIR: one from elsewhere is no result of this experiment, and its JSON goes to
 LOG_DIR/other_checkpoints/ named by its path (eval_up_exp_a_models_final.json), out of the TensorBoard curve and
 of compare.py. --onnx refuses a file exported with other settings than this folder's (each setting that shapes
-the graph, named), whichever engine runs it; both engines run on the CPU with PyTorch's thread count. A missing
-checkpoint or one for other settings is an error: random weights are never scored.
+the graph, named), whichever engine runs it; both engines run on the CPU with PyTorch's thread count, and so
+does the whole evaluation of an ONNX file, on a machine with a GPU too (the precision its result is named by is
+the CPU's). A missing checkpoint or one for other settings is an error: random weights are never scored.
 
 Your own images are segmented as a viewer shows them (dataset.read_photo): camera orientation (EXIF) applied,
 transparency composited on the MEAN colour, every Pillow mode read by its values (16-bit, 32-bit integer and
@@ -355,6 +356,8 @@ def parse_args():
 def main():
     args = parse_args()
     settings.warn_unread_settings()
+    if args.onnx:  # both engines compute on the CPU: this process's device, which names the protocol's precision
+        settings.assign({'DEVICE': 'cpu'})
     if args.submit and os.path.isdir(args.submit) and os.listdir(args.submit):  # before any process writes
         raise ValueError(f'--submit {args.submit} is not empty: a submission holds the files of one evaluation, '
                          f'no others; give a new folder, or empty this one')
@@ -377,7 +380,7 @@ def evaluate_checkpoints(args):
         raise ValueError(f'--submit: DATASET={settings.DATASET!r} has no benchmark server; those that have one: '
                          f'{", ".join(SERVERS)}')
     rank, world, device = runtime.setup_runtime()  # cudnn.benchmark stays off: every image has its own size
-    evaluation.eval_dtype(torch.device('cpu') if args.onnx else device)  # EVAL_AMP where it is refused: before any work
+    evaluation.eval_dtype(device)  # EVAL_AMP where it is refused: before any work
     images = own_images(args) if args.image else None  # a mask over an input stops the run before anything
     if args.all:  # decided before any file is written, so every process has the same list
         paths = [p for p in checkpoint.step_files(settings.MODEL_DIR).values()

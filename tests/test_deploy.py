@@ -252,6 +252,25 @@ def test_onnx_file_without_metadata_is_an_error(trained, tiny_settings):
         evaluation.onnx_net(str(trained / 'plain.onnx'))
 
 
+def test_eval_onnx_on_a_gpu_machine_computes_and_names_the_cpus_precision(trained, monkeypatch):
+    """Both engines compute on the CPU, whatever the machine has: on one with a GPU (faked: a V100, whose training
+    precision is float16, or float32 with the experiment's AMP = False), eval.py --onnx --engine openvino with
+    EVAL_AMP = True computes in OpenVINO's bfloat16 and must name the result so, not by the GPU's precision (before:
+    eval_final_onnx_openvino.json or _fp16_, and a GPU set up for nothing). Where the CPU has no native bfloat16,
+    float32 under its name. The script runs in a fork of this process, which keeps the fakes."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (7, 0))
+    name, precision, protocol = ('eval_final_bf16_onnx_openvino.json', 'bfloat16', 'bf16') if NATIVE else \
+        ('eval_final_onnx_openvino.json', 'float32', '')
+    (trained / 'logdir' / name).unlink(missing_ok=True)
+    done = run_script(trained, 'eval.py', '--onnx', 'models/final.onnx', '--engine', 'openvino', '--set',
+                      f'EVAL_AMP={NATIVE}', env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((trained / 'logdir' / name).read_text())
+    assert (result['engine'], result['precision'], result['protocol']) == ('openvino', precision, protocol)
+
+
 @pytest.mark.parametrize('engine', evaluation.ENGINES)
 def test_eval_onnx_refuses_a_file_of_other_em_iterations(trained, engine):
     """The issue's case through eval.py: a file exported at 3 EM iterations, evaluated in a folder set to 1, by
