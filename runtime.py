@@ -201,12 +201,13 @@ def onnx_session(path):
 
 def openvino_model(path, dtype=None):
     """The ONNX file at path compiled by OpenVINO's CPU plugin (its ONNX frontend reads the file: no converter),
-    with PyTorch's thread count, as onnx_session, computing in float32 (dtype None: told so explicitly, as the
-    plugin's default on a CPU with native bfloat16 is bfloat16) or in bfloat16 (dtype torch.bfloat16, where the
-    CPU computes it: evaluation.eval_dtype decides); its outputs are float32 either way. Called with an input
-    array, it returns the outputs in order."""
+    with PyTorch's thread count, as onnx_session, and its threads left where the system schedules them (the
+    plugin's default pins them to the first cores: under torchrun every process's to the same ones), computing in
+    float32 (dtype None: told so explicitly, as the plugin's default on a CPU with native bfloat16 is bfloat16) or
+    in bfloat16 (dtype torch.bfloat16, where the CPU computes it: evaluation.eval_dtype decides); its outputs are
+    float32 either way. Called with an input array, it returns the outputs in order."""
     import openvino  # here, not at the top: see export_onnx
     precision = {None: 'f32', torch.bfloat16: 'bf16'}[dtype]
     return openvino.Core().compile_model(path, 'CPU', {'INFERENCE_PRECISION_HINT': precision,
                                                        'INFERENCE_NUM_THREADS': torch.get_num_threads(),
-                                                       'PERFORMANCE_HINT': 'LATENCY'})
+                                                       'ENABLE_CPU_PINNING': False, 'PERFORMANCE_HINT': 'LATENCY'})

@@ -3,6 +3,7 @@ computes it (PyTorch, OpenVINO, the hub model) against float32, and your own ima
 import json
 import os
 import re
+import threading
 
 import numpy as np
 import onnx
@@ -137,6 +138,24 @@ def test_deployed_nets_predict_as_pytorch_with_scales_flip_and_windows(deployed,
     expected, scores = evaluation.predict(net, img), evaluation.predict(other, img)
     assert scores.shape == expected.shape == (1, 21, 57, 73)
     assert (scores - expected).abs().max() < 1e-5
+
+
+def test_openvino_leaves_its_threads_where_the_system_puts_them(trained):
+    """OpenVINO's CPU plugin pins the threads that infer to the first cores unless told not to: under torchrun
+    every process computed on the same ones (two processes of a thread each: both on CPU 0, the other core idle).
+    While it infers, no thread of this process may be held to fewer CPUs than the process may use."""
+    model = runtime.openvino_model(str(trained / 'models' / 'final.onnx'))
+    thread = threading.Thread(target=lambda: [model(np.zeros((1, 3, 65, 65), np.float32)) for _ in range(20)])
+    allowed, seen = os.sched_getaffinity(0), []
+    thread.start()
+    while thread.is_alive():
+        for task in os.listdir('/proc/self/task'):
+            try:
+                seen.append(os.sched_getaffinity(int(task)))
+            except OSError:  # a thread that has ended
+                pass
+    thread.join()
+    assert all(cpus == allowed for cpus in seen), [sorted(cpus) for cpus in seen if cpus != allowed][:3]
 
 
 def val_images(demo_data):
