@@ -361,6 +361,9 @@ def main():
     if args.submit and os.path.isdir(args.submit) and os.listdir(args.submit):  # before any process writes
         raise ValueError(f'--submit {args.submit} is not empty: a submission holds the files of one evaluation, '
                          f'no others; give a new folder, or empty this one')
+    for values in args.set:  # what each combination refuses, before the first is evaluated
+        settings.assign(values)
+        refuse_before_any_work(args)
     for values in args.set:  # each combination of --set values ({} without --set)
         if values:
             logger.info('evaluating with %s', ', '.join(f'{name} = {value!r}' for name, value in values.items()))
@@ -370,8 +373,10 @@ def main():
         dist.destroy_process_group()
 
 
-def evaluate_checkpoints(args):
-    """What args ask of the checkpoints under the current settings: metrics, masks, server files."""
+def refuse_before_any_work(args):
+    """A ValueError for what args cannot do under the current settings: EVAL_AMP with onnxruntime or where this
+    process's device has no native half precision (`evaluation.eval_dtype`), --submit of a dataset without a
+    server."""
     if args.engine == 'onnxruntime' and settings.EVAL_AMP:
         raise ValueError(f'EVAL_AMP={settings.EVAL_AMP!r} with --onnx: onnxruntime computes in float32, which '
                          f'results named for half precision would misreport; set EVAL_AMP = False, or run the file '
@@ -379,8 +384,12 @@ def evaluate_checkpoints(args):
     if args.submit and settings.DATASET not in SERVERS:
         raise ValueError(f'--submit: DATASET={settings.DATASET!r} has no benchmark server; those that have one: '
                          f'{", ".join(SERVERS)}')
+    evaluation.eval_dtype(runtime.process_device())
+
+
+def evaluate_checkpoints(args):
+    """What args ask of the checkpoints under the current settings: metrics, masks, server files."""
     rank, world, device = runtime.setup_runtime()  # cudnn.benchmark stays off: every image has its own size
-    evaluation.eval_dtype(device)  # EVAL_AMP where it is refused: before any work
     images = own_images(args) if args.image else None  # a mask over an input stops the run before anything
     if args.all:  # decided before any file is written, so every process has the same list
         paths = [p for p in checkpoint.step_files(settings.MODEL_DIR).values()

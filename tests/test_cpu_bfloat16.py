@@ -80,6 +80,21 @@ def test_eval_and_train_refuse_eval_amp_on_a_cpu_without_native_bfloat16_before_
     assert not os.path.exists(settings.MODEL_DIR)
 
 
+@pytest.mark.parametrize('given', [('no_such.pth',), ('--onnx', 'no_such.onnx')])
+def test_eval_refuses_each_set_combination_before_the_first_is_evaluated(monkeypatch, in_process_run, given):
+    """--set EVAL_AMP=False,True where EVAL_AMP = True is refused (PyTorch on a CPU without native bfloat16;
+    onnxruntime on any): the refusal comes before the float32 evaluation (before: that one ran whole, here up to the
+    missing file, and the command failed after its work)."""
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: False)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False)
+    for name in ('EVAL_AMP', 'DEVICE'):  # as eval.py leaves them
+        monkeypatch.setattr(settings, name, getattr(settings, name))
+    monkeypatch.setattr('sys.argv', ['eval.py', *given, '--set', 'EVAL_AMP=False,True'])
+    with pytest.raises(ValueError, match='EVAL_AMP=True evaluates in bfloat16, but this CPU has no native|'
+                                         'EVAL_AMP=True with --onnx: onnxruntime computes in float32'):
+        eval_script.main()
+
+
 class FirstStep(Exception):
     """What a stand-in for network.train_step raises to stop train.main() at its first step."""
 

@@ -322,6 +322,7 @@ def test_eval_set_takes_evaluation_settings_only(monkeypatch, capsys):
 def test_eval_onnx_refuses_half_precision_it_would_not_compute(monkeypatch):
     import eval as eval_script
     monkeypatch.setattr(settings, 'EVAL_AMP', True)
+    monkeypatch.setattr(settings, 'DEVICE', settings.DEVICE)  # eval.py --onnx evaluates on the CPU
     monkeypatch.setattr(sys, 'argv', ['eval.py', '--onnx', 'never_read.onnx'])
     with pytest.raises(ValueError, match='EVAL_AMP=True with --onnx: onnxruntime computes in float32'):
         eval_script.main()
