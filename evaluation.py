@@ -216,7 +216,9 @@ def onnx_net(path, engine='onnxruntime'):
             session = runtime.onnx_session(path)
             run = lambda array: session.run(['logits'], {'img': array})[0]  # noqa: E731
     except Exception as error:  # the engine's own error types: a file it cannot parse or run
-        raise ValueError(f'{path} is not an ONNX file {engine} can run ({str(error).splitlines()[0]})') from None
+        lines = str(error).strip().splitlines()  # OpenVINO's: the source lines it passed through, its reason last
+        raise ValueError(f'{path} is not an ONNX file {engine} can run '
+                         f'({lines[-1] if engine == "openvino" else lines[0]})') from None
 
     def forward(img):
         logits = run(img.detach().float().cpu().contiguous().numpy())

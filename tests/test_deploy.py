@@ -271,6 +271,17 @@ def test_onnx_file_without_metadata_is_an_error(trained, tiny_settings):
         evaluation.onnx_net(str(trained / 'plain.onnx'))
 
 
+@pytest.mark.parametrize('engine', evaluation.ENGINES)
+def test_an_onnx_file_the_engine_cannot_run_is_an_error_saying_why(trained, tiny_settings, engine):
+    """export.py's metadata, but a graph missing a weight: each engine's reason, not where in its sources it was
+    raised (OpenVINO's first lines: 'Exception from src/inference/src/cpp/core.cpp:132:')."""
+    model = onnx.load(str(trained / 'models' / 'final.onnx'))
+    model.graph.initializer.remove(next(w for w in model.graph.initializer if w.name == 'emau.mu'))
+    onnx.save(model, str(trained / f'broken_{engine}.onnx'))
+    with pytest.raises(ValueError, match=f'broken_{engine}.onnx is not an ONNX file {engine} can run \\(.*emau.mu'):
+        evaluation.onnx_net(str(trained / f'broken_{engine}.onnx'), engine)
+
+
 def test_eval_onnx_on_a_gpu_machine_computes_and_names_the_cpus_precision(trained, monkeypatch):
     """Both engines compute on the CPU, whatever the machine has: on one with a GPU (faked: a V100, whose training
     precision is float16, or float32 with the experiment's AMP = False), eval.py --onnx --engine openvino with
