@@ -145,7 +145,7 @@ def test_openvino_leaves_its_threads_where_the_system_puts_them(trained):
     every process computed on the same ones (two processes of a thread each: both on CPU 0, the other core idle).
     While it infers, no thread of this process may be held to fewer CPUs than the process may use."""
     model = runtime.openvino_model(str(trained / 'models' / 'final.onnx'))
-    thread = threading.Thread(target=lambda: [model(np.zeros((1, 3, 65, 65), np.float32)) for _ in range(20)])
+    thread = threading.Thread(target=lambda: [model(np.zeros((1, 3, 65, 65), np.float32)) for _ in range(5)])
     allowed, seen = os.sched_getaffinity(0), []
     thread.start()
     while thread.is_alive():
