@@ -5,6 +5,10 @@
     python benchmark.py --only train infer        # some sections (or --skip data ...)
     python benchmark.py --only train --compile    # adds the torch.compile'd AMP training step
     python benchmark.py --only infer --layers 50  # EMANet-50 inference (513x513, 512x1024, 1024x2048 on CUDA)
+    OMP_NUM_THREADS=2 python benchmark.py --only infer --device cpu --layers 50 --infer-sizes 513x513 --repeats 5
+                                                  # every CPU path at 513x513 against the CPU's limits
+    OMP_NUM_THREADS=2 python benchmark.py --only train --device cpu --crop 129 --batch 4
+                                                  # CPU training, float32 against bfloat16 (where native)
     python benchmark.py --only infer --device cpu --layers 101 --infer-sizes 1024x2048 --repeats 1 --warmup 0
                                                   # a Cityscapes image, whole, on CPU: time and peak RSS
     python benchmark.py --device cpu --layers 50 --crop 33 --batch 1 --iters 1 --warmup 0 --repeats 1 \\
@@ -13,11 +17,16 @@
 Sections:
   table1     paper Table 1: parameters and multiply-adds at 513x513 of the ResNet-101 OS8 backbone and of the
              head (fc0 + EMA unit) for EMA_CHANNELS 512 and 256, counted on the meta device (no compute)
-  train      training images/s and peak memory of network.train_step: float32 against AMP + channels-last (on
-             CPU: float32 channels-last), the variants taking turns within each repeat
-  infer      inference images/s (eval, inference_mode): on CUDA the settings' AMP + channels-last; on CPU eager
-             float32, its runtime.freeze graph (what eval.py runs) and onnxruntime on an export_onnx file; the
-             variants take turns within each repeat, and each row gives its speed-up over eager
+  train      training images/s and peak memory of network.train_step: float32 against AMP (what train.py trains
+             in: on a CPU bfloat16 autocast where it computes it natively, float32 elsewhere, said in the row), AMP +
+             channels-last, and with --compile torch.compile'd; the variants taking turns within each repeat
+  infer      inference (eval, inference_mode) in seconds per image, GFLOP/s, the fraction of its precision's limit
+             and the ratios to onnxruntime float32 and to eager: on CUDA the settings' AMP + channels-last; on CPU
+             eager float32, its runtime.freeze graph (what eval.py runs), onnxruntime and OpenVINO float32 on an
+             export_onnx file, and in bfloat16 (EVAL_AMP) eager autocast, the frozen graph traced under autocast
+             (what eval.py runs then) and OpenVINO bfloat16 (rows that say so on a CPU without native bfloat16),
+             against the CPU's limits: a 2048x2048 matrix product in float32 and, where native, bfloat16; the
+             variants and the limits take turns within each repeat
   attention  the EM unit against a non-local block of the same width as the feature map grows
   data       training samples/s of one data worker: dataset.TrainDataset against the authors' whole-image
              pipeline, on generated 500x375 JPEGs at CROP_SIZE
@@ -56,6 +65,7 @@ import runtime
 import settings
 
 SECTIONS = ('table1', 'train', 'infer', 'attention', 'data')
+MATMUL = 2048  # the CPU's limits: a MATMUL × MATMUL matrix product in float32 and in bfloat16 (limit_calls)
 # paper Table 1 (ResNet-101 OS8 at 513x513): (parameters in millions, multiply-adds in G)
 PAPER_TABLE1 = {'backbone': (42.6, 190.6), 'head_512': (10.0, 43.1), 'head_256': (4.87, 21.1)}
 DEFAULTS = {  # per device type; None: from settings
@@ -211,11 +221,18 @@ def training_step(device, args, amp, channels_last, compiled):
 
 def run_train(device, args):
     """Each variant's images/s, from steps that take turns within each repeat (`interleaved_seconds`): the
-    ratios hold on a machine whose load comes and goes."""
-    amp_label = 'AMP + channels-last' if device.type == 'cuda' else 'channels-last (AMP n/a on CPU: float32)'
+    ratios hold on a machine whose load comes and goes. AMP is what train.py trains in (runtime.autocast_dtype):
+    on a CPU bfloat16 where it computes it natively, float32 elsewhere (the rows say so); `speedup` is the
+    variant train.py runs: AMP + channels-last on CUDA, AMP alone on the CPU (whose training stays contiguous)."""
+    with overridden(AMP=True):
+        amp_dtype = runtime.autocast_dtype(device)
+    amp_label = f'AMP ({dtype_name(amp_dtype)})' if amp_dtype or device.type == 'cuda' else \
+        'AMP: float32, this CPU has no native bfloat16'
     variants = {'float32': ('float32', dict(amp=False, channels_last=False, compiled=False)),
-                'amp_channels_last': (amp_label, dict(amp=True, channels_last=True, compiled=False)),
-                'amp_channels_last_compiled': (amp_label + ' + torch.compile',
+                'amp': (amp_label, dict(amp=True, channels_last=False, compiled=False)),
+                'amp_channels_last': (amp_label + ' + channels-last',
+                                      dict(amp=True, channels_last=True, compiled=False)),
+                'amp_channels_last_compiled': (amp_label + ' + channels-last + torch.compile',
                                                dict(amp=True, channels_last=True, compiled=True))}
     steps = {name: training_step(device, args, **options) for name, (_, options) in variants.items()
              if args.compile or not options['compiled']}
@@ -235,7 +252,7 @@ def run_train(device, args):
     del steps
     if args.compile:
         torch.compiler.reset()  # the compiled graphs hold the weights: free them for what is measured next
-    results['speedup'] = results['amp_channels_last']['vs_float32']
+    results['speedup'] = results['amp_channels_last' if device.type == 'cuda' else 'amp']['vs_float32']
     results['config'] = model_config(args.batch, settings.CROP_SIZE)
     print_table(f'Training, {describe_model()}, batch {args.batch}, crop {settings.CROP_SIZE}',
                 ['variant', 'dtype', 'images/s', 'peak MiB', 'vs float32'], rows)
@@ -258,40 +275,81 @@ def interleaved_seconds(calls, device, args):
     return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
+def limit_calls():
+    """{precision: a call of a MATMUL × MATMUL matrix product in it} for float32 and, where the CPU computes it
+    natively, bfloat16, each called once already (oneDNN's first call sets its kernel up): the most the CPU's cores
+    compute in each precision, the limits that `measure_inference` times among the variants it reads against
+    them, so that the machine's load is the same for both."""
+    calls = {}
+    for name, dtype in (('float32', torch.float32), ('bfloat16', torch.bfloat16)):
+        if dtype == torch.float32 or runtime.native_bfloat16():
+            a, b = (torch.randn(MATMUL, MATMUL, dtype=dtype) for _ in range(2))
+            calls[name] = lambda a=a, b=b: torch.mm(a, b)
+            calls[name]()
+    return calls
+
+
 def inference_variants(device, args, onnx_path):
-    """{name: (label, net(img), channels_last)} of the eval-mode forwards to time. On CUDA: the settings' AMP and
-    channels-last, and torch.compile with --compile. On CPU (float32): eager, its runtime.freeze graph (what
-    eval.py runs on CPU), onnxruntime on the export_onnx file, torch.compile with --compile. One network: the
-    variants share its weights."""
-    dtype = runtime.autocast_dtype(device)
+    """{name: (label, net(img), channels_last, precision)} of the eval-mode forwards to time; a name whose value
+    is None cannot run natively here (bfloat16 on a CPU without it). On CUDA: the settings' AMP and channels-last,
+    and torch.compile with --compile. On CPU: eager float32, its runtime.freeze graph (what eval.py runs),
+    onnxruntime and OpenVINO (told float32) on the export_onnx file, and in bfloat16 (EVAL_AMP, where the CPU
+    computes it) eager autocast, the frozen graph traced under autocast (what eval.py runs then) and OpenVINO;
+    torch.compile with --compile. One network: the variants share its weights."""
     layout = settings.CHANNELS_LAST and device.type == 'cuda'
     net = build_net(device, layout).eval()
 
-    def eager(net):
+    def eager(net, dtype=None):
         def forward(img):
             with torch.inference_mode(), runtime.autocast(device, dtype):
                 return net(img)
         return forward
     if device.type == 'cuda':
-        variants = {'eager': (dtype_name(dtype) + (' + channels-last' if layout else ''), eager(net), layout)}
+        dtype = runtime.autocast_dtype(device)
+        variants = {'eager': (dtype_name(dtype) + (' + channels-last' if layout else ''), eager(net, dtype), layout,
+                              dtype_name(dtype))}
     else:
         session = runtime.onnx_session(onnx_path)
-        variants = {'eager': ('float32', eager(net), False),
-                    'frozen': ('float32 frozen TorchScript', eager(runtime.freeze(net)), False),
+        native = runtime.native_bfloat16()
+        openvino = {dtype: runtime.openvino_model(onnx_path, dtype) for dtype in (None, torch.bfloat16)
+                    if dtype is None or native}
+        variants = {'eager': ('float32 eager', eager(net), False, 'float32'),
+                    'frozen': ('float32 frozen TorchScript (eval.py)', eager(runtime.freeze(net)), False, 'float32'),
                     'onnxruntime': ('onnxruntime float32', lambda img: session.run(['logits'], {'img': img.numpy()}),
-                                    False)}
+                                    False, 'float32'),
+                    'openvino': ('OpenVINO float32', lambda img: openvino[None](img.numpy()), False, 'float32')}
+        variants.update({'eager_bf16': ('bfloat16 eager autocast', eager(net, torch.bfloat16), False, 'bfloat16'),
+                         'frozen_bf16': ('bfloat16 frozen TorchScript (eval.py EVAL_AMP)',
+                                         eager(runtime.freeze(net, torch.bfloat16)), False, 'bfloat16'),
+                         'openvino_bf16': ('OpenVINO bfloat16', lambda img: openvino[torch.bfloat16](img.numpy()),
+                                           False, 'bfloat16')}
+                        if native else dict.fromkeys(('eager_bf16', 'frozen_bf16', 'openvino_bf16')))
     if args.compile:  # a static graph per input size, as a deployment compiles it, not one dynamic-shape graph
         variants['compiled'] = (variants['eager'][0] + ' + torch.compile',
-                                eager(torch.compile(net, dynamic=False)), layout)
+                                eager(torch.compile(net, dynamic=False), runtime.autocast_dtype(device)
+                                      if device.type == 'cuda' else None), layout, variants['eager'][3])
     return variants
 
 
-def measure_inference(device, args, variants, height, width):
-    """{variant: images/s, peak MiB and speed-up over eager} of each eval-mode forward on a random
-    eval_batch × 3 × height × width input. A variant's peak is that of one forward after its warm-up calls (at
-    least one: cuDNN's search and torch.compile's compilation for this size), above what was allocated before."""
+def inference_gflop(batch, height, width):
+    """GFLOP (a multiply-add is two) of one eval forward of the settings' EMANet on batch × 3 × height × width,
+    counted on the meta device."""
+    with torch.device('meta'):
+        net = network.EMANet().eval()
+        img = torch.empty(batch, 3, height, width)
+    return 2 * count_macs(net, img) / 1e9
+
+
+def measure_inference(device, args, variants, height, width, limits=None):
+    """({variant: seconds per image, images/s, GFLOP/s, the fraction of its precision's limit, peak MiB and the
+    ratios to eager and to onnxruntime (CPU)} of each eval-mode forward on a random eval_batch × 3 × height × width
+    input, None for a variant that cannot run here; {precision: GFLOP/s of limits' call, None where the CPU has no
+    native bfloat16}, or None without limits (CUDA)). The limits' calls take turns with the variants'
+    (`interleaved_seconds`). A variant's peak is that of one forward after its warm-up calls (at least one:
+    cuDNN's search and torch.compile's compilation for this size), above what was allocated before."""
+    runs = {name: variant for name, variant in variants.items() if variant is not None}
     inputs, peaks = {}, {}
-    for name, (_, forward, channels_last) in variants.items():
+    for name, (_, forward, channels_last, _) in runs.items():
         inputs[name] = random_images(args.eval_batch, height, width, device, channels_last)
         baseline = start_peak_memory(device)
         for _ in range(max(1, args.warmup)):
@@ -299,30 +357,56 @@ def measure_inference(device, args, variants, height, width):
         restart_peak(device)
         forward(inputs[name])
         peaks[name] = peak_mib(device, baseline)
-    seconds = interleaved_seconds({name: lambda name=name: variants[name][1](inputs[name]) for name in variants},
-                                  device, args)
-    return {name: {'images_per_s': args.eval_batch / seconds[name], 'peak_mib': peaks[name],
-                   'vs_eager': seconds['eager'] / seconds[name]} for name in variants}
+    calls = {name: lambda name=name: runs[name][1](inputs[name]) for name in runs}
+    seconds = interleaved_seconds({**calls, **{('limit', p): call for p, call in (limits or {}).items()}}, device,
+                                  args)
+    gflops = None if limits is None else \
+        {p: 2 * MATMUL ** 3 / seconds[('limit', p)] / 1e9 if p in limits else None for p in ('float32', 'bfloat16')}
+    gflop = inference_gflop(args.eval_batch, height, width)
+    results = {}
+    for name, (_, _, _, precision) in runs.items():
+        limit = (gflops or {}).get(precision)
+        results[name] = {'seconds_per_image': seconds[name] / args.eval_batch,
+                         'images_per_s': args.eval_batch / seconds[name], 'gflops': gflop / seconds[name],
+                         'precision': precision, 'of_limit': gflop / seconds[name] / limit if limit else None,
+                         'peak_mib': peaks[name], 'vs_eager': seconds['eager'] / seconds[name],
+                         'vs_onnxruntime': seconds['onnxruntime'] / seconds[name] if 'onnxruntime' in runs else None}
+    return {name: results.get(name) for name in variants}, gflops
 
 
 def run_infer(device, args):
-    results, rows = {'config': model_config(args.eval_batch)}, []
+    """Each inference variant at each of args.infer_sizes (`measure_inference`), on the CPU against its limits
+    (`limit_calls`) measured among them."""
+    results, rows, limit_rows = {'config': model_config(args.eval_batch)}, [], []
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = None
-        if device.type == 'cpu':  # the onnxruntime package runs on the CPU
+        if device.type == 'cpu':  # onnxruntime's and OpenVINO's packages run on the CPU
             onnx_path = os.path.join(folder, 'emanet.onnx')
             torch.manual_seed(settings.SEED)  # build_net's weights
             runtime.export_onnx(network.EMANet().eval(), onnx_path)
         variants = inference_variants(device, args, onnx_path)
+        limits = limit_calls() if device.type == 'cpu' else None
         for height, width in args.infer_sizes:
-            measured = measure_inference(device, args, variants, height, width)
+            measured, gflops = measure_inference(device, args, variants, height, width, limits)
             # the eager forward's numbers stay where they were; the other variants beside them
-            results[f'{height}x{width}'] = {**measured['eager'], **{k: v for k, v in measured.items() if k != 'eager'}}
+            results[f'{height}x{width}'] = {**measured['eager'], **{k: v for k, v in measured.items() if k != 'eager'},
+                                            'gflop_per_image': inference_gflop(1, height, width), 'limits': gflops}
+            limit_rows += [[f'{height}x{width}', name, f'{value:.0f}' if value else 'n/a: no native bfloat16']
+                           for name, value in (gflops or {}).items()]
             for name, result in measured.items():
-                rows.append([f'{height}x{width}', variants[name][0], f"{result['images_per_s']:.3f}",
-                             format_mib(result['peak_mib']), f"{result['vs_eager']:.2f}x"])
+                if result is None:
+                    rows.append([f'{height}x{width}', name, 'n/a: this CPU has no native bfloat16'])
+                    continue
+                rows.append([f'{height}x{width}', variants[name][0], f"{result['seconds_per_image']:.3f}",
+                             f"{result['gflops']:.1f}", format_fraction(result['of_limit']),
+                             format_ratio(result['vs_onnxruntime']), f"{result['vs_eager']:.2f}x",
+                             format_mib(result['peak_mib'])])
+    if limit_rows:
+        print_table(f'CPU limits: a {MATMUL}x{MATMUL} matrix product, {torch.get_num_threads()} threads, taking turns '
+                    f'with the inference variants', ['input', 'precision', 'GFLOP/s'], limit_rows)
     print_table(f'Inference, {describe_model()}, batch {args.eval_batch}',
-                ['input', 'variant', 'images/s', 'peak MiB', 'vs eager'], rows)
+                ['input', 'variant', 's/image', 'GFLOP/s', 'of limit', 'vs onnxruntime', 'vs eager', 'peak MiB'],
+                rows)
     return results
 
 
@@ -495,6 +579,14 @@ def dtype_name(autocast_dtype):
 
 def format_mib(value):
     return 'n/a' if value is None else f'{value:.0f}'
+
+
+def format_fraction(value):
+    return '' if value is None else f'{100 * value:.0f}%'
+
+
+def format_ratio(value):
+    return '' if value is None else f'{value:.2f}x'
 
 
 def print_table(title, header, rows):

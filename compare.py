@@ -25,10 +25,11 @@ evaluation while training (EVAL_EVERY), from LOG_DIR/val.jsonl, else MODEL_DIR/b
 column says why. A folder without settings.py is no experiment: it is named on stderr and skipped.
 
 --plot FILE.png (matplotlib) draws the folders' validation curves (LOG_DIR/val.jsonl) and, where the folders
-differ in one or two settings, the final checkpoint's mIoU against them, a line per value of the second; results
-of one folder under several evaluation settings (eval.py --set EVAL_STAGE_NUM=1,2,...) count as settings too, so a
-STAGE_NUM grid evaluated at every EVAL_STAGE_NUM gives the paper's Fig. 4 (mIoU against T_eval, a line per
-T_train). Missing results are gaps, never zeros.
+differ in one or two settings, the final checkpoint's mIoU against them, a line per value of the second: PyTorch's
+results (an export.py file's, through onnxruntime or OpenVINO, have the same evaluation settings: they are in the
+table only); results of one folder under several evaluation settings (eval.py --set EVAL_STAGE_NUM=1,2,...) count
+as settings too, so a STAGE_NUM grid evaluated at every EVAL_STAGE_NUM gives the paper's Fig. 4 (mIoU against
+T_eval, a line per T_train). Missing results are gaps, never zeros.
 """
 import argparse
 import ast
@@ -293,7 +294,7 @@ def series(points, x_name, line_name):
 def plot_data(names, experiments):
     """The panels --plot draws, [{'title', 'xlabel', 'ylabel', 'lines': [(label, xs, ys in percent)]}]:
     the validation curves (val.jsonl); and where the folders differ in one or two settings, their final
-    checkpoint's mIoU against them: a panel over the folders' settings and the evaluation settings their results
+    checkpoint's mIoU (PyTorch's evaluations: the JSON's engine) against them: a panel over the folders' settings and the evaluation settings their results
     differ in when those are two at most (the paper's Fig. 4: EVAL_STAGE_NUM on x, a line per STAGE_NUM), else a
     panel per protocol over the folders' settings; then the best validation mIoU against them. The first
     setting is the x axis, a line per value of the second; a missing result is NaN (a gap), never zero."""
@@ -308,7 +309,8 @@ def plot_data(names, experiments):
         return panels
     folder_points = [{name: e['settings'].get(name) for name in varying} for e in experiments]
     results = [(coordinates, label, result, e['settings']) for coordinates, e in zip(folder_points, experiments)
-               for label, result in e['evals'].items() if eval_order(label)[0][0] == 0]  # final.pth's results
+               for label, result in e['evals'].items()  # final.pth's own results: PyTorch's, not its ONNX file's
+               if eval_order(label)[0][0] == 0 and result.get('engine', 'pytorch') == 'pytorch']
     points = [({**coordinates, **evaluated_with(result, values)}, result.get('mIoU'))
               for coordinates, _, result, values in results]
     eval_varying = [name for name in evaluation.EVAL_SETTINGS if len(distinct(c[name] for c, _ in points)) > 1]

@@ -14,6 +14,12 @@
                                                 # every image in photos/; cam1/0001.png and cam2/0001.png
     python eval.py --onnx models/final.onnx [--image ...] [--save-pred preds]
                                                 # the same with onnxruntime on an export.py file
+    python eval.py --onnx models/final.onnx --engine openvino
+                                                # with OpenVINO's CPU plugin, float32: eval_final_onnx_openvino.json
+    python eval.py --onnx models/final.onnx --engine openvino --set EVAL_AMP=True
+                                                # OpenVINO in bfloat16 (a CPU with AVX512-BF16 or AMX):
+                                                # eval_final_bf16_onnx_openvino.json
+    python eval.py --set EVAL_AMP=True          # PyTorch in bfloat16 on such a CPU: eval_final_bf16.json
     echo 'EVAL_WINDOW = 769' >> settings.py && python eval.py
                                                 # sliding 769 × 769 windows (Cityscapes' 1024 × 2048 images)
     echo "VAL_SPLIT = 'test'" >> settings.py && python eval.py --submit submit [--comp 5]
@@ -33,17 +39,20 @@
 Single scale by default, the authors' protocol; EVAL_SCALES, EVAL_FLIP and EVAL_WINDOW give multi-scale + flip
 and sliding windows (evaluation.py says how). Prints pAcc, mAcc, fIoU, mIoU and per-class IoU; writes
 LOG_DIR/eval_<checkpoint stem>.json for the authors' protocol, eval_<checkpoint stem>_<protocol>.json for
-another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _onnx is added for an
-ONNX file; _bf16 or _fp16 when EVAL_AMP evaluates in the training's half precision on CUDA rather than in float32;
-its 'recipe' is the checkpoint's record of the run against its published recipe, with whether this protocol, on this
-DATASET, is one the recipe reports and the recipe's number for it), and the metrics as TensorBoard scalars at the
-checkpoint's step in LOG_DIR: val/mIoU, val/pAcc, val/mAcc, val/images, val_class/<name>, or val_<protocol>/...
-(the whole split's curve, which eval.py --all fills; training's EVAL_EVERY draws it too, or val_first<N>/... when it
-evaluates only EVAL_IMAGES = N). That is for the checkpoints of this folder's MODEL_DIR: one from elsewhere is no
-result of this experiment, and its JSON goes to
+another (eval_final_ms_flip.json, eval_final_window769.json: evaluation.protocol names it; _bf16 or _fp16 when
+EVAL_AMP evaluates in half precision rather than in float32: bfloat16 on a CPU that computes it natively, refused
+on one that would emulate it, the training's on CUDA; _onnx is added for an ONNX file, _onnx_openvino when OpenVINO
+runs it; the JSON records the engine and the precision, and as 'recipe' the checkpoint's record of the run against
+its published recipe, with whether this protocol, on this DATASET, is one the recipe reports and the recipe's
+number for it), and the metrics as TensorBoard scalars at the checkpoint's step in LOG_DIR: val/mIoU, val/pAcc,
+val/mAcc, val/images, val_class/<name>, or val_<protocol>/... (the whole split's curve, which eval.py --all fills;
+training's EVAL_EVERY draws it too, or val_first<N>/... when it evaluates only EVAL_IMAGES = N). That is for the
+checkpoints of this folder's MODEL_DIR: one from elsewhere is no result of this experiment, and its JSON goes to
 LOG_DIR/other_checkpoints/ named by its path (eval_up_exp_a_models_final.json), out of the TensorBoard curve and
 of compare.py. --onnx refuses a file exported with other settings than this folder's (each setting that shapes
-the graph, named). A missing checkpoint or one for other settings is an error: random weights are never scored.
+the graph, named), whichever engine runs it; both engines run on the CPU with PyTorch's thread count, and so
+does the whole evaluation of an ONNX file, on a machine with a GPU too (the precision its result is named by is
+the CPU's). A missing checkpoint or one for other settings is an error: random weights are never scored.
 
 Your own images are segmented as a viewer shows them (dataset.read_photo): camera orientation (EXIF) applied,
 transparency composited on the MEAN colour, every Pillow mode read by its values (16-bit, 32-bit integer and
@@ -234,24 +243,26 @@ def own_checkpoint(path):
     return os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(settings.MODEL_DIR)
 
 
-def result_path(path):
+def result_path(path, engine='pytorch'):
     """LOG_DIR/eval_<checkpoint stem>.json for a file of MODEL_DIR, eval_<checkpoint stem>_<protocol>.json for
-    another protocol than the authors' (evaluation.protocol), and _onnx after it for an ONNX file: each keeps its
-    own file. A file from elsewhere (another folder's run, a released checkpoint) is no result of this folder's:
-    LOG_DIR/OTHER_CHECKPOINTS/eval_<its path from here, without extension, '/' as '_' and '..' as 'up'>... (e.g.
-    eval_up_exp_a_models_final.json for ../exp_a/models/final.pth), which compare.py and --all do not read."""
+    another protocol than the authors' (evaluation.protocol), and _onnx after it for an ONNX file (_onnx_openvino
+    when engine is 'openvino'): each keeps its own file. A file from elsewhere (another folder's run, a released
+    checkpoint) is no result of this folder's: LOG_DIR/OTHER_CHECKPOINTS/eval_<its path from here, without
+    extension, '/' as '_' and '..' as 'up'>... (e.g. eval_up_exp_a_models_final.json for ../exp_a/models/final.pth),
+    which compare.py and --all do not read."""
     stem, extension = os.path.splitext(path)
     if own_checkpoint(path):
         folder, tag = settings.LOG_DIR, os.path.basename(stem)
     else:
         folder = os.path.join(settings.LOG_DIR, OTHER_CHECKPOINTS)
         tag = '_'.join('up' if part == '..' else part for part in os.path.relpath(stem).split(os.sep))
-    name = '_'.join(filter(None, (tag, evaluation.protocol(), 'onnx' if extension == '.onnx' else '')))
+    name = '_'.join(filter(None, (tag, evaluation.protocol(), 'onnx' if extension == '.onnx' else '',
+                                  'openvino' if engine == 'openvino' else '')))
     return os.path.join(folder, f'eval_{name}.json')
 
 
-def report(confusion, path, step, n_images, writer=None, recipe=None):
-    """Prints the metrics and the per-class IoU table; writes `result_path(path)` and, given a writer and a
+def report(confusion, path, step, n_images, writer=None, recipe=None, engine='pytorch'):
+    """Prints the metrics and the per-class IoU table; writes `result_path(path, engine)` and, given a writer and a
     step, the TensorBoard scalars at that step. An images-only split (VAL_SPLIT = 'test') is predicted, not scored.
     recipe: the checkpoint's record of its run against its recipe (checkpoint.held_recipe; None: it holds none, as
     the authors' files and ONNX files), kept in the JSON with whether this evaluation is under one of the recipe's
@@ -262,7 +273,7 @@ def report(confusion, path, step, n_images, writer=None, recipe=None):
     if not np.asarray(confusion).sum():
         print(f'no labelled pixel in VAL_SPLIT={settings.VAL_SPLIT!r}: the images were predicted, nothing scored')
         return
-    result = evaluation.summary(confusion, n_images)
+    result = evaluation.summary(confusion, n_images, engine)
     print('  '.join(f'{key} {100 * (math.nan if result[key] is None else result[key]):.2f}'
                     for key in ('pAcc', 'mAcc', 'fIoU', 'mIoU')))
     width = max(map(len, result['per_class']))
@@ -273,7 +284,7 @@ def report(confusion, path, step, n_images, writer=None, recipe=None):
         matched = dataset.recipe_result(recipe['name'], result, settings.DATASET)
         recipe = dict(recipe, **dict(zip(('protocol', 'reported'), matched)))
     result['recipe'] = recipe
-    out = result_path(path)
+    out = result_path(path, engine)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, 'w') as f:
         json.dump(checkpoint.plain(result), f, indent=1)  # settings such as EVAL_FLIP = np.bool_(True) too
@@ -288,7 +299,11 @@ def parse_args():
                         help='checkpoint file; a bare name is MODEL_DIR/name when that exists, else the file in '
                              'this folder; a name with a folder part is a path (default: final.pth)')
     parser.add_argument('--onnx', metavar='FILE.onnx',
-                        help='run this export.py file with onnxruntime instead of a checkpoint with PyTorch')
+                        help='run this export.py file with onnxruntime (or --engine) instead of a checkpoint with '
+                             'PyTorch')
+    parser.add_argument('--engine', choices=evaluation.ENGINES,
+                        help='what runs the --onnx file on the CPU: onnxruntime (default; float32) or openvino '
+                             '(float32; bfloat16 with EVAL_AMP = True on a CPU with AVX512-BF16 or AMX)')
     parser.add_argument('--all', action='store_true',
                         help="evaluate every MODEL_DIR/step_<N>.pth in step order, but those this protocol's "
                              "JSON already exists for: the validation curve in TensorBoard after a run")
@@ -329,6 +344,9 @@ def parse_args():
     args.set = [dict(zip(assigned, combination)) for combination in itertools.product(*assigned.values())]
     if args.onnx and args.checkpoint:
         parser.error('give a checkpoint or --onnx FILE, not both')
+    if args.engine and not args.onnx:
+        parser.error(f'--engine {args.engine} runs an ONNX file: give --onnx FILE (a checkpoint runs in PyTorch)')
+    args.engine = args.engine or ('onnxruntime' if args.onnx else 'pytorch')
     if args.onnx and args.attention:
         parser.error('--attention needs the PyTorch network (the EM unit\'s responsibilities): not with --onnx')
     if args.all and (args.checkpoint or args.onnx or args.image or args.save_pred or args.attention or args.submit):
@@ -346,9 +364,14 @@ def parse_args():
 def main():
     args = parse_args()
     settings.warn_unread_settings()
+    if args.onnx:  # both engines compute on the CPU: this process's device, which names the protocol's precision
+        settings.assign({'DEVICE': 'cpu'})
     if args.submit and os.path.isdir(args.submit) and os.listdir(args.submit):  # before any process writes
         raise ValueError(f'--submit {args.submit} is not empty: a submission holds the files of one evaluation, '
                          f'no others; give a new folder, or empty this one')
+    for values in args.set:  # what each combination refuses, before the first is evaluated
+        settings.assign(values)
+        refuse_before_any_work(args)
     for values in args.set:  # each combination of --set values ({} without --set)
         if values:
             logger.info('evaluating with %s', ', '.join(f'{name} = {value!r}' for name, value in values.items()))
@@ -358,18 +381,27 @@ def main():
         dist.destroy_process_group()
 
 
-def evaluate_checkpoints(args):
-    """What args ask of the checkpoints under the current settings: metrics, masks, server files."""
-    if args.onnx and settings.EVAL_AMP:
+def refuse_before_any_work(args):
+    """A ValueError for what args cannot do under the current settings: EVAL_AMP with onnxruntime or where this
+    process's device has no native half precision (`evaluation.eval_dtype`), --submit of a dataset without a
+    server."""
+    if args.engine == 'onnxruntime' and settings.EVAL_AMP:
         raise ValueError(f'EVAL_AMP={settings.EVAL_AMP!r} with --onnx: onnxruntime computes in float32, which '
-                         f'results named for half precision would misreport; set EVAL_AMP = False')
+                         f'results named for half precision would misreport; set EVAL_AMP = False, or run the file '
+                         f'with --engine openvino (bfloat16 on a CPU with AVX512-BF16 or AMX)')
     if args.submit and settings.DATASET not in SERVERS:
         raise ValueError(f'--submit: DATASET={settings.DATASET!r} has no benchmark server; those that have one: '
                          f'{", ".join(SERVERS)}')
+    evaluation.eval_dtype(runtime.process_device())
+
+
+def evaluate_checkpoints(args):
+    """What args ask of the checkpoints under the current settings: metrics, masks, server files."""
     rank, world, device = runtime.setup_runtime()  # cudnn.benchmark stays off: every image has its own size
     images = own_images(args) if args.image else None  # a mask over an input stops the run before anything
     if args.all:  # decided before any file is written, so every process has the same list
-        paths = [p for p in checkpoint.step_files(settings.MODEL_DIR).values() if not os.path.exists(result_path(p))]
+        paths = [p for p in checkpoint.step_files(settings.MODEL_DIR).values()
+                 if not os.path.exists(result_path(p, args.engine))]
         logger.info('%d step_<N>.pth in %s to evaluate', len(paths), settings.MODEL_DIR)
     else:
         paths = [args.onnx or checkpoint.checkpoint_path(args.checkpoint or 'final.pth')]
@@ -381,7 +413,7 @@ def evaluate_checkpoints(args):
             os.makedirs(folder, exist_ok=True)
     for path in paths:
         if args.onnx:
-            forward, meta = evaluation.onnx_net(path)
+            forward, meta = evaluation.onnx_net(path, args.engine)
             step, recipe = meta.get('step'), None
         else:
             held = checkpoint.load_checkpoint(net, path)
@@ -403,7 +435,7 @@ def evaluate_checkpoints(args):
             elif not own_checkpoint(path):
                 logger.info('%s is not in MODEL_DIR=%r: its results are kept apart from this folder\'s own, out '
                             'of its TensorBoard curve', path, settings.MODEL_DIR)
-            report(confusion, path, step, n_images, writer if curve else None, recipe)
+            report(confusion, path, step, n_images, writer if curve else None, recipe, args.engine)
             if args.submit and settings.DATASET == 'voc':
                 logger.info('wrote %s: upload it to the VOC server', write_archive(args.submit, args.comp))
             elif args.submit:

@@ -9,8 +9,11 @@ Single scale by default, the authors' protocol: the padded image (H' × W' = k·
 resolution. EVAL_WINDOW (a size, or (h, w)) runs every scale that is larger than it as overlapping windows of
 that size (a step of 2/3 of the window, the last one flush with the border) whose logits are averaged where
 they overlap: memory stays that of one window, and the net sees crops as large as it was trained on.
-Evaluation runs in float32, as the authors evaluated (and as the CPU and ONNX paths compute); EVAL_AMP = True
-evaluates under the training's autocast on CUDA (`eval_dtype`), and the protocol's name says so ('bf16', 'fp16').
+Evaluation runs in float32, as the authors evaluated; EVAL_AMP = True evaluates in half precision
+(`eval_dtype`): on CUDA under the training's autocast, on a CPU that computes bfloat16 natively in bfloat16
+(PyTorch's frozen graph traced under autocast, or OpenVINO's bfloat16), and is refused on a CPU that would only
+emulate it; the protocol's name says so ('bf16', 'fp16'). An export.py file runs through onnxruntime (float32)
+or OpenVINO (`onnx_net`), each told its precision, OpenVINO too, whose CPU default is bfloat16 where the CPU has it.
 """
 import json
 import math
@@ -30,6 +33,7 @@ HALF_NAMES = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}  # EVAL_AMP's part 
 # the settings that change only how a trained network is evaluated (eval.py --set, grid.py run --eval)
 EVAL_SETTINGS = ('EVAL_SCALES', 'EVAL_FLIP', 'EVAL_STRIDE', 'EVAL_WINDOW', 'EVAL_STAGE_NUM', 'EVAL_AMP')
 VAL_LOG = 'val.jsonl'  # in LOG_DIR: a line per evaluation while training (a summary with step and seconds)
+ENGINES = ('onnxruntime', 'openvino')  # what runs an export.py file on the CPU (eval.py --onnx FILE --engine)
 
 
 def scaled_size(size, scale):
@@ -98,9 +102,18 @@ def window_logits(net, img, size):
 
 
 def eval_dtype(device):
-    """The autocast dtype of evaluation on device: None (float32, the authors' protocol) unless EVAL_AMP asks for
-    the training's half precision (`runtime.autocast_dtype`: CUDA only)."""
-    return runtime.autocast_dtype(device) if settings.EVAL_AMP else None
+    """The precision of evaluation on device: None (float32, the authors' protocol) unless EVAL_AMP asks for half
+    precision: on CUDA the training's (`runtime.autocast_dtype`), on the CPU bfloat16 where it computes it natively
+    (`runtime.native_bfloat16`); elsewhere a ValueError, as emulated bfloat16 is slower than float32."""
+    if not settings.EVAL_AMP:
+        return None
+    if device.type != 'cpu':
+        return runtime.autocast_dtype(device)
+    if not runtime.native_bfloat16():
+        raise ValueError('EVAL_AMP=True evaluates in bfloat16, but this CPU has no native bfloat16 (neither '
+                         'AVX512-BF16 nor AMX): emulated bfloat16 is slower than float32 and no more accurate; set '
+                         'EVAL_AMP = False')
+    return torch.bfloat16
 
 
 @torch.inference_mode()
@@ -140,14 +153,19 @@ def graph_settings():
     yield 'classes', 'DATASET', list(dataset.current()['classes'])
 
 
-def onnx_metadata(path, session):
-    """The metadata export.py wrote into the ONNX file, each of `graph_settings` checked against this folder's
-    settings: a file of other settings is an error naming the setting, the file's value and the folder's."""
-    stored = session.get_modelmeta().custom_metadata_map
+def onnx_metadata(path):
+    """The metadata export.py wrote into the ONNX file, read from the file (whichever engine runs it), each of
+    `graph_settings` checked against this folder's settings: a file of other settings is an error naming the
+    setting, the file's value and the folder's."""
+    import onnx  # here, not at the top: see runtime.export_onnx
+    try:
+        stored = onnx.load(path, load_external_data=False).metadata_props
+    except Exception as error:  # protobuf's DecodeError and others: no ONNX model
+        raise ValueError(f'{path} is not an ONNX file ({str(error).splitlines()[0]})') from None
     meta = {}
-    for key, value in stored.items():
+    for prop in stored:
         try:
-            meta[key] = json.loads(value)
+            meta[prop.key] = json.loads(prop.value)
         except ValueError:  # another tool's metadata: not export.py's JSON
             pass
     for key, name, value in graph_settings():
@@ -175,24 +193,34 @@ def input_size_net(forward):
 
 
 def inference_net(net, device):
-    """What `predict` runs for net (an EMANet in eval mode on device): on the CPU its `runtime.freeze` graph,
-    traced anew at each call (training's validation passes weights that change), on CUDA net itself."""
-    return input_size_net(runtime.freeze(net)) if device.type == 'cpu' else net
+    """What `predict` runs for net (an EMANet in eval mode on device): on the CPU its `runtime.freeze` graph in
+    `eval_dtype`'s precision, traced anew at each call (training's validation passes weights that change), on
+    CUDA net itself."""
+    return input_size_net(runtime.freeze(net, eval_dtype(device))) if device.type == 'cpu' else net
 
 
-def onnx_net(path):
-    """(net, metadata): an export.py file run by onnxruntime on the CPU, as EMANet's eval forward
-    (`input_size_net`)."""
+def onnx_net(path, engine='onnxruntime'):
+    """(net, metadata): an export.py file run on the CPU by engine, one of ENGINES, as EMANet's eval forward
+    (`input_size_net`), its metadata checked (`onnx_metadata`) before the engine loads it. onnxruntime computes
+    in float32; OpenVINO in `eval_dtype`'s precision (float32, or bfloat16 with EVAL_AMP)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'ONNX file {path} does not exist')
+    meta = onnx_metadata(path)
+    dtype = eval_dtype(torch.device('cpu')) if engine == 'openvino' else None
     try:
-        session = runtime.onnx_session(path)
-    except Exception as error:  # onnxruntime's own error types: a file it cannot parse or run
-        raise ValueError(f'{path} is not an ONNX file onnxruntime can run ({str(error).splitlines()[0]})') from None
-    meta = onnx_metadata(path, session)
+        if engine == 'openvino':
+            model = runtime.openvino_model(path, dtype)
+            run = lambda array: model(array)[0]  # noqa: E731
+        else:
+            session = runtime.onnx_session(path)
+            run = lambda array: session.run(['logits'], {'img': array})[0]  # noqa: E731
+    except Exception as error:  # the engine's own error types: a file it cannot parse or run
+        lines = str(error).strip().splitlines()  # OpenVINO's: the source lines it passed through, its reason last
+        raise ValueError(f'{path} is not an ONNX file {engine} can run '
+                         f'({lines[-1] if engine == "openvino" else lines[0]})') from None
 
     def forward(img):
-        logits = session.run(['logits'], {'img': img.detach().float().cpu().contiguous().numpy()})[0]
+        logits = run(img.detach().float().cpu().contiguous().numpy())
         return torch.from_numpy(logits).to(img.device)
     return input_size_net(forward), meta
 
@@ -291,10 +319,11 @@ def finite_or_none(value):
     return value if math.isfinite(value) else None
 
 
-def summary(confusion, n_images):
+def summary(confusion, n_images, engine='pytorch'):
     """What eval.py's JSON and training's val.jsonl record of an evaluation: mIoU, pAcc, mAcc, fIoU (fractions,
     None where undefined), per_class (class name → IoU), split, n_images and the protocol with its settings
-    (stage_num: the EM iterations; precision: 'float32', or EVAL_AMP's 'bfloat16' / 'float16')."""
+    (stage_num: the EM iterations; precision: 'float32', or EVAL_AMP's 'bfloat16' / 'float16'), and the engine
+    that computed it ('pytorch', or one of ENGINES)."""
     result = metrics(confusion)
     names = dataset.current()['classes']
     return {**{key: finite_or_none(result[key]) for key in ('mIoU', 'pAcc', 'mAcc', 'fIoU')},
@@ -302,7 +331,8 @@ def summary(confusion, n_images):
             'split': settings.VAL_SPLIT, 'n_images': n_images, 'protocol': protocol(),
             'scales': list(settings.EVAL_SCALES), 'flip': settings.EVAL_FLIP, 'window': settings.EVAL_WINDOW,
             'stride': dataset.output_stride(), 'stage_num': settings.EVAL_STAGE_NUM or settings.STAGE_NUM,
-            'precision': str(eval_dtype(runtime.process_device()) or torch.float32).replace('torch.', '')}
+            'precision': str(eval_dtype(runtime.process_device()) or torch.float32).replace('torch.', ''),
+            'engine': engine}
 
 
 def write_scalars(writer, result, step, first=None):

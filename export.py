@@ -4,6 +4,7 @@
     python export.py step_10000.pth               # a bare name is looked up in MODEL_DIR, as eval.py does
     python export.py path/to/EMANet101.pth --out emanet101.onnx
     python eval.py --onnx models/final.onnx       # evaluate (or --image ...) with onnxruntime
+    python eval.py --onnx models/final.onnx --engine openvino    # or with OpenVINO (bfloat16: --set EVAL_AMP=True)
 
 The network is this folder's settings' (N_CLASSES, N_LAYERS, EMA_CHANNELS, N_BASES) at EVAL_STRIDE with the
 EVAL_STAGE_NUM EM iterations unrolled, in float32. Input `img`: N × 3 × H × W float32, RGB scaled to [0, 1] and

@@ -6,6 +6,7 @@
     mask, probabilities = model(image, probabilities=True)  # and classes × H × W float32 softmax scores
     model.classes, model.palette                            # the class names and their (r, g, b), in label order
     Image.fromarray(model.colorize(mask)).save('mask.png')  # H × W × 3 uint8: each class in its colour
+    model = torch.hub.load(..., precision='bfloat16')      # bfloat16 on a CPU with AVX512-BF16 or AMX, or a GPU
 
 The checkpoint decides the network: ours hold the settings they were trained with (architecture, classes, MEAN,
 STD, the EVAL_* protocol) and their dataset's class names and colours; the authors' files ({'net', 'step'}) do
@@ -19,7 +20,9 @@ An image is a path (read as a viewer shows it, as `eval.py --image` does), a PIL
 array (H × W × 3 uint8 RGB, H × W grey; uint16 and floats by their range): every form goes through
 dataset.read_photo, so a PIL image opened from a file gives the mask that its path gives. It is segmented with
 eval.py's protocol: EVAL_SCALES, EVAL_FLIP and EVAL_WINDOW of the checkpoint, or the caller's scales=, flip=
-(False turns the checkpoint's flip off), window= (0: whole images).
+(False turns the checkpoint's flip off), window= (0: whole images). It computes in float32 (precision='float32',
+the default, as eval.py's protocol) or in bfloat16 (precision='bfloat16': eval.py's EVAL_AMP = True, refused where
+the device has no native bfloat16); `model.precision` and a log line say which.
 
 Settings are module globals (settings.py): the checkpoint's are applied while the network is built and while
 an image is segmented, and the previous values are put back afterwards, so a caller's own use of settings (an
@@ -117,6 +120,9 @@ def stored_settings(ckpt, stride, path):
     return {**values, **({'EVAL_STRIDE': stride} if stride else {})}
 
 
+PRECISIONS = ('float32', 'bfloat16')  # emanet(precision=...)
+
+
 def checkpoint_classes(ckpt, path):
     """(names, [(r, g, b)]) of a checkpoint's classes, run under its settings: its own; in a file without them,
     those of its DATASET where that has them for N_CLASSES, said in the log (not for 'folder': its DATA_ROOT's
@@ -143,12 +149,13 @@ def checkpoint_classes(ckpt, path):
 
 class Model:
     """A trained EMANet (`net`, in eval mode on `device`), what `evaluation.predict` runs of it (`forward`: on the
-    CPU its frozen graph, made once), the settings it runs under (`settings`), and its classes: `classes` (names
-    in label order) and `palette` ((r, g, b) of each)."""
+    CPU its frozen graph, made once), the settings it runs under (`settings`), the precision it computes in
+    (`precision`: 'float32' or 'bfloat16'), and its classes: `classes` (names in label order) and `palette`
+    ((r, g, b) of each)."""
 
-    def __init__(self, net, forward, values, device, classes, palette):
+    def __init__(self, net, forward, values, device, precision, classes, palette):
         self.net, self.forward, self.settings, self.device = net, forward, values, device
-        self.classes, self.palette = classes, palette
+        self.precision, self.classes, self.palette = precision, classes, palette
 
     def __call__(self, image, probabilities=False):
         """H × W int64 class indices of image (a path, a PIL image or a numpy array: dataset.read_photo) at its
@@ -166,10 +173,13 @@ class Model:
         return np.asarray(self.palette, np.uint8)[mask]
 
 
-def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=None):
+def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=None, precision='float32'):
     """The Model of a checkpoint file: stride (8 or 16) the output stride at test time (the authors' files: also
     the one they were trained at, 8 by default); scales, flip, window replace the checkpoint's EVAL_SCALES,
-    EVAL_FLIP, EVAL_WINDOW (window 0: whole images); device: 'cuda' when there is one, else 'cpu'."""
+    EVAL_FLIP, EVAL_WINDOW (window 0: whole images); device: 'cuda' when there is one, else 'cpu'; precision:
+    'float32' or 'bfloat16' (a CPU with native bfloat16, or a GPU that computes it: a ValueError elsewhere)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision={precision!r}: must be one of {", ".join(map(repr, PRECISIONS))}')
     path = checkpoint
     if stride not in (None, 8, 16):
         raise ValueError(f'stride={stride!r}: the output stride is 8 or 16')
@@ -181,10 +191,19 @@ def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=
         values['EVAL_FLIP'] = flip
     if window is not None:
         values['EVAL_WINDOW'] = window or None
+    values.update(EVAL_AMP=precision == 'bfloat16', AMP=True)  # on CUDA EVAL_AMP takes what AMP = True trains in
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     with applied(values):
+        try:
+            dtype = evaluation.eval_dtype(device)
+        except ValueError as error:  # a CPU without native bfloat16
+            raise ValueError(f"precision='bfloat16' (eval.py's EVAL_AMP): {error}; or precision='float32'") from None
+        if dtype not in (None, torch.bfloat16):  # a GPU below compute capability 8
+            raise ValueError(f"precision='bfloat16': {device} has no bfloat16 in hardware (it would take {dtype}); "
+                             f"use precision='float32'")
         classes, palette = checkpoint_classes(ckpt, path)
         net = network.EMANet(stride=dataset.output_stride())
         load_state(net, ckpt['net'], path)
         net = net.eval().to(device)
-        return Model(net, evaluation.inference_net(net, device), values, device, classes, palette)
+        settings.logger.info('EMANet of %s on %s in %s', path, device, precision)
+        return Model(net, evaluation.inference_net(net, device), values, device, precision, classes, palette)

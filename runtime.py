@@ -1,6 +1,7 @@
 """What every script shares to run: the entry point that turns a bad setting or file into its message, the
-device and torchrun set-up, determinism, mixed precision, whether to compile, the memory layout, the network
-frozen for CPU inference, and the network as an ONNX file for onnxruntime.
+device and torchrun set-up, determinism, mixed precision (and whether this CPU computes bfloat16 natively),
+whether to compile, the memory layout, the network frozen for CPU inference, and the network as an ONNX file for
+onnxruntime and OpenVINO.
 
 The all-reduce mean lives in network.py (`network.all_reduce_mean`): the bases' moving average is a mean over
 the whole global batch, and network.py imports nothing of the runtime.
@@ -96,13 +97,23 @@ def cudnn_benchmark():
     return settings.CUDNN_BENCHMARK and not settings.DETERMINISTIC
 
 
+def native_bfloat16():
+    """Whether this CPU computes bfloat16 in hardware: AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake) or AMX
+    (Intel Sapphire Rapids and later). Elsewhere (AVX512 without BF16, AVX2) oneDNN emulates bfloat16 through
+    float32, slower than float32 itself: no setting ever chooses it there."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def autocast_dtype(device):
-    """The training's mixed precision on device: None (float32) on the CPU or with AMP = False; bfloat16 where
-    the GPU computes it in hardware (compute capability 8 and later: A100, H100, RTX 30xx), float16 with a
-    gradient scaler elsewhere (V100, T4, RTX 20xx). Not torch.cuda.is_bf16_supported(): it counts emulated
-    bfloat16, slower there than float32."""
-    if device.type != 'cuda' or not settings.AMP:
+    """The training's mixed precision on device: None (float32) with AMP = False; on the CPU bfloat16 where it
+    computes bfloat16 natively (`native_bfloat16`), else None; on CUDA bfloat16 where the GPU computes it in
+    hardware (compute capability 8 and later: A100, H100, RTX 30xx), float16 with a gradient scaler elsewhere
+    (V100, T4, RTX 20xx). Not torch.cuda.is_bf16_supported(): it counts emulated bfloat16, slower there than
+    float32."""
+    if not settings.AMP or device.type not in ('cpu', 'cuda'):
         return None
+    if device.type == 'cpu':
+        return torch.bfloat16 if native_bfloat16() else None
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
@@ -130,20 +141,28 @@ def to_device(x, device):
     return x.to(memory_format=torch.channels_last) if settings.CHANNELS_LAST and device.type == 'cuda' else x
 
 
-def freeze(net):
+def freeze(net, dtype=None):
     """net (an EMANet, eval, on the CPU) as a frozen TorchScript graph of img → logits at img's size: BN folded
     into the convs, ReLUs fused into them, the convs run by oneDNN in its blocked layout on weights reordered once
     rather than at every call. benchmark.py --device cpu: 1.2× eager at 513 × 513 on 2 cores (channels-last
     alone: 1.0–1.1×), the same predictions. Traced once on a small image: batch, height and width follow the
     input. TorchScript is deprecated in favour of torch.compile, but on the CPU torch.compile spends 25–75 s on
     each new image size, and every val image has its own.
+    dtype torch.bfloat16 (a CPU with native bfloat16: evaluation.eval_dtype) traces it under autocast, channels-last:
+    the casts autocast makes go into the graph, the EM iterations' float32 region (network.EMAU.forward) with them,
+    and it runs so without autocast. On a 2-core AMD EPYC (AVX512-BF16), EMANet-50 at 257 × 257: 2.2× eager
+    float32, where eager autocast gives 1.55× (1.75× channels-last); benchmark.py at 513 × 513: 2.14× against
+    1.56×.
     The trace sees a copy of net without gradients, called from a bare module: its weights go into the graph as
     constants (what freezing makes of them anyway), and TorchScript does not first script each of its ~470
     submodules (0.5 s of 0.95 s for an EMANet-50 on one thread; the graph is the same)."""
     weights = copy.deepcopy(net).requires_grad_(False)
     caller = torch.nn.Module().eval()
     caller.forward = lambda img: weights(img)  # a function attribute: weights is no submodule of caller
-    with torch.no_grad(), warnings.catch_warnings():
+    if dtype is not None:
+        weights.to(memory_format=torch.channels_last)
+        caller.forward = lambda img: weights(img.contiguous(memory_format=torch.channels_last))
+    with torch.no_grad(), autocast(torch.device('cpu'), dtype), warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)  # see above
         traced = torch.jit.trace(caller, torch.zeros(1, 3, 33, 33), check_trace=False)
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
@@ -178,3 +197,17 @@ def onnx_session(path):
     options.intra_op_num_threads = torch.get_num_threads()
     options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def openvino_model(path, dtype=None):
+    """The ONNX file at path compiled by OpenVINO's CPU plugin (its ONNX frontend reads the file: no converter),
+    with PyTorch's thread count, as onnx_session, and its threads left where the system schedules them (the
+    plugin's default pins them to the first cores: under torchrun every process's to the same ones), computing in
+    float32 (dtype None: told so explicitly, as the plugin's default on a CPU with native bfloat16 is bfloat16) or
+    in bfloat16 (dtype torch.bfloat16, where the CPU computes it: evaluation.eval_dtype decides); its outputs are
+    float32 either way. Called with an input array, it returns the outputs in order."""
+    import openvino  # here, not at the top: see export_onnx
+    precision = {None: 'f32', torch.bfloat16: 'bf16'}[dtype]
+    return openvino.Core().compile_model(path, 'CPU', {'INFERENCE_PRECISION_HINT': precision,
+                                                       'INFERENCE_NUM_THREADS': torch.get_num_threads(),
+                                                       'ENABLE_CPU_PINNING': False, 'PERFORMANCE_HINT': 'LATENCY'})

@@ -80,12 +80,14 @@ EVAL_EVERY = 2000               # steps between evaluations while training (and 
                                 # 1449 images take a few GPU minutes, shared by the processes: every ITER_SAVE steps
                                 # costs a few percent of the recipe's run for a 15-point curve, best.pth a step_<N>.pth
 EVAL_IMAGES = None              # evaluate only the first N images of VAL_SPLIT while training; None: all
-EVAL_AMP = False                # True: evaluate in the training's half precision on CUDA (protocol 'bf16' / 'fp16')
+EVAL_AMP = False                # True: evaluate in half precision (protocol 'bf16' / 'fp16'): the training's on CUDA,
+                                # bfloat16 on a CPU with AVX512-BF16 or AMX (PyTorch, OpenVINO); refused on other CPUs
 
 # runtime
 DEVICE = None                   # None: 'cuda' when available, else 'cpu'
-AMP = True                      # mixed precision on CUDA: bf16 on compute capability >= 8, else fp16 + scaler
-CHANNELS_LAST = True            # channels-last memory format on CUDA
+AMP = True                      # mixed precision: on CUDA bf16 on compute capability >= 8, else fp16 + scaler; on a CPU
+                                # bf16 where it is native (AVX512-BF16, AMX), else float32 (emulated bf16 is slower)
+CHANNELS_LAST = True            # channels-last memory format on CUDA (CPU training stays contiguous: no gain there)
 COMPILE = False                 # torch.compile the network
 CUDNN_BENCHMARK = True          # let cuDNN pick the fastest convolution algorithms
 DETERMINISTIC = False           # True: deterministic GPU algorithms, bit-identical resume on GPUs (cost unmeasured)

@@ -230,6 +230,8 @@ def main():
                          f'each process\'s {settings.BATCH_SIZE // world} images (BATCH_SIZE={settings.BATCH_SIZE}, '
                          f'{world} processes)')
     compiled = runtime.compiles(device, world)
+    if settings.EVAL_EVERY > 0:
+        evaluation.eval_dtype(device)  # EVAL_AMP where it is refused: an error now, not at the first validation
     if settings.CROP_SIZE < settings.STRIDE:
         raise SystemExit(f'CROP_SIZE={settings.CROP_SIZE} is smaller than the output stride STRIDE={settings.STRIDE}')
     dataset.compare_recipe(checkpoint.plain(settings.effective()))  # a RECIPE of no recipe of DATASET stops here
@@ -277,6 +279,9 @@ def main():
     optimizer = torch.optim.SGD(param_groups(net), lr=settings.LR, momentum=settings.LR_MOM)
     dtype = runtime.autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    precision = f'{dtype} autocast'.replace('torch.', '') if dtype else 'float32'
+    if settings.AMP and dtype is None and device.type == 'cpu':  # AMP's fallback, said: this run is no faster
+        precision += ': AMP = True, but this CPU has no native bfloat16, which it would emulate slower than float32'
 
     # ---------------------------------------------------------------- resume
     start = checkpoint.resume(net, optimizer, scaler)
@@ -323,7 +328,7 @@ def main():
             (logger.warning if recipe['deviations'] else logger.info)('%s', line)
         logger.info('training EMANet-%d OS%d on %s x%d (%s), steps %d..%d, %d images; batch %d: %d process(es) x '
                     '%d micro-batch(es) of %d images', settings.N_LAYERS, settings.STRIDE, device, world,
-                    dtype or torch.float32, start + 1, settings.ITER_MAX, len(train_set), settings.BATCH_SIZE, world,
+                    precision, start + 1, settings.ITER_MAX, len(train_set), settings.BATCH_SIZE, world,
                     settings.ACCUM_STEPS, settings.BATCH_SIZE // world // settings.ACCUM_STEPS)
     if evaluation_due(start, validated):  # stopped or killed after the latest.pth of this step, before evaluating it
         best = validate(net, optimizer, scaler, device, rank, world, start, writer, best, recipe)

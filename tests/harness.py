@@ -37,9 +37,11 @@ import settings  # noqa: E402
 # an experiment small enough for a 2-core CPU: ResNet-50 from scratch on tiny crops, a 64-channel EM unit (at 512,
 # its fc0 alone holds 9.4M of 34M weights: a third of every step's optimizer update and every checkpoint), saving
 # latest.pth and final.pth at the end only (each save is 200 MB written and synced; tests of the cadence set
-# ITER_SAVE)
+# ITER_SAVE), in float32 (AMP = False): the same numbers on every CPU, with native bfloat16 (where AMP would train
+# in it) or without, as the tests that compare a run's weights with float32 computations of their own need; the
+# bfloat16 training has tests of its own (test_cpu_bfloat16.py)
 TINY = dict(N_LAYERS=50, PRETRAINED=None, CROP_SIZE=33, BATCH_SIZE=2, ITER_MAX=4, ITER_SAVE=1000, LOG_EVERY=1,
-            IMAGE_EVERY=2, NUM_WORKERS=0, BN_MOM=0.1, LR=1e-3, EVAL_EVERY=0, EMA_CHANNELS=64)
+            IMAGE_EVERY=2, NUM_WORKERS=0, BN_MOM=0.1, LR=1e-3, EVAL_EVERY=0, EMA_CHANNELS=64, AMP=False)
 HANG_GUARD = 900  # seconds: only a hung run takes this long, however loaded the machine is
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # processes that must compute the same numbers bit for bit
 # where python's own modules and installed packages live: what a forked script keeps of this process's imports

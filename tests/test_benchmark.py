@@ -1,6 +1,7 @@
 """benchmark.py: paper Table 1 sizes, the analytic growth of the two attention blocks, the reference data
 pipeline, and a tiny end-to-end run. Nothing here asserts on a timing."""
 import json
+import types
 
 import numpy as np
 import pytest
@@ -8,8 +9,11 @@ import torch
 
 import benchmark
 import dataset
+import runtime
 import settings
 from harness import ROOT, run_script
+
+NATIVE = runtime.native_bfloat16()  # this machine's CPU: bfloat16 rows measured, or saying they cannot run
 
 
 @pytest.mark.parametrize('channels', [512, 256])
@@ -73,6 +77,29 @@ def test_authors_augment_gives_the_train_dataset_samples(tmp_path, monkeypatch):
         assert (image - ref_image).abs().max() <= 1e-3 and torch.equal(label, ref_label)
 
 
+def test_inference_flops_are_the_papers_table_1_and_the_classifier(monkeypatch):
+    """EMANet-101 OS8 at 513 × 513 (65 × 65 features): paper Table 1's backbone and head (fc0 + EM unit) MACs, and
+    by hand fc1 (3 × 3, 512 → 256) and fc2 (1 × 1, 256 → 21); two FLOPs a multiply-add."""
+    monkeypatch.setattr(settings, 'N_LAYERS', 101)
+    pixels = 65 * 65
+    head = pixels * (9 * 512 * 256 + 256 * 21) / 1e9
+    expected = 2 * (benchmark.PAPER_TABLE1['backbone'][1] + benchmark.PAPER_TABLE1['head_512'][1] + head)
+    assert benchmark.inference_gflop(1, 513, 513) == pytest.approx(expected, rel=0.01)
+    assert benchmark.inference_gflop(3, 513, 513) == pytest.approx(3 * benchmark.inference_gflop(1, 513, 513))
+
+
+def test_a_cpu_without_native_bfloat16_has_no_bfloat16_limit_and_rows_that_say_so(monkeypatch):
+    for name in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'):
+        monkeypatch.setattr(torch.cpu, name, lambda: False)
+    args = types.SimpleNamespace(eval_batch=1, warmup=0, iters=1, repeats=1)
+    variants = {'eager': ('float32 eager', lambda img: img, False, 'float32'), 'openvino_bf16': None}
+    limits = benchmark.limit_calls()
+    assert set(limits) == {'float32'}
+    measured, gflops = benchmark.measure_inference(torch.device('cpu'), args, variants, 9, 9, limits)
+    assert gflops['float32'] > 0 and gflops['bfloat16'] is None and measured['openvino_bf16'] is None
+    assert measured['eager']['of_limit'] == pytest.approx(measured['eager']['gflops'] / gflops['float32'])
+
+
 def test_overridden_restores_settings():
     before = settings.N_LAYERS
     with pytest.raises(RuntimeError):
@@ -98,22 +125,45 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
                      '--batch', '1', '--eval-batch', '1', '--iters', '1', '--warmup', '0', '--repeats', '1',
                      '--infer-sizes', '33x33', '--sizes', '17,33', '--data-images', '2')
     assert run.returncode == 0, run.stderr
-    for title in ('cpu, torch', 'Paper Table 1', 'Training, EMANet-50', 'AMP n/a on CPU', 'Inference',
-                  'EM unit', 'Data loading'):
+    amp = 'AMP (bfloat16)' if NATIVE else 'AMP: float32, this CPU has no native bfloat16'
+    for title in ('cpu, torch', 'Paper Table 1', 'Training, EMANet-50', amp, 'CPU limits: a 2048x2048 matrix product',
+                  'Inference', 'EM unit', 'Data loading'):
         assert title in run.stdout
     results = json.loads(out.read_text())
     assert results['device'] == 'cpu'
     assert set(results['table1']) == {'backbone', 'head_512', 'head_256'}
     train = results['train']
     assert train['config']['n_layers'] == 50 and train['config']['crop'] == 33
-    assert train['amp_channels_last']['channels_last'] and train['amp_channels_last']['dtype'] == 'float32'
+    assert train['amp']['dtype'] == train['amp_channels_last']['dtype'] == ('bfloat16' if NATIVE else 'float32')
+    assert train['amp_channels_last']['channels_last'] and not train['amp']['channels_last']
     assert train['amp_channels_last_compiled'] is None
     assert train['float32']['images_per_s'] > 0 and train['float32']['vs_float32'] == 1
-    assert train['speedup'] == train['amp_channels_last']['vs_float32'] == pytest.approx(
-        train['amp_channels_last']['images_per_s'] / train['float32']['images_per_s'])
-    assert results['infer']['33x33']['images_per_s'] > 0
-    assert results['infer']['33x33']['onnxruntime']['images_per_s'] > 0 and 'onnxruntime float32' in run.stdout
-    assert results['infer']['33x33']['frozen']['images_per_s'] > 0 and 'frozen TorchScript' in run.stdout
+    assert train['speedup'] == train['amp']['vs_float32'] == pytest.approx(  # what train.py runs on the CPU
+        train['amp']['images_per_s'] / train['float32']['images_per_s'])
+    infer = results['infer']['33x33']
+    limits = infer['limits']
+    assert limits['float32'] > 0 and (limits['bfloat16'] > 0 if NATIVE else limits['bfloat16'] is None)
+    with benchmark.overridden(N_LAYERS=50):  # the run's --layers
+        assert infer['gflop_per_image'] == pytest.approx(benchmark.inference_gflop(1, 33, 33))
+    rows = {line.split('  ')[1].strip(): line for line in run.stdout.splitlines() if line.startswith('33x33')}
+    paths = {'eager': ('float32 eager', 'float32'), 'frozen': ('float32 frozen TorchScript (eval.py)', 'float32'),
+             'onnxruntime': ('onnxruntime float32', 'float32'), 'openvino': ('OpenVINO float32', 'float32'),
+             'eager_bf16': ('bfloat16 eager autocast', 'bfloat16'),
+             'frozen_bf16': ('bfloat16 frozen TorchScript (eval.py EVAL_AMP)', 'bfloat16'),
+             'openvino_bf16': ('OpenVINO bfloat16', 'bfloat16')}
+    for name, (label, precision) in paths.items():
+        if precision == 'bfloat16' and not NATIVE:  # a row that says so, and no numbers
+            assert infer[name] is None and f'33x33  {name}' in rows and 'no native bfloat16' in rows[name]
+            continue
+        path = infer if name == 'eager' else infer[name]  # eager's numbers where they were before the others
+        assert label in rows and path['precision'] == precision and path['seconds_per_image'] > 0
+        assert path['images_per_s'] == pytest.approx(1 / path['seconds_per_image'])  # batch 1
+        assert path['gflops'] == pytest.approx(infer['gflop_per_image'] / path['seconds_per_image'])
+        assert path['of_limit'] == pytest.approx(path['gflops'] / limits[precision])
+        assert path['vs_onnxruntime'] == pytest.approx(infer['onnxruntime']['seconds_per_image'] /
+                                                       path['seconds_per_image'])
+        assert path['vs_eager'] == pytest.approx(infer['seconds_per_image'] / path['seconds_per_image'])
+        assert f"{path['seconds_per_image']:.3f}" in rows[label] and f"{100 * path['of_limit']:.0f}%" in rows[label]
     assert [row['size'] for row in results['attention']['sizes']] == [17, 33]
     for row in results['attention']['sizes']:
         assert row['emau_ms'] > 0 and row['nonlocal_ms'] > 0 and row['nonlocal_gmacs'] > row['emau_gmacs'] > 0

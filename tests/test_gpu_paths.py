@@ -1,5 +1,6 @@
 """The CUDA paths that no CPU runs, tested on the CPU with fakes: the mixed-precision dtype by compute capability
-and a resume across it, COMPILE under torchrun on GPUs, evaluation in float32 unless EVAL_AMP, micro-batches
+and a resume across it, COMPILE under torchrun on GPUs, evaluation in float32 unless EVAL_AMP (the CPU's bfloat16:
+test_cpu_bfloat16.py), micro-batches
 (ACCUM_STEPS) and the out-of-memory message, DETERMINISTIC, and where benchmark.py measures peak memory. What only
 a GPU confirms is in the README's "On a GPU"."""
 import contextlib
@@ -57,8 +58,6 @@ def test_bfloat16_only_where_the_gpu_has_it_in_hardware(monkeypatch, capability,
     assert asked == [torch.device('cuda', 1)]  # the device's own, not the current one
     monkeypatch.setattr(settings, 'AMP', False)
     assert runtime.autocast_dtype(torch.device('cuda', 1)) is None
-    monkeypatch.setattr(settings, 'AMP', True)
-    assert runtime.autocast_dtype(torch.device('cpu')) is None
 
 
 def resume_into(scaler, path):
@@ -128,31 +127,21 @@ def recording_net(seen):
 
 
 @pytest.mark.parametrize('half, name', [(torch.bfloat16, 'bf16'), (torch.float16, 'fp16')])
-def test_evaluation_is_float32_unless_eval_amp_and_then_named(monkeypatch, half, name):
-    """runtime.autocast_dtype faked to give the training's half precision here, as on a GPU."""
+def test_evaluation_on_a_gpu_is_float32_unless_eval_amp_and_then_named(monkeypatch, half, name):
+    """This process's device faked as a GPU whose training precision (runtime.autocast_dtype, faked) is half.
+    predict's autocast itself, which only the CPU can run here: test_cpu_bfloat16.py."""
+    gpu = torch.device('cuda', 0)
     monkeypatch.setattr(runtime, 'autocast_dtype', lambda device: half)
+    monkeypatch.setattr(runtime, 'process_device', lambda: gpu)
     monkeypatch.setattr(settings, 'EVAL_FLIP', True)
-    img = torch.randn(1, 3, 9, 9)
-    seen = []
-    evaluation.predict(recording_net(seen), img)
-    assert [(enabled, dtype) for enabled, _, dtype in seen] == [(False, torch.float32)] * 2
+    assert evaluation.eval_dtype(gpu) is None
     assert evaluation.protocol() == 'flip' and evaluation.scalar_prefix() == 'val_flip'
     assert evaluation.summary(torch.eye(settings.N_CLASSES, dtype=torch.int64), 1)['precision'] == 'float32'
     monkeypatch.setattr(settings, 'EVAL_AMP', True)
-    seen.clear()
-    evaluation.predict(recording_net(seen), img)
-    assert [(enabled, dtype) for enabled, dtype, _ in seen] == [(True, half)] * 2
+    assert evaluation.eval_dtype(gpu) == half
     assert evaluation.protocol() == f'flip_{name}' and evaluation.scalar_prefix() == f'val_flip_{name}'
     result = evaluation.summary(torch.eye(settings.N_CLASSES, dtype=torch.int64), 1)
     assert result['protocol'] == f'flip_{name}' and result['precision'] == str(half).replace('torch.', '')
-
-
-def test_eval_amp_on_the_cpu_is_float32_and_named_so(monkeypatch):
-    monkeypatch.setattr(settings, 'EVAL_AMP', True)  # the real autocast_dtype: no AMP on the CPU
-    seen = []
-    evaluation.predict(recording_net(seen), torch.randn(1, 3, 9, 9))
-    assert seen == [(False, seen[0][1], torch.float32)]
-    assert evaluation.protocol() == ''
 
 
 # ---------------------------------------------------------------- 4. micro-batches and out of memory
@@ -279,7 +268,7 @@ def test_out_of_memory_names_batch_crop_precision_and_what_reduces_memory(monkey
     assert 'batch 2: 1 process(es) x 2 micro-batch(es) of 1 images' in messages(records)
     message = str(stopped.value.code)
     for part in ('step 1: the GPU ran out of memory with BATCH_SIZE=2 (1 process(es) x 2 micro-batch(es) of 1 images)',
-                 'CROP_SIZE=33', 'N_LAYERS=50', 'torch.float32 (AMP=True)', 'ACCUM_STEPS=4', 'smaller CROP_SIZE'):
+                 'CROP_SIZE=33', 'N_LAYERS=50', 'torch.float32 (AMP=False)', 'ACCUM_STEPS=4', 'smaller CROP_SIZE'):
         assert part in message, message
 
 
@@ -341,10 +330,10 @@ def test_inference_peak_is_one_forward_after_warm_up_from_a_reset_baseline(monke
     events = fake_cuda_memory
     monkeypatch.setattr(benchmark, 'random_images', lambda batch, height, width, device, channels_last:
                         torch.zeros(batch, 3, height, width))  # the images stay on the CPU
-    variants = {name: (name, lambda img, name=name: events.append(f'forward {name}'), False)
+    variants = {name: (name, lambda img, name=name: events.append(f'forward {name}'), False, 'float32')
                 for name in ('eager', 'compiled')}
     args = types.SimpleNamespace(eval_batch=1, warmup=2, iters=1, repeats=1)
-    results = benchmark.measure_inference(torch.device('cuda'), args, variants, 9, 9)
+    results, limits = benchmark.measure_inference(torch.device('cuda'), args, variants, 9, 9)
     expected = []
     for name in variants:  # what an earlier row left is freed; the peak restarts after the warm-up
         expected += ['empty_cache', 'reset_peak_memory_stats', 'memory_allocated', f'forward {name}',
@@ -352,6 +341,7 @@ def test_inference_peak_is_one_forward_after_warm_up_from_a_reset_baseline(monke
                      'max_memory_allocated']
     assert events[:len(expected)] == expected
     assert [results[name]['peak_mib'] for name in variants] == [200, 200]  # above the baseline
+    assert limits is None  # the CPU's
 
 
 def test_training_and_attention_peaks_restart_after_warm_up(fake_cuda_memory):

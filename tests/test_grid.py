@@ -326,6 +326,7 @@ def test_eval_set_takes_evaluation_settings_only(monkeypatch, capsys):
 def test_eval_onnx_refuses_half_precision_it_would_not_compute(monkeypatch):
     import eval as eval_script
     monkeypatch.setattr(settings, 'EVAL_AMP', True)
+    monkeypatch.setattr(settings, 'DEVICE', settings.DEVICE)  # eval.py --onnx evaluates on the CPU
     monkeypatch.setattr(sys, 'argv', ['eval.py', '--onnx', 'never_read.onnx'])
     with pytest.raises(ValueError, match='EVAL_AMP=True with --onnx: onnxruntime computes in float32'):
         eval_script.main()
@@ -368,6 +369,29 @@ def test_plot_data_of_a_two_by_two_grid(tmp_path):
     assert result.stdout.splitlines()[0].startswith('experiment,recipe,N_BASES,STAGE_NUM,step,final mIoU')
     with Image.open(out) as image:
         assert image.format == 'PNG' and image.size == (1500, 400)  # three panels
+
+
+def test_plot_data_draws_pytorchs_evaluations_not_an_onnx_files(tmp_path):
+    """eval.py's results of an export.py file (eval_final_onnx.json, eval_final_bf16_onnx_openvino.json) hold the
+    evaluation settings of PyTorch's own: drawn with them, they took their points (OpenVINO's bfloat16 mIoU drawn as
+    EVAL_AMP = True's, the file that sorted last). They are the table's columns, not the figure's."""
+    folders = []
+    for k in (32, 64):
+        folders.append(fake_folder(tmp_path / f'k{k}', {'final': (k / 1000, 3)}, N_BASES=k))
+        for label, miou, precision, engine in (('final_bf16', k / 1000 + 0.01, 'bfloat16', 'pytorch'),
+                                               ('final_onnx', 0.9, 'float32', 'onnxruntime'),
+                                               ('final_bf16_onnx_openvino', 0.8, 'bfloat16', 'openvino'),
+                                               ('final_onnx_openvino', 0.7, 'float32', 'openvino')):
+            (tmp_path / f'k{k}' / 'logdir' / f'eval_{label}.json').write_text(json.dumps(
+                {'mIoU': miou, 'scales': [1.0], 'flip': False, 'window': None, 'stride': 8, 'stage_num': 3,
+                 'precision': precision, 'engine': engine}))
+    experiments = [compare.read_experiment(f) for f in folders]
+    [final] = compare.plot_data(compare.folder_names(folders), experiments)
+    assert final['xlabel'] == 'EVAL_AMP'
+    assert [(label, x, y) for label, x, y in final['lines']] == \
+        [('N_BASES = 32', [False, True], pytest.approx([3.2, 4.2])), ('N_BASES = 64', [False, True],
+                                                                        pytest.approx([6.4, 7.4]))]
+    assert 'final_bf16_onnx_openvino mIoU' in compare.table(folders, experiments)[0]
 
 
 def test_plot_data_of_fig4_across_evaluation_settings(tmp_path):
