@@ -195,12 +195,12 @@ def unread_settings():
 
 
 def warn_unread_settings():
-    """Logs every unread name with its closest setting; returns the names that have one."""
-    misspelt = []
+    """Logs every unread name with its closest setting; returns {name: its closest setting} of those that have one."""
+    misspelt = {}
     for name, closest in unread_settings().items():
         if closest:
             logger.warning('%s is not a setting; did you mean %s?', name, closest)
-            misspelt.append(name)
+            misspelt[name] = closest
         else:
             logger.warning('%s is not a setting that any code reads (a helper of your own?)', name)
     return misspelt

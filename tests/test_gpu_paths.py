@@ -268,7 +268,8 @@ def in_process_run(monkeypatch, tmp_path, root):
 
 def test_out_of_memory_names_batch_crop_precision_and_what_reduces_memory(monkeypatch, in_process_run):
     """torch.OutOfMemoryError, as CUDA raises it, in the first step of a run of 2 micro-batches: a message, not a
-    traceback; the log line at the start names the micro-batches."""
+    traceback, naming only remedies that apply (micro-batches of one image split no further, AMP is on, N_LAYERS is
+    50 already); the log line at the start names the micro-batches."""
     monkeypatch.setattr(settings, 'ACCUM_STEPS', 2)
 
     def out_of_memory(*args):
@@ -279,8 +280,49 @@ def test_out_of_memory_names_batch_crop_precision_and_what_reduces_memory(monkey
     assert 'batch 2: 1 process(es) x 2 micro-batch(es) of 1 images' in messages(records)
     message = str(stopped.value.code)
     for part in ('step 1: the GPU ran out of memory with BATCH_SIZE=2 (1 process(es) x 2 micro-batch(es) of 1 images)',
-                 'CROP_SIZE=33', 'N_LAYERS=50', 'torch.float32 (AMP=True)', 'ACCUM_STEPS=4', 'smaller CROP_SIZE'):
+                 'CROP_SIZE=33', 'N_LAYERS=50', 'torch.float32 (AMP=True)',
+                 'Less memory per step: a smaller CROP_SIZE; more GPUs (torchrun'):
         assert part in message, message
+    assert 'ACCUM_STEPS=' not in message.split('Less memory')[1] and 'AMP = True' not in message
+
+
+@pytest.mark.parametrize('world, batch, accum, amp, layers, remedies', [
+    (2, 8, 1, True, 50, ['ACCUM_STEPS=2 (micro-batches of 2 images, the same global batch)', 'a smaller CROP_SIZE',
+                         'more GPUs (torchrun: each process takes its share of the batch)']),
+    (2, 8, 2, False, 101, ['ACCUM_STEPS=4 (micro-batches of 1 images, the same global batch)', 'AMP = True',
+                           'a smaller CROP_SIZE', 'N_LAYERS = 50', 'more GPUs (torchrun: each process takes its '
+                                                                  'share of the batch)']),
+    (2, 12, 2, True, 152, ['ACCUM_STEPS=3 (micro-batches of 2 images, the same global batch)', 'a smaller CROP_SIZE',
+                           'N_LAYERS = 101 or 50', 'more GPUs (torchrun: each process takes its share of the batch)']),
+    (4, 8, 2, True, 50, ['a smaller CROP_SIZE', 'more GPUs (torchrun: each process takes its share of the batch)']),
+    (8, 8, 1, True, 50, ['a smaller CROP_SIZE']),  # an image per process: nothing to split, no process to add
+])
+def test_memory_remedies_are_those_of_each_process_share(monkeypatch, world, batch, accum, amp, layers, remedies):
+    for name, value in dict(BATCH_SIZE=batch, ACCUM_STEPS=accum, AMP=amp, N_LAYERS=layers).items():
+        monkeypatch.setattr(settings, name, value)
+    assert train.memory_remedies(world) == remedies
+
+
+def test_out_of_memory_while_validating_keeps_the_training(monkeypatch, in_process_run, tmp_path):
+    """Validation at step 2 (EVAL_EVERY) runs out of GPU memory: latest.pth is saved at that step (its own
+    cadence would save it at step 4 only), and the message names the evaluation settings that need less."""
+    monkeypatch.setattr(settings, 'EVAL_EVERY', 2)
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 8.00 GiB')
+    monkeypatch.setattr(evaluation, 'evaluate', out_of_memory)
+    with pytest.raises(SystemExit) as stopped:
+        train.main()
+    message = str(stopped.value.code)
+    assert message.startswith("step 2: the GPU ran out of memory validating on VAL_SPLIT='val'"), message
+    assert 'latest.pth holds this step: nothing of the training is lost' in message
+    assert ('Less memory per image: EVAL_WINDOW = 33 (windows of the training crop slide over each image); '
+            'EVAL_IMAGES = N (the first N images only); EVAL_EVERY = 0') in message
+    assert torch.load(tmp_path / 'models' / 'latest.pth', weights_only=True)['step'] == 2
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', 17)
+    monkeypatch.setattr(settings, 'EVAL_IMAGES', 2)
+    assert train.validation_memory_remedies() == [
+        'EVAL_EVERY = 0 (no validation while training; eval.py evaluates the checkpoints after it)']
 
 
 @pytest.mark.parametrize('accum_steps', [3, 0])
@@ -289,6 +331,22 @@ def test_micro_batches_that_do_not_divide_the_batch_are_named(monkeypatch, in_pr
     with pytest.raises(SystemExit, match=f"ACCUM_STEPS={accum_steps} must be a whole number of micro-batches that "
                                          f"divides each process's 2 images"):
         train.main()
+
+
+def test_per_process_checks_read_each_process_share(monkeypatch, in_process_run, tmp_path):
+    """Under a faked torchrun of 2 processes: 4 micro-batches divide the global batch of 4, not each process's 2;
+    a batch of 3 does not split over 2 processes. Both refused before anything is written."""
+    monkeypatch.setattr(runtime, 'setup_runtime', lambda: (0, 2, torch.device('cpu')))
+    monkeypatch.setattr(settings, 'BATCH_SIZE', 4)
+    monkeypatch.setattr(settings, 'ACCUM_STEPS', 4)
+    with pytest.raises(SystemExit, match=r"ACCUM_STEPS=4 must be a whole number of micro-batches that divides each "
+                                         r"process's 2 images \(BATCH_SIZE=4, 2 processes\)"):
+        train.main()
+    monkeypatch.setattr(settings, 'BATCH_SIZE', 3)
+    monkeypatch.setattr(settings, 'ACCUM_STEPS', 1)
+    with pytest.raises(SystemExit, match='BATCH_SIZE=3 is not divisible by the 2 processes'):
+        train.main()
+    assert not os.path.exists(tmp_path / 'models')
 
 
 # ---------------------------------------------------------------- 5. DETERMINISTIC
