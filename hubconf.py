@@ -17,7 +17,6 @@ an image is segmented, and the previous values are put back afterwards, so a cal
 experiment of this checkout in the same process) sees no change. Two models in one process each run under their
 own settings; calls from several threads at once would mix them.
 """
-import contextlib
 import os
 
 import numpy as np
@@ -38,17 +37,6 @@ for _module in (dataset, evaluation, network, runtime, settings):
     if os.path.dirname(os.path.abspath(_module.__file__)) != HERE:  # the caller's own module of the same name
         raise ImportError(f'hubconf.py of {HERE} imported {_module.__name__} from {_module.__file__}: a module of '
                           f'that name was imported first in this process; load the model in a fresh one')
-
-
-@contextlib.contextmanager
-def applied(values):
-    """settings hold values ({name: value}) inside the block, their previous values after it."""
-    saved = {name: getattr(settings, name) for name in values}
-    settings.assign(values)
-    try:
-        yield
-    finally:
-        settings.assign(saved)
 
 
 def authors_settings(state, stride):
@@ -78,7 +66,7 @@ class Model:
     def __call__(self, image, probabilities=False):
         """H × W int64 class indices of image (a path, a PIL image or an H × W × 3 uint8 array) at its own size;
         with probabilities, (indices, classes × H × W float32 scores)."""
-        with applied(self.settings):
+        with settings.applied(self.settings):
             if isinstance(image, (str, os.PathLike)):
                 image = dataset.read_photo(image)
             elif isinstance(image, np.ndarray):
@@ -102,7 +90,7 @@ def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=
         if value is not None:
             values[name] = tuple(value) if name == 'EVAL_SCALES' else value
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    with applied(values):
+    with settings.applied(values):
         net = network.EMANet(stride=dataset.output_stride())
         load_state(net, ckpt['net'], path)
         net = net.eval().to(device)

@@ -115,6 +115,20 @@ def assign(values):
     globals().update(values)
 
 
+@contextlib.contextmanager
+def applied(values):
+    """The settings hold values ({name: value}) inside the block, and what they held before after it (a name that
+    was no setting is none again)."""
+    saved = effective()
+    assign(values)
+    try:
+        yield
+    finally:
+        for name in set(effective()) - set(saved):
+            del globals()[name]
+        assign(saved)
+
+
 def check_name(name):
     """Raises ValueError unless name is a setting of this folder, naming the closest one."""
     names = effective()
