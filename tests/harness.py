@@ -152,9 +152,10 @@ class ForkedScript(subprocess.Popen):
     a fresh interpreter would do, minus importing torch and the libraries again (2 s each time, 4 s where a script
     builds an optimizer, on 2 cores). Other commands start as usual. The child forgets every module this process
     imported from outside python's folders, so the scripts in cwd (or the script's folder) are the ones that run;
-    it takes the environment, stdio, session and process group a Popen gives, python's signal handlers, no logging
-    handlers and no exit handlers of its parent's. Every Popen in the child forks the same way, so the interpreters
-    that a script starts (torchrun's workers, grid.py's runs, submitit's jobs) skip the imports too."""
+    it takes the environment, stdio, session and process group a Popen gives (and runs its preexec_fn), python's
+    signal handlers, no logging handlers and no exit handlers of its parent's. Every Popen in the child forks the
+    same way, so the interpreters that a script starts (torchrun's workers, grid.py's runs, submitit's jobs) skip
+    the imports too."""
 
     def _execute_child(self, *params):
         call = types.SimpleNamespace(**inspect.signature(EXECUTE_CHILD).bind(self, *params).arguments)
@@ -162,7 +163,7 @@ class ForkedScript(subprocess.Popen):
         python_args = command[1:][command[1:2] == ['-u']:]
         if (call.shell or call.executable not in (None, sys.executable) or command[0] != sys.executable
                 or not python_args or python_args[0].startswith('-') and python_args[0] not in ('-c', '-m')
-                or call.preexec_fn or call.umask >= 0 or (call.uid, call.gid, call.gids) != (None,) * 3):
+                or call.umask >= 0 or (call.uid, call.gid, call.gids) != (None,) * 3):
             return EXECUTE_CHILD(self, *params)
         sys.stdout.flush()  # nothing of this process's buffers written twice
         sys.stderr.flush()
@@ -198,6 +199,8 @@ class ForkedScript(subprocess.Popen):
             if call.env is not None:
                 os.environ.clear()
                 os.environ.update(call.env)
+            if call.preexec_fn is not None:  # where a Popen calls it: in the child, before the program starts
+                call.preexec_fn()
             if 'OMP_NUM_THREADS' in os.environ:
                 torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
             unbuffered = unbuffered or bool(os.environ.get('PYTHONUNBUFFERED'))
