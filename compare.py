@@ -344,7 +344,9 @@ def plot(panels, path):
             ax.plot(xs if numeric else range(len(xs)), ys, marker='o', label=label or None)
             if not numeric:
                 ax.set_xticks(range(len(xs)), [x if isinstance(x, str) else repr(x) for x in xs])
-            elif all(isinstance(x, int) for x in xs):  # steps, EM iterations, bases: no tick between two values
+            elif panel['xlabel'] != 'step':  # a setting's values: a tick at each, none between (256, 512)
+                ax.set_xticks(xs)
+            elif all(isinstance(x, int) for x in xs):  # steps: no tick between two
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set(title=panel['title'], xlabel=panel['xlabel'], ylabel=panel['ylabel'])
         ax.grid(alpha=0.3)

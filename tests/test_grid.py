@@ -747,7 +747,9 @@ def test_plot_data_of_a_two_by_two_grid(tmp_path):
     assert (label1, label2, x1, x2) == ('STAGE_NUM = 1', 'STAGE_NUM = 2', [32, 64], [32, 64])
     assert y1 == pytest.approx([4.2, 7.4]) and y2[0] == pytest.approx(5.2) and math.isnan(y2[1])  # missing: NaN
     assert best['xlabel'] == 'N_BASES' and best['lines'][0][2] == pytest.approx([23.2, 26.4])
-    lines = drawn(compare.plot(panels, tmp_path / 'two.png'))[1][2]
+    figure = compare.plot(panels, tmp_path / 'two.png')
+    assert list(figure.axes[1].get_xticks()) == [32, 64]  # a tick at each value of the setting, none between
+    lines = drawn(figure)[1][2]
     assert [(label, xs) for label, xs, _ in lines] == [('STAGE_NUM = 1', [32, 64]), ('STAGE_NUM = 2', [32, 64])]
     assert lines[0][2] == pytest.approx([4.2, 7.4]) and math.isnan(lines[1][2][1])
     out = tmp_path / 'grid.png'
