@@ -2,6 +2,7 @@
 (`run_script`, `ForkedScript`: forks of this process), and small VOC-layout data roots. Importing it readies a
 pytest worker: a thread per process, and the modules scripts import on first use loaded once."""
 import atexit
+import contextlib
 import faulthandler
 import gc
 import glob
@@ -9,6 +10,7 @@ import importlib
 import inspect
 import io
 import logging
+import logging.handlers
 import os
 import random
 import runpy
@@ -123,6 +125,24 @@ def wait_for(log_path, text, process, since=0):
         assert process.poll() is None, open(log_path).read()
         time.sleep(0.05)
     raise AssertionError(f'{text!r} not in {log_path}')
+
+
+@contextlib.contextmanager
+def log_records():
+    """The records that reach the shared logger's handlers (it does not propagate to pytest's)."""
+    seen = logging.handlers.BufferingHandler(capacity=1000)
+    level = settings.logger.level
+    settings.logger.addHandler(seen)
+    settings.logger.setLevel(logging.INFO)
+    try:
+        yield seen.buffer
+    finally:
+        settings.logger.removeHandler(seen)
+        settings.logger.setLevel(level)
+
+
+def messages(records):
+    return '\n'.join(record.getMessage() for record in records)
 
 
 def processes_in(folder):

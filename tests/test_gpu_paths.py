@@ -4,7 +4,6 @@ and a resume across it, COMPILE under torchrun on GPUs, evaluation in float32 un
 a GPU confirms is in the README's "On a GPU"."""
 import contextlib
 import copy
-import logging.handlers
 import os
 import signal
 import types
@@ -21,25 +20,7 @@ import network
 import runtime
 import settings
 import train
-from harness import TINY
-
-
-@contextlib.contextmanager
-def log_records():
-    """The records that reach the shared logger's handlers (it does not propagate to pytest's)."""
-    seen = logging.handlers.BufferingHandler(capacity=1000)
-    level = settings.logger.level
-    settings.logger.addHandler(seen)
-    settings.logger.setLevel(logging.INFO)
-    try:
-        yield seen.buffer
-    finally:
-        settings.logger.removeHandler(seen)
-        settings.logger.setLevel(level)
-
-
-def messages(records):
-    return '\n'.join(record.getMessage() for record in records)
+from harness import TINY, log_records, messages
 
 
 # ---------------------------------------------------------------- 1. mixed precision by what the GPU has

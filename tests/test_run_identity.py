@@ -1,7 +1,6 @@
 """A run's checkpoints are its folder's: which settings shape a trained network (checkpoint.changed_settings, what
 grid.py and compare.py call stale), and train.py's resume refusing a checkpoint that another folder's run wrote
 with other settings, except as INIT_FROM."""
-import logging.handlers
 import os
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch.nn as nn
 
 import checkpoint
 import settings
+from harness import log_records, messages
 
 
 def save(name, step, **stored):
@@ -38,17 +38,6 @@ def model_dir(monkeypatch, tmp_path):
     return tmp_path
 
 
-@pytest.fixture
-def info():
-    seen = logging.handlers.BufferingHandler(capacity=100)
-    level = settings.logger.level
-    settings.logger.addHandler(seen)
-    settings.logger.setLevel(logging.INFO)
-    yield lambda: '\n'.join(record.getMessage() for record in seen.buffer)
-    settings.logger.removeHandler(seen)
-    settings.logger.setLevel(level)
-
-
 def test_what_shapes_a_trained_network():
     ran = {'LR': 0.009, 'SCALES': (0.5, 1.0), 'ITER_MAX': 100, 'NUM_WORKERS': 4, 'LOG_EVERY': 20, 'IMAGE_EVERY': 500,
            'ITER_SAVE': 2000, 'DEVICE': None, 'MODEL_DIR': './models', 'LOG_DIR': './logdir', 'EVAL_STAGE_NUM': None,
@@ -69,7 +58,7 @@ def test_a_checkpoint_holds_the_folder_that_wrote_it(model_dir):
     assert torch.load(path, weights_only=True)['folder'] == os.path.dirname(os.path.realpath(settings.__file__))
 
 
-def test_resume_refuses_another_folders_checkpoint_of_other_settings(model_dir, info):
+def test_resume_refuses_another_folders_checkpoint_of_other_settings(model_dir):
     save('latest.pth', 3, folder='/elsewhere/exp_a', settings={'LR': settings.LR * 2})
     with pytest.raises(checkpoint.CheckpointError, match=(
             rf"latest.pth was written by the run of /elsewhere/exp_a, with other settings \(LR={settings.LR * 2!r} "
@@ -80,10 +69,13 @@ def test_resume_refuses_another_folders_checkpoint_of_other_settings(model_dir, 
     checkpoint.init_from(net, checkpoint.model_file('latest.pth'))  # what INIT_FROM does with it: no refusal
 
 
-def test_a_moved_or_copied_folder_resumes_and_older_checkpoints_as_before(model_dir, info):
+def test_a_moved_or_copied_folder_resumes_and_older_checkpoints_as_before(model_dir):
     save('latest.pth', 3, folder='/elsewhere/exp_a', settings={'NUM_WORKERS': 16, 'MODEL_DIR': '/elsewhere/models'})
-    assert resume() == 3
-    assert 'written in /elsewhere/exp_a with these settings (a moved or copied folder): resuming it' in info()
+    with log_records() as records:
+        assert resume() == 3
+    assert 'written in /elsewhere/exp_a with these settings (a moved or copied folder): resuming it' in messages(
+        records)
     save('latest.pth', 4, folder=None, settings={'LR': settings.LR * 2})  # no 'folder': written before the key
-    assert resume() == 4
-    assert f'resuming with LR = {settings.LR!r} (the checkpoint ran with {settings.LR * 2!r})' in info()
+    with log_records() as records:
+        assert resume() == 4
+    assert f'resuming with LR = {settings.LR!r} (the checkpoint ran with {settings.LR * 2!r})' in messages(records)
