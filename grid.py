@@ -231,7 +231,8 @@ def make(prefix, assignments, each, skip_existing):
 # ---------------------------------------------------------------- a folder's state
 
 class Refused(Exception):
-    """A folder that cannot run as it is: its settings.py does not run, or it is stale; the message says why."""
+    """A folder that cannot run as it is: its settings.py does not run, it is stale, or it cannot be written into;
+    the message says why."""
 
 
 class Held(Exception):
@@ -267,9 +268,12 @@ def hold_folder(folder):
     this process named in it (checkpoint.this_process). A flock belongs to the open file, which the runs started
     for the folder inherit (start), so the folder stays held while any of them lives, even once this process is
     killed; the kernel (or the file server: NFS, Lustre mounted with flock) drops it when the last of them exits.
-    Returns the open file; raises Held naming the holder. Where the filesystem has no locks it warns that nothing
-    stops a second run, and goes on."""
-    lock = open(os.path.join(folder, LOCK), 'a+')
+    Returns the open file; raises Held naming the holder, Refused where the file cannot be written. Where the
+    filesystem has no locks it warns that nothing stops a second run, and goes on."""
+    try:
+        lock = open(os.path.join(folder, LOCK), 'a+')
+    except OSError as e:
+        raise Refused(f'cannot write {os.path.join(folder, LOCK)}: {e.strerror or e}') from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -519,6 +523,10 @@ def run_local(folders, evals, slots, processes, where_of):
                         if folder not in held:
                             logger.info('%s is held by %s: waiting for it', folder, e)
                         held[folder] = str(e)
+                        continue
+                    except Refused as e:  # a folder this process cannot write into
+                        logger.error('%s: %s', folder, e)
+                        failed.append(folder)
                         continue
                     held.pop(folder, None)
                     steps = planned_steps(folder, evals, processes, failed)

@@ -327,6 +327,11 @@ def test_status_step_is_the_one_a_rerun_resumes_from(tmp_path):
     assert grid.status_line(str(folder))[1:4] == ['waiting', '4/10 (logged 5)', '-']
     torch.save({'net': {}, 'step': 5, 'settings': {}}, folder / 'models' / 'latest.pth')
     assert grid.status_line(str(folder))[2] == '5/10'
+    for name in (grid.STATUS, grid.LOCK, grid.TRAIN_LOG):  # empty files: cut short, or never written
+        (folder / name).write_text('')
+    assert grid.status_line(str(folder))[1:4] == ['waiting', '5/10', '-']
+    with pytest.raises(grid.Refused, match=r'cannot write .*gone/grid.lock: No such file or directory'):
+        grid.hold_folder(str(tmp_path / 'gone'))
 
 
 @pytest.mark.long
