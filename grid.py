@@ -85,6 +85,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 COPIED = ('*.py', '*.sh', '*.md', 'requirements.txt', '.gitignore', os.path.join('models', 'README.md'))
 STATUS = 'grid_status.json'
 LOCK = 'grid.lock'  # in each folder: held by the grid.py run working on it and by the runs it started
+UNNAMED = 'a grid.py run that has not written its name yet'  # the holder of a lock file that names none
 TRAIN_LOG, EVAL_LOG = 'grid_train.log', 'grid_eval.log'
 TAIL = 20  # log lines kept in grid_status.json of a failed run
 RUNNING = ('training', 'evaluating')
@@ -278,7 +279,7 @@ def hold_folder(folder):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
-        name = lock.read().strip() or 'a grid.py run that has not written its name yet'
+        name = lock.read().strip() or UNNAMED
         lock.close()
         raise Held(name) from None
     except OSError as e:  # ENOLCK, EOPNOTSUPP...
@@ -308,7 +309,7 @@ def holder(folder):
         try:
             fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return lock.read().strip() or 'a grid.py run that has not written its name yet'
+            return lock.read().strip() or UNNAMED
         except OSError:  # a filesystem without locks
             pass
     return None

@@ -4,6 +4,7 @@ and a resume across it, COMPILE under torchrun on GPUs, evaluation in float32 un
 a GPU confirms is in the README's "On a GPU"."""
 import contextlib
 import copy
+import math
 import os
 import signal
 import types
@@ -284,22 +285,30 @@ def test_memory_remedies_are_those_of_each_process_share(monkeypatch, world, bat
     assert train.memory_remedies(world) == remedies
 
 
-def test_out_of_memory_while_validating_keeps_the_training(monkeypatch, in_process_run, tmp_path):
-    """Validation at step 2 (EVAL_EVERY) runs out of GPU memory: latest.pth is saved at that step (its own
-    cadence would save it at step 4 only), and the message names the evaluation settings that need less."""
-    monkeypatch.setattr(settings, 'EVAL_EVERY', 2)
+def test_out_of_memory_while_validating_keeps_the_training(monkeypatch, tmp_path):
+    """Validation at step 7 runs out of GPU memory (torch.OutOfMemoryError, as CUDA raises it) after the last
+    latest.pth, of step 5: latest.pth is saved at step 7 first, and the message names the evaluation settings that
+    need less."""
+    monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path))
+    monkeypatch.setattr(settings, 'CROP_SIZE', 33)
+    net = nn.Conv2d(3, 2, 1)
+    optimizer, scaler = torch.optim.SGD(net.parameters(), lr=0.1), torch.amp.GradScaler('cpu', enabled=False)
+    checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, 5)
+    with torch.no_grad():
+        net.weight += 1  # steps 6 and 7
 
     def out_of_memory(*args):
         raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 8.00 GiB')
     monkeypatch.setattr(evaluation, 'evaluate', out_of_memory)
     with pytest.raises(SystemExit) as stopped:
-        train.main()
+        train.validate(net, optimizer, scaler, torch.device('cpu'), 0, 1, 7, None, -math.inf)
     message = str(stopped.value.code)
-    assert message.startswith("step 2: the GPU ran out of memory validating on VAL_SPLIT='val'"), message
+    assert message.startswith("step 7: the GPU ran out of memory validating on VAL_SPLIT='val'"), message
     assert 'latest.pth holds this step: nothing of the training is lost' in message
     assert ('Less memory per image: EVAL_WINDOW = 33 (windows of the training crop slide over each image); '
             'EVAL_IMAGES = N (the first N images only); EVAL_EVERY = 0') in message
-    assert torch.load(tmp_path / 'models' / 'latest.pth', weights_only=True)['step'] == 2
+    latest = torch.load(tmp_path / 'latest.pth', weights_only=True)
+    assert latest['step'] == 7 and torch.equal(latest['net']['weight'], net.weight)
     monkeypatch.setattr(settings, 'EVAL_WINDOW', 17)
     monkeypatch.setattr(settings, 'EVAL_IMAGES', 2)
     assert train.validation_memory_remedies() == [
