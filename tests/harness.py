@@ -48,6 +48,10 @@ ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # processes that must compute the same nu
 PYTHON_FOLDERS = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, site.getusersitepackages()})
 TORCHRUN = ('-m', 'torch.distributed.run')  # python's arguments that launch a script under torchrun
 TWO_PROCESSES = (*TORCHRUN, '--standalone', '--nproc_per_node=2')  # DDP with 2 processes on this machine
+# a ForkedScript whose environment holds this variable stops itself (SIGSTOP) right after writing its value to stderr
+# (a log line): a test acts on a process held at a known point of its work (signals it, starts another run), then
+# lets it go on (SIGCONT), whatever the speed of the machine. The scripts it starts inherit it.
+PAUSE_AT = 'TESTS_PAUSE_AT'
 
 
 if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: a core per worker, for its subprocesses' torch too
@@ -157,6 +161,40 @@ def processes_in(folder):
     return pids
 
 
+def process_state(pid):
+    """(state letter, parent pid) of /proc/PID/stat: 'T' for a stopped process; None once it is gone."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            state, parent = f.read().rsplit(')', 1)[1].split()[:2]
+    except OSError:
+        return None
+    return state, int(parent)
+
+
+def paused_in(folder, process):
+    """The pid of the process working in folder that stopped itself at its PAUSE_AT text, once there is one (process:
+    the command that started it, which must not end first)."""
+    deadline = time.time() + HANG_GUARD
+    while True:
+        stopped = [pid for pid in processes_in(folder) if (process_state(pid) or '-')[0] == 'T']
+        if stopped:
+            return int(stopped[0])
+        assert time.time() < deadline and process.poll() is None, process.args
+        time.sleep(0.05)
+
+
+def wait_pending(pid, signum):
+    """Waits until signum was sent to the stopped process pid (pending: it handles it once it is let go)."""
+    deadline = time.time() + HANG_GUARD
+    while True:
+        with open(f'/proc/{pid}/status') as f:
+            masks = dict(line.split(':', 1) for line in f if line.startswith(('SigPnd', 'ShdPnd')))
+        if any(int(mask, 16) >> (signum - 1) & 1 for mask in masks.values()):
+            return
+        assert time.time() < deadline, f'{signal.Signals(signum).name} never reached {pid}'
+        time.sleep(0.05)
+
+
 def stop(process):
     """SIGKILL for a process group a failed test leaves behind."""
     if process.poll() is None:
@@ -175,7 +213,7 @@ class ForkedScript(subprocess.Popen):
     it takes the environment, stdio, session and process group a Popen gives (and runs its preexec_fn), python's
     signal handlers, no logging handlers and no exit handlers of its parent's. Every Popen in the child forks the
     same way, so the interpreters that a script starts (torchrun's workers, grid.py's runs, submitit's jobs) skip
-    the imports too."""
+    the imports too. With PAUSE_AT in its environment, its stderr is a PausingStream."""
 
     def _execute_child(self, *params):
         call = types.SimpleNamespace(**inspect.signature(EXECUTE_CHILD).bind(self, *params).arguments)
@@ -228,6 +266,8 @@ class ForkedScript(subprocess.Popen):
             sys.stdout = (io.TextIOWrapper(open(1, 'wb', buffering=0, closefd=False), write_through=True)
                           if unbuffered else open(1, 'w', closefd=False))
             sys.stderr = open(2, 'w', buffering=1, closefd=False, errors='backslashreplace')
+            if os.environ.get(PAUSE_AT):
+                sys.stderr = PausingStream(sys.stderr, os.environ[PAUSE_AT])
             for number in signal.valid_signals():
                 if callable(signal.getsignal(number)):
                     signal.signal(number, signal.SIG_DFL)
@@ -272,6 +312,27 @@ class ForkedScript(subprocess.Popen):
         sys.stdout.flush()
         sys.stderr.flush()
         return code
+
+
+class PausingStream:
+    """A stream that stops its process (SIGSTOP) once a write holds text, after writing it (PAUSE_AT). While it is
+    stopped it ignores SIGHUP: the kernel hangs up a stopped process whose parent dies (its process group orphaned),
+    which it does not do to one that runs; SIGCONT, which the kernel sends with it, lets it go on."""
+
+    def __init__(self, stream, text):
+        self.stream, self.text = stream, text
+
+    def write(self, data):
+        written = self.stream.write(data)
+        if self.text in data:
+            self.stream.flush()
+            hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            signal.signal(signal.SIGHUP, hangup)
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 class Payload:

@@ -4,6 +4,7 @@ when done, a folder whose settings changed, a deleted result, two runs at once, 
 (torchrun's too), the same through submitit's local executor with a real time-limit signal, status; eval.py --set
 against settings.py; compare.py --plot's data and drawn lines. One module fixture trains the folders that the
 tests read."""
+import contextlib
 import json
 import math
 import os
@@ -20,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import (HANG_GUARD, ROOT, SPLITS, ForkedScript, block_sample, copy_code, make_experiment,
-                     processes_in, run_script, write_root)
+from harness import (HANG_GUARD, PAUSE_AT, ROOT, SPLITS, ForkedScript, block_sample, copy_code, make_experiment,
+                     paused_in, process_state, processes_in, run_script, stop, wait_pending, write_root)
 
 import compare
 import grid
@@ -70,12 +71,32 @@ def grid_py(tmp, *args, **kwargs):
     return run_script(tmp, str(tmp / 'base' / 'grid.py'), *args, **kwargs)
 
 
-def background_grid_py(tmp, *args):
-    """(grid.py started in the background, in a session of its own; the file its output goes to)."""
+def background_grid_py(tmp, *args, pause_at=None):
+    """(grid.py started in the background, in a session of its own; the file its output goes to). With pause_at,
+    the script of its runs that writes that text stops there (harness.PAUSE_AT)."""
     path = tmp / f'grid_py_{time.monotonic_ns()}.log'
     with open(path, 'w') as log:
         return ForkedScript([sys.executable, str(tmp / 'base' / 'grid.py'), *args], cwd=tmp, stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True), path
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **({PAUSE_AT: pause_at} if pause_at else {})}), path
+
+
+def end_all(folder, *processes):
+    """SIGKILL for what a failed test leaves behind: the commands it started (each in a session of its own) with
+    their process groups, and the runs in folder, in groups of their own (a paused one would wait forever)."""
+    for process in processes:
+        stop(process)
+    for pid in processes_in(folder):
+        with contextlib.suppress(ProcessLookupError):  # gone meanwhile
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def wait_until_gone(folder):
+    """Waits until no process works in folder any more."""
+    deadline = time.time() + HANG_GUARD
+    while processes_in(folder):
+        assert time.time() < deadline, processes_in(folder)
+        time.sleep(0.05)
 
 
 def wait_for_text(path, text, process):
@@ -481,15 +502,27 @@ def test_a_torchrun_failure_and_a_misspelt_setting_are_named(ran, tmp_path):
 
 @pytest.mark.long
 def test_two_runs_on_the_same_folders_evaluate_each_once(ran, tmp_path):
+    """Two runs over x and y, in opposite orders, overlapping for sure: the first is held in x's evaluation (paused
+    right after writing its result) while the second evaluates y and then waits for x; each folder is evaluated
+    once, and neither run records the other's folder as failed."""
     tmp = ran[0]
-    folders = [copy_folder(tmp / A, tmp_path / name) for name in ('x', 'y')]
+    x, y = folders = [copy_folder(tmp / A, tmp_path / name) for name in ('x', 'y')]
     for folder in folders:
         shutil.rmtree(folder / 'logdir')
         (folder / 'grid_eval.log').unlink()
-    runs = [background_grid_py(tmp, 'run', *map(str, order)) for order in (folders, folders[::-1])]
-    for process, log in runs:
-        with process:
+    first, first_log = background_grid_py(tmp, 'run', str(x), str(y), pause_at='eval_final.json')
+    second = None
+    try:
+        evaluating = paused_in(x, first)
+        second, second_log = background_grid_py(tmp, 'run', str(y), str(x))
+        wait_for_text(second_log, f'{x} is held by pid {first.pid} on ', second)
+        os.kill(evaluating, signal.SIGCONT)
+        for process, log in ((first, first_log), (second, second_log)):
             assert process.wait(HANG_GUARD) == 0, log.read_text()
+    finally:
+        end_all(x, first, *filter(None, [second]))
+    assert f'{y}: finished and evaluated, skipped' in first_log.read_text()
+    assert f'{x}: finished and evaluated, skipped' in second_log.read_text()
     for folder in folders:
         assert len(evaluations(folder)) == 1, evaluations(folder)
         assert status_of(tmp_path, folder.name)['state'] == 'finished'
@@ -516,59 +549,66 @@ def test_a_folder_another_run_holds_is_waited_for_and_named_by_status(ran):
         assert other.stdout.readline() == 'held\n'
         assert status_lines(tmp, A)[A][0] == f'finished (held by {name})'
         waiting, log = background_grid_py(tmp, 'run', A)
-        with waiting:
+        try:
             wait_for_text(log, f'{A} is held by {name}: waiting for it', waiting)
             other.terminate()  # the other run ends
             assert waiting.wait(HANG_GUARD) == 0, log.read_text()
+        finally:
+            end_all(tmp / A, waiting)
     assert f'{A}: finished and evaluated, skipped' in log.read_text()
     assert status_lines(tmp, A)[A][0] == 'finished'
 
 
 @pytest.mark.long
 def test_ctrl_c_stops_the_run_which_saves_latest(ran):
+    """Ctrl-C of grid.py while train.py is held after its first step (so that what status shows and the step saved
+    do not depend on the machine's speed): passed on, train.py saves latest.pth at the end of its step, 2."""
     tmp = ran[0]
     command = [sys.executable, str(tmp / 'base' / 'grid.py'), 'run', E]
-    with ForkedScript(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
-        deadline = time.time() + HANG_GUARD
-        log = tmp / E / 'grid_train.log'
-        while not (log.exists() and 'step 1/1000' in log.read_text()):
-            assert time.time() < deadline and process.poll() is None, process.communicate()
-            time.sleep(0.5)
+    log = tmp / E / 'grid_train.log'
+    process = ForkedScript(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, env={**os.environ, PAUSE_AT: 'step 1/1000 loss'})
+    try:
+        train = paused_in(tmp / E, process)
         state, step, eta = status_lines(tmp, E)[E]
         process.send_signal(signal.SIGINT)
+        wait_pending(train, signal.SIGINT)
+        os.kill(train, signal.SIGCONT)
         out, err = process.communicate(timeout=HANG_GUARD)
+    finally:
+        end_all(tmp / E, process)
     assert re.fullmatch(rf'training on CPU \(held by pid {process.pid} on .+, started .+\)', state), state
-    assert re.fullmatch(r'0/1000 \(logged \d+\)', step) and ':' in eta
+    assert step == '0/1000 (logged 1)' and ':' in eta
     assert process.returncode == 128 + signal.SIGINT
     assert f'stopped by SIGINT: each run saved latest.pth. To continue: python {command[1]} run {E}' in err
     assert status_of(tmp, E)['state'] == 'interrupted'
-    assert torch.load(tmp / E / 'models' / 'latest.pth', weights_only=True)['step'] >= 1
-    assert 'stopped by a signal: latest.pth holds step' in log.read_text()
-    latest = torch.load(tmp / E / 'models' / 'latest.pth', weights_only=True)['step']
-    assert status_lines(tmp, E)[E][:2] == ('interrupted', f'{latest}/1000')
+    assert 'stopped by a signal: latest.pth holds step 2' in log.read_text()
+    assert torch.load(tmp / E / 'models' / 'latest.pth', weights_only=True)['step'] == 2
+    assert status_lines(tmp, E)[E][:2] == ('interrupted', '2/1000')
 
 
 @pytest.mark.long
 def test_kill_9_of_grid_py_stops_its_run_and_a_rerun_finishes_the_folder_once(ran):
-    """train.py gets SIGTERM when grid.py dies (saving latest.pth), rather than going on unattended; the rerun
-    resumes, evaluates once and ends with the weights of an uninterrupted run."""
+    """train.py, held after its first step, gets SIGTERM when grid.py dies by kill -9 (the parent-death signal)
+    rather than going on unattended, and saves latest.pth at the end of its step; the rerun resumes from it,
+    evaluates once and ends with the weights of an uninterrupted run."""
     tmp = ran[0]
     log = tmp / K / grid.TRAIN_LOG
-    killed, _ = background_grid_py(tmp, 'run', K)
-    with killed:
-        wait_for_text(log, 'step 1/4', killed)
+    killed, _ = background_grid_py(tmp, 'run', K, pause_at='step 1/4 loss')
+    try:
+        train = paused_in(tmp / K, killed)
         killed.kill()
-        killed.wait()
-    deadline = time.time() + HANG_GUARD
-    while processes_in(tmp / K):  # train.py ends by itself
-        assert time.time() < deadline
-        time.sleep(0.1)
-    stopped = re.search(r'stopped by a signal: latest.pth holds step (\d)', log.read_text())
-    assert stopped and int(stopped.group(1)) < 4, log.read_text()
-    assert status_lines(tmp, K)[K][0] == 'interrupted'
+        killed.wait()  # the parent-death signal is sent as grid.py exits: before it can be waited for
+        with contextlib.suppress(ProcessLookupError):  # the kernel lets a stopped process go on when its parent
+            os.kill(train, signal.SIGCONT)             # dies, too: it may be gone already
+        wait_until_gone(tmp / K)  # train.py ends by itself
+    finally:
+        end_all(tmp / K, killed)
+    assert 'stopped by a signal: latest.pth holds step 2' in log.read_text(), log.read_text()
+    assert status_lines(tmp, K)[K][:2] == ('interrupted', '2/4')
     rerun = grid_py(tmp, 'run', K)
     assert rerun.returncode == 0, rerun.stderr
-    assert log.read_text().count(f'resumed from ./models/latest.pth at step {stopped.group(1)}') == 1
+    assert log.read_text().count('resumed from ./models/latest.pth at step 2') == 1
     assert same_weights(weights(tmp / A), weights(tmp / K)) and len(evaluations(tmp / K)) == 1
 
 
@@ -581,19 +621,22 @@ def test_submitit_requeues_a_job_at_its_time_limit_which_resumes(ran):
     run. A failing folder (G) makes the command exit non-zero, as the local queue does; what is done is skipped."""
     tmp = ran[0]
     log = tmp / F / grid.TRAIN_LOG
-    submitter, output = background_grid_py(tmp, 'run', F, G, '--slurm', 'local')
-    with submitter:
-        wait_for_text(log, 'step 1/4', submitter)
-        in_job = int(re.match(r'pid (\d+)', (tmp / F / grid.LOCK).read_text()).group(1))  # grid.py run --in-job
-        with open(f'/proc/{in_job}/stat') as f:
-            job = int(f.read().rsplit(')', 1)[1].split()[1])  # its parent: submitit's job process
+    submitter, output = background_grid_py(tmp, 'run', F, G, '--slurm', 'local', pause_at='step 1/4 loss')
+    try:
+        train = paused_in(tmp / F, submitter)  # held after step 1: the requeued run logs steps 3 and 4 only
+        in_job = process_state(train)[1]  # grid.py run --in-job
+        job = process_state(in_job)[1]  # submitit's job process, inside FolderJob.__call__'s wait
+        assert re.match(rf'pid {in_job} on ', (tmp / F / grid.LOCK).read_text())
         os.kill(job, signal.SIGUSR2)
+        wait_pending(train, signal.SIGTERM)  # the handler's SIGTERM, passed on by grid.py
+        os.kill(train, signal.SIGCONT)
         assert submitter.wait(HANG_GUARD) == 1
+    finally:
+        end_all(tmp / F, submitter)
     text = output.read_text()
     assert f'1 of 2 folders failed or were refused (their grid_status.json and logs say why): {G}' in text, text
-    stopped = re.search(r'stopped by a signal: latest.pth holds step (\d)', log.read_text())
-    assert stopped and int(stopped.group(1)) < 4, log.read_text()
-    assert f'resumed from ./models/latest.pth at step {stopped.group(1)}' in log.read_text()
+    assert 'stopped by a signal: latest.pth holds step 2' in log.read_text(), log.read_text()
+    assert log.read_text().count('resumed from ./models/latest.pth at step 2') == 1
     assert same_weights(weights(tmp / A), weights(tmp / F))
     submitit_log = '\n'.join(path.read_text() for path in (tmp / F / 'grid_submitit').glob('*_log.*'))
     assert 'Caught signal SIGUSR2' in submitit_log and submitit_log.count(': train.py on job') == 2  # requeued
