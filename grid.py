@@ -96,9 +96,10 @@ LOG_LINE = re.compile(r'step (\d+)/(\d+) loss .* ETA (.+)$')  # train.py's log l
 RECORD = re.compile(r'\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ')  # a line of settings.logger
 ERROR_RECORD = re.compile(r'\d\d:\d\d:\d\d (ERROR|CRITICAL) ')
 TORCH_LOG = re.compile(r'\[?[IWEF]\d{4} \d\d:\d\d:\d\d')  # a line of torch's own logs: W1206 20:53:44.741000 ...
-RANK = re.compile(r'\[(rank)?\d+\]:')  # torchrun's prefix of a worker's line
-# torchrun's line once a worker failed; its own report follows (a traceback of its own, then separators)
-TORCHRUN_REPORT = re.compile(r'failed \(exitcode: -?\d+\) local_rank: \d+')
+RANK = re.compile(r'\[(rank)?\d+\]: ?')  # torchrun's prefix of a worker's line: '[rank0]: Traceback ...'
+# torchrun's line once a worker failed (the first failure: the root cause); its own report follows (a traceback of
+# its own, then separators)
+TORCHRUN_REPORT = re.compile(r'failed \(exitcode: (-?\d+)\) local_rank: (\d+)')
 
 
 # ---------------------------------------------------------------- make
@@ -445,8 +446,15 @@ def failure_reason(lines, code):
     """The error that a failed command's output (lines) ends with: an exception's own line (the first after its
     last traceback), else the message it exited with (the first line after its last log record), else its last
     error log record; torchrun's report of a failed worker (a traceback of torchrun's, then separators) and torch's
-    own log lines are passed over. Without any of them, how it ended (code: its exit code)."""
+    own log lines are passed over. A process killed by a signal (code: its exit code), or a worker of torchrun that
+    was (the kernel's out-of-memory killer: SIGKILL), is that, whatever the others wrote as they lost it. Without
+    any of them, how it ended."""
     end = next((i for i, line in enumerate(lines) if TORCHRUN_REPORT.search(line)), len(lines))
+    worker = TORCHRUN_REPORT.search(lines[end]) if end < len(lines) else None
+    if worker and int(worker.group(1)) < 0:
+        return f'a worker of torchrun (local rank {worker.group(2)}) was killed by {signal_name(-int(worker.group(1)))}'
+    if code < 0:
+        return f'killed by {signal_name(-code)}'
     lines = [RANK.sub('', line, count=1).rstrip() for line in lines[:end]]
     lines = [line for line in lines if line.strip() and not TORCH_LOG.match(line)]
     records = [i for i, line in enumerate(lines) if RECORD.match(line)]
@@ -459,7 +467,14 @@ def failure_reason(lines, code):
     errors = [line for line in lines if ERROR_RECORD.match(line)]
     if errors:
         return ERROR_RECORD.sub('', errors[-1], count=1)
-    return f'killed by {signal.Signals(-code).name}' if code < 0 else f'exit {code} without an error message'
+    return f'exit {code} without an error message'
+
+
+def signal_name(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal
+        return f'signal {number}'
 
 
 def runs_die_with_this_process():

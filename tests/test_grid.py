@@ -480,6 +480,18 @@ def test_failure_reasons_are_the_errors_themselves():
     assert grid.failure_reason([], -9) == 'killed by SIGKILL' and grid.failure_reason(['', '  '], 2) == (
         'exit 2 without an error message')
     assert grid.failure_reason(['[rank1]:ValueError: x'], 1) == 'ValueError: x'
+    worker = ['12:00:01 INFO step 2/300 loss 3.0984', '[rank0]: Traceback (most recent call last):',  # as torch 2.13
+              '[rank0]:   File "train.py", line 436, in <module>', '[rank0]:     runtime.run_script(main)',
+              '[rank0]: ValueError: the loss is nan', 'E1206 23:05:21.184000 6063 site-packages/torch/distributed/'
+              'elastic/multiprocessing/api.py:1002] failed (exitcode: 1) local_rank: 0 (pid: 6081) of binary: python',
+              *torchrun[6:]]
+    assert grid.failure_reason(worker, 1) == 'ValueError: the loss is nan'
+    # a worker killed by the kernel's out-of-memory killer: the others lose their connection to it, which is no cause
+    killed = worker[:4] + ['[rank0]: RuntimeError: [pair.cc:553] Connection closed by peer [127.0.0.1]:39298',
+                           worker[5].replace('exitcode: 1) local_rank: 0', 'exitcode: -9) local_rank: 1')]
+    assert grid.failure_reason(killed, 1) == 'a worker of torchrun (local rank 1) was killed by SIGKILL'
+    assert grid.failure_reason(['12:00:01 INFO step 2/300 loss 3.0984', 'a warning of a library'], -9) == (
+        'killed by SIGKILL')
 
 
 @pytest.mark.long
