@@ -116,27 +116,29 @@ def checkpoint_step(path):
 
 def step_reached(model_dir, values, notes):
     """The step of the newest readable of final.pth and latest.pth, or None; notes say what else is so: not
-    finished, or stale when the checkpoint ran with settings that values (the folder's) no longer give
+    finished, or stale when either checkpoint ran with settings that values (the folder's) no longer give
     (checkpoint.changed_settings), its results not those of the folder's settings."""
     paths = [os.path.join(model_dir, name) for name in ('final.pth', 'latest.pth')]
     paths = sorted((p for p in paths if os.path.isfile(p)), key=os.path.getmtime, reverse=True)
     if not paths:
         notes.append('no checkpoint yet')
-        return None
+    step = None
     for path in paths:
         try:
-            step = checkpoint_step(path)
+            ckpt = checkpoint.read_weights(path, mmap=True)
+            saved = checkpoint_step(path)
         except checkpoint.CheckpointError as e:
             notes.append(str(e))
             continue
-        iter_max = values.get('ITER_MAX')
-        if os.path.basename(path) == 'latest.pth' and not (isinstance(iter_max, int) and step >= iter_max):
-            notes.append('not finished')
-        changed = checkpoint.changed_settings(checkpoint.read_weights(path, mmap=True).get('settings', {}), values)
-        if changed:
+        changed = checkpoint.changed_settings(ckpt.get('settings', {}), values)
+        if changed and not any(note.startswith('stale: ') for note in notes):
             notes.append(f'stale: {os.path.basename(path)} ran with {checkpoint.describe_changes(changed)}')
-        return step
-    return None
+        if step is None:
+            step = saved
+            iter_max = values.get('ITER_MAX')
+            if os.path.basename(path) == 'latest.pth' and not (isinstance(iter_max, int) and step >= iter_max):
+                notes.append('not finished')
+    return step
 
 
 def read_evals(log_dir, notes):
@@ -186,6 +188,11 @@ def read_experiment(folder):
                           for name in ('MODEL_DIR', 'LOG_DIR'))
     step = step_reached(model_dir, values, notes)
     evals = read_evals(log_dir, notes)
+    final = os.path.join(model_dir, 'final.pth')
+    older = [f'eval_{label}.json' for label in evals if eval_order(label)[0][0] == 0 and os.path.isfile(final) and
+             os.path.getmtime(os.path.join(log_dir, f'eval_{label}.json')) < os.path.getmtime(final)]
+    if older:
+        notes.append(f'{", ".join(older)} older than final.pth: results of an earlier one; evaluate it again')
     best = best_validation(log_dir, model_dir, notes)
     curve = [(e['step'], e['mIoU']) for e in evaluation.read_val_log(os.path.join(log_dir, evaluation.VAL_LOG))
              if isinstance(e.get('mIoU'), (int, float))]

@@ -30,11 +30,11 @@ state to grid_status.json. A run per group of --gpus-per-run GPUs (CUDA_VISIBLE_
 empty; one at a time on a machine without GPUs. --gpus numbers the GPUs as this process sees them, within an
 inherited CUDA_VISIBLE_DEVICES (a Slurm allocation of GPUs 2,3: --gpus 0 is GPU 2); without CUDA it is an error.
 A folder is trained until final.pth holds ITER_MAX, and evaluated until each evaluation's result file
-(LOG_DIR/eval_final[_<protocol>].json, the file eval.py writes) holds that step: what is done is skipped, a deleted
-result is computed again, an interrupted run resumes (train.py resumes from latest.pth), a failing one is recorded
+(LOG_DIR/eval_final[_<protocol>].json, the file eval.py writes) holds that step and is newer than final.pth: what
+is done is skipped, a deleted result or one of an earlier final.pth is computed again, an interrupted run resumes (train.py resumes from latest.pth), a failing one is recorded
 with the error itself (grid_status.json's reason, also under torchrun) and the queue goes on. A folder is its
-settings': one whose checkpoints ran with settings that its settings.py no longer gives (checkpoint.changed_settings)
-is stale and refused, naming them, as is one whose settings.py does not run; each counts as failed, and the exit
+settings': one whose checkpoints (the one a rerun resumes from, and final.pth) ran with settings that its settings.py
+no longer gives (checkpoint.changed_settings) is stale and refused, naming them, as is one whose settings.py does not run; each counts as failed, and the exit
 code is non-zero when a folder failed, --slurm local included. Two folders with one MODEL_DIR or LOG_DIR stop the
 command before anything runs.
 A folder is held by one grid.py run at a time (FOLDER/grid.lock, naming it): another run on the same folders,
@@ -316,24 +316,32 @@ def holder(folder):
     return None
 
 
-def saved_step(model_dir, name):
-    """The step of MODEL_DIR/name, read without its weights; None when it is missing or unreadable."""
+def saved(path):
+    """(step, settings) of the checkpoint at path, read without its weights; (None, {}) when it is missing or
+    unreadable."""
     try:
-        return checkpoint.read_weights(os.path.join(model_dir, name), mmap=True)['step']
+        ckpt = checkpoint.read_weights(path, mmap=True)
+        return ckpt['step'], ckpt.get('settings', {})
     except (checkpoint.CheckpointError, KeyError, TypeError):
-        return None
+        return None, {}
 
 
 def resume_point(model_dir):
     """(step, settings) of the checkpoint a rerun resumes from: the first of checkpoint.resume_order that reads,
     without its weights; (None, {}) when there is none."""
-    for path in checkpoint.resume_order(model_dir):
-        try:
-            ckpt = checkpoint.read_weights(path, mmap=True)
-            return ckpt['step'], ckpt.get('settings', {})
-        except (checkpoint.CheckpointError, KeyError, TypeError):
-            continue
-    return None, {}
+    return next((ckpt for ckpt in map(saved, checkpoint.resume_order(model_dir)) if ckpt[0] is not None), (None, {}))
+
+
+def stale(model_dir, values):
+    """What makes a folder's checkpoints no run of its settings (values): 'NAME ran with SETTING=old (now new), ...'
+    for the checkpoint a rerun resumes from, else for final.pth (which eval.py evaluates: replaced by another run's,
+    it is no result of this folder's); None when both ran with them (checkpoint.changed_settings)."""
+    for name, ran_with in (('its checkpoints', resume_point(model_dir)[1]),
+                           ('final.pth', saved(os.path.join(model_dir, 'final.pth'))[1])):
+        changed = checkpoint.changed_settings(ran_with, values)
+        if changed:
+            return f'{name} ran with {checkpoint.describe_changes(changed)}'
+    return None
 
 
 def folder_values(folder):
@@ -361,11 +369,14 @@ def result_files(folder, values, spec):
     return files
 
 
-def evaluated(path, step):
-    """Whether the eval.py result file at path holds an evaluation of step."""
+def evaluated(path, final):
+    """Whether the eval.py result file at path is an evaluation of the final.pth at final as that file is now: it
+    holds its step and was written after it (a final.pth trained again in place, at the same step, leaves the
+    results of the one before older than it)."""
     try:
         with open(path) as f:
-            return json.load(f).get('step') == step
+            step = json.load(f).get('step')
+        return step == saved(final)[0] and os.path.getmtime(path) >= os.path.getmtime(final)
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -378,13 +389,14 @@ def plan(folder, evals, processes):
     from ran with settings that settings.py no longer gives: its results would not be its settings'."""
     values = folder_values(folder)
     model_dir = os.path.join(folder, str(values['MODEL_DIR']))
-    changed = checkpoint.changed_settings(resume_point(model_dir)[1], values)
-    if changed:
-        raise Refused(f'stale: its checkpoints ran with {checkpoint.describe_changes(changed)}. Put those settings '
-                      f'back; or remove its checkpoints and logs to train it anew (cd {shlex.quote(folder)} && bash '
-                      f'clean.sh); or make a folder of its own for the new settings')
-    final = saved_step(model_dir, 'final.pth')
-    train = final is None or final < values['ITER_MAX']
+    changes = stale(model_dir, values)
+    if changes:
+        raise Refused(f'stale: {changes}. Put those settings back; or remove its checkpoints and logs to train it '
+                      f'anew (cd {shlex.quote(folder)} && bash clean.sh); or make a folder of its own for the new '
+                      f'settings')
+    final = os.path.join(model_dir, 'final.pth')
+    final_step = saved(final)[0]
+    train = final_step is None or final_step < values['ITER_MAX']
     multi_node = int(os.environ.get('PET_NNODES', 1)) > 1
     steps = [(launch(processes, 'train.py', multi_node), TRAIN_LOG)] if train else []
     if multi_node and int(os.environ.get('PET_NODE_RANK', 0)):
@@ -695,8 +707,8 @@ def status_line(folder):
     except Exception as e:
         return [folder, f'settings.py does not run: {type(e).__name__}: {e}', '-', '-', '-']
     model_dir, log_dir = (os.path.join(folder, str(values[name])) for name in ('MODEL_DIR', 'LOG_DIR'))
-    step, ran_with = resume_point(model_dir)
-    changed = checkpoint.changed_settings(ran_with, values)
+    step = resume_point(model_dir)[0]
+    changes = stale(model_dir, values)
     held_by = holder(folder)
     state = status.get('state', 'waiting')
     logged, eta = None, '-'
@@ -705,15 +717,15 @@ def status_line(folder):
         if match:
             logged, eta = int(match.group(1)), match.group(3).strip()
             break
-    if changed:
-        state = f'stale: {checkpoint.describe_changes(changed)}'
+    if changes:
+        state = f'stale: {changes}'
     elif state == 'submitted' or state in RUNNING and held_by:
         state = f'{state} on {status.get("where")}' if status.get('where') else state
     elif state in RUNNING:
         state = 'interrupted'  # no run holds it: the grid.py that wrote it is gone (killed)
     elif state == 'failed':
         state = f'failed ({": ".join(filter(None, (status.get("command"), status.get("reason", "")[:100])))})'
-    elif state == 'waiting' and (saved_step(model_dir, 'final.pth') or 0) >= values['ITER_MAX']:
+    elif state == 'waiting' and (saved(os.path.join(model_dir, 'final.pth'))[0] or 0) >= values['ITER_MAX']:
         state = 'trained'
     if held_by:
         state += f' (held by {held_by})'

@@ -373,7 +373,7 @@ def test_a_folder_whose_settings_changed_after_it_finished_is_stale(ran, tmp_pat
     assert 'NUM_WORKERS' not in result.stderr and '1 of 1 folders failed or were refused' in result.stderr
     assert [(edited / name).read_text() for name in (grid.TRAIN_LOG, grid.EVAL_LOG)] == logs  # nothing ran
     assert 'LR=0.001 (now 0.01)' in status_of(tmp_path, 'edited')['reason']
-    assert status_lines(tmp, str(edited))[str(edited)][0] == 'stale: LR=0.001 (now 0.01)'
+    assert status_lines(tmp, str(edited))[str(edited)][0] == 'stale: its checkpoints ran with LR=0.001 (now 0.01)'
     notes = compare.read_experiment(str(edited))['notes']
     assert any(note.startswith('stale: ') and 'ran with LR=0.001 (now 0.01)' in note for note in notes), notes
     assert not any('stale' in note for note in compare.read_experiment(str(tmp / A))['notes'])
@@ -430,6 +430,31 @@ def test_what_a_folder_still_needs(tmp_path):
     assert grid.plan(str(folder), [], 2) == [
         ([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'eval.py'],
          grid.EVAL_LOG)]
+
+
+def test_final_pth_replaced_or_trained_again_is_no_finished_folder(tmp_path):
+    """A final.pth that another run wrote with other settings (copied over this folder's own) makes the folder
+    stale, though the checkpoint a rerun resumes from is its own; a result older than final.pth (a final.pth
+    trained again in place, at the same step) is evaluated again."""
+    folder = tmp_path / 'exp'
+    fake_folder(folder, {}, ITER_MAX=4, SEED=1)
+    for name, seed in (('latest.pth', 1), ('final.pth', 2)):
+        torch.save({'net': {}, 'step': 4, 'settings': {'SEED': seed}}, folder / 'models' / name)
+    with pytest.raises(grid.Refused, match=r'stale: final.pth ran with SEED=2 \(now 1\)'):
+        grid.plan(str(folder), [], 1)
+    assert grid.status_line(str(folder))[1] == 'stale: final.pth ran with SEED=2 (now 1)'
+    latest_time = os.path.getmtime(folder / 'models' / 'latest.pth')
+    os.utime(folder / 'models' / 'final.pth', (latest_time - 60, latest_time - 60))  # latest.pth the newer
+    assert 'stale: final.pth ran with SEED=2 (now 1)' in compare.read_experiment(str(folder))['notes']
+    torch.save({'net': {}, 'step': 4, 'settings': {'SEED': 1}}, folder / 'models' / 'final.pth')
+    result = folder / 'logdir' / 'eval_final.json'
+    result.write_text(json.dumps({'step': 4}))
+    assert grid.plan(str(folder), [], 1) == []
+    final_time = os.path.getmtime(folder / 'models' / 'final.pth')
+    os.utime(result, (final_time - 60, final_time - 60))  # of the final.pth before this one
+    assert grid.plan(str(folder), [], 1) == [([sys.executable, 'eval.py'], grid.EVAL_LOG)]
+    assert ('eval_final.json older than final.pth: results of an earlier one; evaluate it again'
+            in compare.read_experiment(str(folder))['notes'])
 
 
 def test_a_broken_settings_py_counts_as_failed(ran, tmp_path):
