@@ -323,7 +323,12 @@ def main():
     validated, = max_over_processes([validated], host_group)  # LOG_DIR may be rank 0's alone
     final = checkpoint.model_file('final.pth')
     if start >= settings.ITER_MAX:
-        if rank == 0 and not os.path.exists(final):  # killed between the last latest.pth and final.pth
+        try:
+            checkpoint.read_weights(final, mmap=True)
+            final_readable = True
+        except checkpoint.CheckpointError:  # killed between the last latest.pth and final.pth, or cut short since
+            final_readable = False
+        if rank == 0 and not final_readable:
             checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, start)
         if evaluation_due(start, validated):  # killed during its last evaluation
             validate(net, optimizer, scaler, device, rank, world, start,
