@@ -537,6 +537,12 @@ def run_local(folders, evals, slots, processes, where_of):
         stopped.append(signum)
         for job in running.values():
             job['process'].send_signal(signum)  # train.py saves latest.pth and exits; eval.py stops
+
+    def begin(slot, job):
+        start(job, where_of(slot), slot)
+        running[slot] = job
+        if stopped:  # the signal came while it started, before stop() could pass it on
+            job['process'].send_signal(stopped[0])
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while running or (queue or held) and not stopped:
@@ -561,9 +567,8 @@ def run_local(folders, evals, slots, processes, where_of):
                     if not steps:
                         release(lock)
                         continue
-                    running[slot] = {'folder': folder, 'lock': lock, 'steps': steps}
                     logger.info('%s: %s on %s', folder, steps[0][0][-1], where_of(slot))
-                    start(running[slot], where_of(slot), slot)
+                    begin(slot, {'folder': folder, 'lock': lock, 'steps': steps})
             time.sleep(POLL)
             for slot, job in list(running.items()):
                 code = job['process'].poll()
@@ -577,7 +582,7 @@ def run_local(folders, evals, slots, processes, where_of):
                     record_failure(folder, failure_reason(lines, code), job['shown'], code, lines[-TAIL:])
                     failed.append(folder)
                 elif job['steps'] and not stopped:
-                    start(job, where_of(slot), slot)
+                    begin(slot, job)
                     continue
                 elif not job['steps']:
                     write_status(folder, state='finished', reason=None, tail=[])

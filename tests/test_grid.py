@@ -624,6 +624,25 @@ def test_ctrl_c_stops_the_run_which_saves_latest(ran):
     assert status_lines(tmp, E)[E][:2] == ('interrupted', '2/1000')
 
 
+def test_a_signal_as_grid_py_starts_a_run_stops_that_run(ran, tmp_path):
+    """SIGTERM reaching grid.py between choosing a folder's run and starting it (grid.py held there, at the log line
+    that names the run): the run is stopped as soon as it started, not left to train to its end unsignalled."""
+    tmp = ran[0]
+    folder = copy_folder(tmp / D, tmp_path / 'started')
+    process, log = background_grid_py(tmp, 'run', str(folder), pause_at=f'{folder}: train.py on CPU')
+    try:
+        assert paused_in(tmp, process) == process.pid
+        process.send_signal(signal.SIGTERM)
+        wait_pending(process.pid, signal.SIGTERM)
+        os.kill(process.pid, signal.SIGCONT)
+        assert process.wait(HANG_GUARD) == 128 + signal.SIGTERM, log.read_text()
+    finally:
+        end_all(folder, process)
+    assert 'Error' not in log.read_text(), log.read_text()
+    assert status_of(tmp_path, 'started')['state'] == 'interrupted'
+    assert not (folder / 'models' / 'final.pth').exists() and 'step 4/4' not in (folder / grid.TRAIN_LOG).read_text()
+
+
 @pytest.mark.long
 def test_kill_9_of_grid_py_stops_its_run_and_a_rerun_finishes_the_folder_once(ran):
     """train.py, held after its first step, gets SIGTERM when grid.py dies by kill -9 (the parent-death signal)
