@@ -323,8 +323,9 @@ def plot_data(names, experiments):
                     not (FOLLOWS.get(name) in varying and all(same(c[name], c[FOLLOWS[name]]) for c, _ in points))]
     axes = eval_varying + varying
     if len(axes) <= 2 and points:
+        shown = points + ([] if eval_varying else [(c, None) for c in folder_points])  # a folder without a result too
         panels.append({'title': 'final', 'xlabel': axes[0], 'ylabel': 'mIoU (%)',
-                       'lines': series(points, axes[0], axes[1] if len(axes) > 1 else None)})
+                       'lines': series(shown, axes[0], axes[1] if len(axes) > 1 else None)})
     elif points:
         for label in sorted({label for _, label, _, _ in results}, key=eval_order):
             shown = [(c, r.get('mIoU')) for c, l, r, _ in results if l == label]

@@ -837,6 +837,16 @@ def test_plot_of_a_one_setting_grid_is_one_line(tmp_path):
     assert panels[0]['xlabel'] == 'STRIDE' and len(panels[0]['lines']) == 1
 
 
+def test_plot_of_a_one_setting_grid_with_a_missing_result_has_a_gap(tmp_path):
+    """STAGE_NUM=2 not evaluated yet: a gap at 2 (NaN, its tick kept), not a line from 1 straight to 3."""
+    folders = [fake_folder(tmp_path / f't{t}', {} if t == 2 else {'final': (t / 10, t)}, STAGE_NUM=t) for t in (1, 2, 3)]
+    panels = compare.plot_data(compare.folder_names(folders), [compare.read_experiment(f) for f in folders])
+    figure = compare.plot(panels, tmp_path / 'gap.png')
+    (title, xlabel, [(_, xs, ys)]), = drawn(figure)
+    assert (title, xlabel, xs) == ('final', 'STAGE_NUM', [1, 2, 3]) and list(figure.axes[0].get_xticks()) == [1, 2, 3]
+    assert ys[::2] == pytest.approx([10, 30]) and math.isnan(ys[1])
+
+
 def test_plot_data_of_a_two_by_two_grid(tmp_path):
     folders = [fake_folder(tmp_path / f'k{k}_t{t}', {} if (k, t) == (64, 2) else {'final': (k / 1000 + t / 100, t)},
                            [(2, 0.1 * t), (4, 0.2 + k / 1000)], N_BASES=k, STAGE_NUM=t)
