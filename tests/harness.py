@@ -226,19 +226,23 @@ class ForkedScript(subprocess.Popen):
         sys.stdout.flush()  # nothing of this process's buffers written twice
         sys.stderr.flush()
         gc.freeze()  # the child's collections skip this process's objects rather than copy every page they are on
+        # signals wait in the child until it has python's handlers back (as an exec gives them): one sent to it as
+        # soon as Popen returns would otherwise run this process's handler there, and be lost
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         pid = os.fork()
         if pid == 0:  # the child never returns into its parent's code
             code = 1
             try:
-                code = ForkedScript.child(call, python_args, unbuffered=command[1] == '-u')
+                code = ForkedScript.child(call, python_args, unbuffered=command[1] == '-u', mask=mask)
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         gc.unfreeze()
         self.pid, self._child_created = pid, True
         self._close_pipe_fds(call.p2cread, call.p2cwrite, call.c2pread, call.c2pwrite, call.errread, call.errwrite)
 
     @staticmethod
-    def child(call, args, unbuffered):
+    def child(call, args, unbuffered, mask):
         """The child's exit code, as the interpreter would give it."""
         code = 1
         try:
@@ -272,6 +276,7 @@ class ForkedScript(subprocess.Popen):
                 if callable(signal.getsignal(number)):
                     signal.signal(number, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             signal.set_wakeup_fd(-1)
             faulthandler.disable()
             atexit._clear()
