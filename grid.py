@@ -610,7 +610,8 @@ def gpu_slots(gpus, per_run):
     if gpus is not None and asked:
         seen = f'{count} GPUs: 0..{count - 1}' + (f' of CUDA_VISIBLE_DEVICES={inherited}' if inherited else '')
         if not count:
-            raise ValueError(f'--gpus {gpus}: this machine has no CUDA device that PyTorch sees '
+            hidden = f' with CUDA_VISIBLE_DEVICES={inherited!r}' if inherited is not None else ''
+            raise ValueError(f'--gpus {gpus}: this machine has no CUDA device that PyTorch sees{hidden} '
                              f'(torch.cuda.is_available() is False); leave --gpus out to run on the CPU')
         wrong = [gpu for gpu in asked if not (gpu.isdigit() and int(gpu) < count)] or \
             [gpu for i, gpu in enumerate(asked) if gpu in asked[:i]]

@@ -739,8 +739,16 @@ def test_gpu_ids_are_those_this_process_sees(monkeypatch):
         grid.gpu_slots('2', 1)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # no CUDA
     assert grid.gpu_slots(None, 1) == [None] and grid.gpu_slots('', 1) == [None]  # the CPU
-    with pytest.raises(ValueError, match='--gpus 0: this machine has no CUDA device that PyTorch sees'):
+    with pytest.raises(ValueError, match="--gpus 0: this machine has no CUDA device that PyTorch sees with "
+                                         "CUDA_VISIBLE_DEVICES='2,3'"):
         grid.gpu_slots('0', 1)
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')  # every GPU hidden
+    with pytest.raises(ValueError, match="sees with CUDA_VISIBLE_DEVICES='' "):
+        grid.gpu_slots('0', 1)
+    assert grid.gpu_slots(None, 1) == [None]
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # UUIDs, as Slurm and MIG give them
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', 'GPU-8a1b, MIG-3c4d')
+    assert grid.gpu_slots('1', 1) == [('MIG-3c4d',)] and grid.gpu_slots(None, 2) == [('GPU-8a1b', 'MIG-3c4d')]
 
 
 # ---------------------------------------------------------------- eval.py --set
