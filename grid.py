@@ -585,7 +585,7 @@ def run_local(folders, evals, slots, processes, where_of):
                     begin(slot, job)
                     continue
                 elif not job['steps']:
-                    write_status(folder, state='finished', reason=None, tail=[])
+                    write_status(folder, state='finished', reason=None, tail=[], evals=evals)
                     logger.info('%s: finished', folder)
                 else:
                     write_status(folder, state='interrupted')
@@ -704,8 +704,9 @@ def submit(folders, evals, args):
 def status_line(folder):
     """[folder, state, step/ITER_MAX, ETA, best val mIoU] as text. The state: stale (the settings that changed
     since its checkpoints), what grid_status.json records while a grid.py run holds the folder (training or
-    evaluating where, and that run), interrupted once none does, failed with the error, finished, trained
-    (final.pth holds ITER_MAX, not evaluated by grid.py) or waiting. The step is that of the checkpoint a rerun
+    evaluating where, and that run), interrupted once none does, failed with the error, finished (or what a rerun
+    runs, where a result went or final.pth changed since), trained (final.pth holds ITER_MAX, not evaluated by
+    grid.py) or waiting. The step is that of the checkpoint a rerun
     resumes from, with the last logged step after it where that differs (a run stopped between two saves)."""
     status = read_status(folder)
     try:
@@ -731,6 +732,12 @@ def status_line(folder):
         state = 'interrupted'  # no run holds it: the grid.py that wrote it is gone (killed)
     elif state == 'failed':
         state = f'failed ({": ".join(filter(None, (status.get("command"), status.get("reason", "")[:100])))})'
+    elif state == 'finished':  # since then, a result may have gone, final.pth been trained again, ITER_MAX raised
+        try:
+            todo = [shlex.join(argv[1:]) for argv, _ in plan(folder, status.get('evals', []), 1)]
+        except ValueError as e:
+            todo = [str(e)]
+        state = f'finished before; a rerun runs {", ".join(todo)}' if todo else state
     elif state == 'waiting' and (saved(os.path.join(model_dir, 'final.pth'))[0] or 0) >= values['ITER_MAX']:
         state = 'trained'
     if held_by:

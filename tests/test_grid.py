@@ -386,6 +386,8 @@ def test_a_deleted_evaluation_is_computed_again_and_specs_are_what_they_set(ran,
     (folder / 'grid_eval.log').unlink()
     os.remove(folder / 'logdir' / 'eval_final_os16_stages1.json')
     plain = (folder / 'logdir' / 'eval_final.json').stat().st_mtime_ns
+    assert status_lines(tmp, str(folder))[str(folder)][0] == (  # not 'finished', as grid_status.json says
+        'finished before; a rerun runs eval.py --set EVAL_STAGE_NUM=1 --set EVAL_STRIDE=16')
     result = grid_py(tmp, 'run', str(folder), '--eval', SPEC)
     assert result.returncode == 0, result.stderr
     assert evaluations(folder) == [evaluations(folder)[0]] and evaluations(folder)[0].endswith(
@@ -395,7 +397,7 @@ def test_a_deleted_evaluation_is_computed_again_and_specs_are_what_they_set(ran,
     again = grid_py(tmp, 'run', str(folder), '--eval', 'EVAL_STRIDE = 16; EVAL_STAGE_NUM = 1',
                     '--eval', 'EVAL_STAGE_NUM=3')  # the same files: eval_final_os16_stages1.json, eval_final.json
     assert again.returncode == 0 and 'finished and evaluated, skipped' in again.stderr, again.stderr
-    assert len(evaluations(folder)) == 1
+    assert len(evaluations(folder)) == 1 and status_lines(tmp, str(folder))[str(folder)][0] == 'finished'
 
 
 def test_eval_specs_that_set_nothing_or_a_setting_twice_are_refused():
