@@ -2,11 +2,13 @@
 name the file, resume, the pretrained backbone, and the one-run-per-folder lock.
 
 A checkpoint is `{'net': state_dict, 'step': N}` (the authors' released files are exactly that) plus, in ours,
-`optimizer`, `scaler`, `settings` (as plain values, see `plain`), `recipe` (the run against its published recipe,
-`recipe_record`), and `classes` and `palette`, the names and the [r, g, b] colours of the classes, in label order, of
-the dataset it was trained on (what a model needs away from its folder: hubconf.py). A bare state_dict loads too, and
-one whose keys all carry the prefix of a wrapper (DDP's `module.`, torch.compile's `_orig_mod.`) without it. Every
-load uses `torch.load(weights_only=True)`.
+`optimizer`, `scaler`, `settings` (as plain values, see `plain`), `folder` (the experiment folder whose run wrote
+it), `recipe` (the run against its published recipe, `recipe_record`), and `classes` and `palette`, the names and the
+[r, g, b] colours of the classes, in label order, of the dataset it was trained on (what a model needs away from its
+folder: hubconf.py). A bare state_dict loads too, and one whose keys all carry the prefix of a wrapper (DDP's
+`module.`, torch.compile's `_orig_mod.`) without it. Every load uses `torch.load(weights_only=True)`. A run's
+checkpoints are its folder's as long as the settings that shape a trained network are those it ran with
+(`changed_settings`; `RUN_SETTINGS` do not count).
 
 Two path rules. The files a run writes and resumes from (latest.pth, final.pth, step_<N>.pth, best.pth, train.lock,
 temporary files) are always `model_file(name)` = MODEL_DIR/name: a file of the same name in the working folder is
@@ -50,6 +52,15 @@ WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # what DDP and torch.compile put b
 # step_<N>.pth as train.py names it (f'step_{step}.pth', steps from 1): a kept copy such as step_20000_best.pth,
 # step_final.pth or step_0010.pth is no file of the run's
 STEP_FILE = re.compile(r'step_([1-9][0-9]*)\.pth')
+# the settings that do not shape a trained network (nor do the EVAL_* ones, which change only how it is evaluated
+# and validated, each result named by its protocol): a change of them leaves a run's checkpoints its own
+RUN_SETTINGS = (
+    'NUM_WORKERS',               # a sample's augmentation derives from (SEED, step, rank, slot), whatever the workers
+    'LOG_EVERY', 'IMAGE_EVERY',  # what is logged and drawn: the panel's prediction runs in eval mode, no grad
+    'ITER_SAVE',                 # when checkpoints are written: a resumed run ends with the uninterrupted weights
+    'DEVICE',                    # which device computes it (the precision, AMP, is a setting of its own)
+    'MODEL_DIR', 'LOG_DIR',      # where its files go: a folder moved with its outputs is the same run
+)
 
 
 def model_file(name):
@@ -72,6 +83,33 @@ def checkpoint_path(name):
     if os.path.dirname(name) or (not os.path.exists(model_file(name)) and os.path.exists(name)):
         return name
     return model_file(name)
+
+
+def experiment_folder():
+    """The experiment folder of this process: the one holding its settings.py, as a real path."""
+    return os.path.dirname(os.path.realpath(settings.__file__))
+
+
+def changed_settings(ran_with, now):
+    """[(name, the value ran_with holds, the value now holds)] of each setting that shapes a trained network (not
+    RUN_SETTINGS nor EVAL_*) whose plain value differs between ran_with (a checkpoint's 'settings') and now
+    ({name: value}, as settings.effective() gives them): the checkpoint is no run of these settings. ITER_MAX counts
+    only lowered: raised, the run is unfinished. A name that only one of them has (a checkpoint of older code, an
+    authors' file) is not compared."""
+    changed = []
+    for name, old in ran_with.items():
+        if name in RUN_SETTINGS or name.startswith('EVAL_') or name not in now:
+            continue
+        new = plain(now[name])
+        raised = name == 'ITER_MAX' and isinstance(old, int) and isinstance(new, int) and new > old
+        if new != old and not raised:
+            changed.append((name, old, new))
+    return changed
+
+
+def describe_changes(changed):
+    """changed_settings as text: 'LR=0.001 (now 0.01), SEED=66 (now 1)'."""
+    return ', '.join(f'{name}={old!r} (now {new!r})' for name, old, new in changed)
 
 
 def plain(value):
@@ -293,7 +331,8 @@ def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
     optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
     colours = dataset.palette()  # the classes' first: what a model needs away from its folder (hubconf.py)
     ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
-            'settings': plain(settings.effective()), 'classes': list(dataset.current()['classes']),
+            'settings': plain(settings.effective()), 'folder': experiment_folder(),
+            'classes': list(dataset.current()['classes']),
             'palette': [colours[3 * k:3 * k + 3] for k in range(settings.N_CLASSES)], **(extra or {})}
     if 'recipe' not in ckpt:
         ckpt['recipe'] = recipe_record(net)
@@ -321,6 +360,11 @@ def link_checkpoint(source, name):
             with open(tmp, 'rb+') as f:
                 os.fsync(f.fileno())
     replace_file(model_file(name), write, f'; {source} holds the same checkpoint')
+
+
+def this_process():
+    """'pid N on HOST, started TIME': this process, as a lock file names its holder."""
+    return f'pid {os.getpid()} on {socket.gethostname()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}'
 
 
 def lock_model_dir():
@@ -362,7 +406,7 @@ def lock_model_dir():
         if previous:
             settings.logger.warning('taking over %s from a run that ended without releasing it (%s)', path, previous)
         lock.truncate(0)
-        lock.write(f'pid {os.getpid()} on {socket.gethostname()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+        lock.write(this_process() + '\n')
         lock.flush()
 
         def release():  # a run that ends, even by an error or a signal, leaves an empty file: nothing to take over
@@ -374,12 +418,20 @@ def lock_model_dir():
         os.remove(partial)
 
 
+def resume_order(model_dir):
+    """The checkpoints of model_dir that a run there resumes from, in the order `resume` tries them: latest.pth,
+    final.pth, then step_<N>.pth from the newest; those that exist."""
+    names = [os.path.join(model_dir, 'latest.pth'), os.path.join(model_dir, 'final.pth')]
+    return [path for path in names + list(step_files(model_dir).values())[::-1] if os.path.exists(path)]
+
+
 def resume(net, optimizer, scaler):
     """Loads MODEL_DIR/latest.pth into net, optimizer and scaler, or, if it is missing or corrupt, final.pth or
-    the newest intact step_<N>.pth; returns the step it holds, 0 for a fresh run."""
+    the newest intact step_<N>.pth; returns the step it holds, 0 for a fresh run. A checkpoint that another
+    folder's run wrote with other settings (changed_settings) is refused: a folder resumes its own run, and starts
+    from another's network through INIT_FROM; one of the same settings (a folder moved or copied) resumes."""
     latest = model_file('latest.pth')
-    steps = list(step_files(settings.MODEL_DIR).values())
-    candidates = [path for path in [latest, model_file('final.pth')] + steps[::-1] if os.path.exists(path)]
+    candidates = resume_order(settings.MODEL_DIR)
     if not candidates:
         return 0
     if candidates[0] != latest:
@@ -396,6 +448,15 @@ def resume(net, optimizer, scaler):
     else:
         raise CorruptCheckpointError(f'{latest} is truncated or corrupt. No intact step_<N>.pth to fall back on: '
                                      f'remove it to start this experiment from scratch')
+    written_in = ckpt.get('folder', experiment_folder())  # older checkpoints do not say: as before, resumed
+    if written_in != experiment_folder():
+        changed = changed_settings(ckpt.get('settings', {}), settings.effective())
+        if changed:
+            raise CheckpointError(f'{path} was written by the run of {written_in}, with other settings '
+                                  f'({describe_changes(changed)}): a folder resumes its own run only. Give this '
+                                  f'folder a MODEL_DIR of its own; to start from that network, INIT_FROM = {path!r}')
+        settings.logger.info('%s was written in %s with these settings (a moved or copied folder): resuming it',
+                             path, written_in)
     for name, old in ckpt.get('settings', {}).items():
         now = plain(getattr(settings, name, None))  # as save_checkpoint stored it
         if now != old:

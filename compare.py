@@ -22,14 +22,18 @@ percent: eval.py names them by checkpoint and protocol ('final', 'final_ms_flip'
 evaluation.protocol); eval.py keeps the results of other folders' checkpoints in LOG_DIR/other_checkpoints/,
 which is not read: a row holds its own folder's results only. 'best val mIoU' and 'best val step' are the best
 evaluation while training (EVAL_EVERY), from LOG_DIR/val.jsonl, else MODEL_DIR/best.pth. Missing results are '-' (empty cells in --csv) and the last
-column says why. A folder without settings.py is no experiment: it is named on stderr and skipped.
+column says why; it also marks a folder stale whose checkpoint ran with settings that its settings.py no longer
+gives (those that shape the trained network: checkpoint.changed_settings), naming them: its results are not its
+settings'. A folder without settings.py is no experiment: it is named on stderr and skipped.
 
 --plot FILE.png (matplotlib) draws the folders' validation curves (LOG_DIR/val.jsonl) and, where the folders
 differ in one or two settings, the final checkpoint's mIoU against them, a line per value of the second: PyTorch's
 results (an export.py file's, through onnxruntime or OpenVINO, have the same evaluation settings: they are in the
 table only); results of one folder under several evaluation settings (eval.py --set EVAL_STAGE_NUM=1,2,...) count
 as settings too, so a STAGE_NUM grid evaluated at every EVAL_STAGE_NUM gives the paper's Fig. 4 (mIoU against
-T_eval, a line per T_train). Missing results are gaps, never zeros.
+T_eval, a line per T_train). An evaluation setting that follows a folder setting in every result (EVAL_STAGE_NUM
+None: STAGE_NUM, EVAL_STRIDE None: STRIDE) is no axis of its own: a STAGE_NUM grid evaluated as trained is one line
+of mIoU against STAGE_NUM. Missing results are gaps, never zeros.
 """
 import argparse
 import ast
@@ -119,23 +123,31 @@ def checkpoint_step(path):
     return ckpt['step']
 
 
-def step_reached(model_dir, iter_max, notes):
-    """The step of the newest readable of final.pth and latest.pth, or None; notes say what else is so."""
+def step_reached(model_dir, values, notes):
+    """The step of the newest readable of final.pth and latest.pth, or None; notes say what else is so: not
+    finished, or stale when either checkpoint ran with settings that values (the folder's) no longer give
+    (checkpoint.changed_settings), its results not those of the folder's settings."""
     paths = [os.path.join(model_dir, name) for name in ('final.pth', 'latest.pth')]
     paths = sorted((p for p in paths if os.path.isfile(p)), key=os.path.getmtime, reverse=True)
     if not paths:
         notes.append('no checkpoint yet')
-        return None
+    step = None
     for path in paths:
         try:
-            step = checkpoint_step(path)
+            ckpt = checkpoint.read_weights(path, mmap=True)
+            saved = checkpoint_step(path)
         except checkpoint.CheckpointError as e:
             notes.append(str(e))
             continue
-        if os.path.basename(path) == 'latest.pth' and not (isinstance(iter_max, int) and step >= iter_max):
-            notes.append('not finished')
-        return step
-    return None
+        changed = checkpoint.changed_settings(ckpt.get('settings', {}), values)
+        if changed and not any(note.startswith('stale: ') for note in notes):
+            notes.append(f'stale: {os.path.basename(path)} ran with {checkpoint.describe_changes(changed)}')
+        if step is None:
+            step = saved
+            iter_max = values.get('ITER_MAX')
+            if os.path.basename(path) == 'latest.pth' and not (isinstance(iter_max, int) and step >= iter_max):
+                notes.append('not finished')
+    return step
 
 
 def read_evals(log_dir, notes):
@@ -189,8 +201,13 @@ def read_experiment(folder):
     except ValueError as e:  # a RECIPE of no recipe of its DATASET
         recipe = None
         notes.append(str(e))
-    step = step_reached(model_dir, values.get('ITER_MAX'), notes)
+    step = step_reached(model_dir, values, notes)
     evals = read_evals(log_dir, notes)
+    final = os.path.join(model_dir, 'final.pth')
+    older = [f'eval_{label}.json' for label in evals if eval_order(label)[0][0] == 0 and os.path.isfile(final) and
+             os.path.getmtime(os.path.join(log_dir, f'eval_{label}.json')) < os.path.getmtime(final)]
+    if older:
+        notes.append(f'{", ".join(older)} older than final.pth: results of an earlier one; evaluate it again')
     best = best_validation(log_dir, model_dir, notes)
     curve = [(e['step'], e['mIoU']) for e in evaluation.read_val_log(os.path.join(log_dir, evaluation.VAL_LOG))
              if isinstance(e.get('mIoU'), (int, float))]
@@ -274,6 +291,11 @@ def evaluated_with(result, values):
     return {name: tuple(value) if isinstance(value, list) else value for name, value in recorded.items()}
 
 
+# an evaluation setting that takes a training setting's value when None (dataset.output_stride, network.EMAU): while
+# it does so in every result, it is the same axis as that setting, not one of its own
+FOLLOWS = {'EVAL_STAGE_NUM': 'STAGE_NUM', 'EVAL_STRIDE': 'STRIDE'}
+
+
 def distinct(values):
     """values without repeats: sorted where they are all numbers, else in their order."""
     unique = list({repr(value): value for value in values}.values())
@@ -294,8 +316,10 @@ def series(points, x_name, line_name):
 def plot_data(names, experiments):
     """The panels --plot draws, [{'title', 'xlabel', 'ylabel', 'lines': [(label, xs, ys in percent)]}]:
     the validation curves (val.jsonl); and where the folders differ in one or two settings, their final
-    checkpoint's mIoU (PyTorch's evaluations: the JSON's engine) against them: a panel over the folders' settings and the evaluation settings their results
-    differ in when those are two at most (the paper's Fig. 4: EVAL_STAGE_NUM on x, a line per STAGE_NUM), else a
+    checkpoint's mIoU (PyTorch's evaluations: the JSON's engine) against them: a panel over the folders' settings
+    and the evaluation settings their results differ in when those are two at most (the paper's Fig. 4:
+    EVAL_STAGE_NUM on x, a line per STAGE_NUM; an evaluation setting that follows a folder setting in every result,
+    FOLLOWS, is that setting's axis), else a
     panel per protocol over the folders' settings; then the best validation mIoU against them. The first
     setting is the x axis, a line per value of the second; a missing result is NaN (a gap), never zero."""
     panels = []
@@ -313,11 +337,13 @@ def plot_data(names, experiments):
                if eval_order(label)[0][0] == 0 and result.get('engine', 'pytorch') == 'pytorch']
     points = [({**coordinates, **evaluated_with(result, values)}, result.get('mIoU'))
               for coordinates, _, result, values in results]
-    eval_varying = [name for name in evaluation.EVAL_SETTINGS if len(distinct(c[name] for c, _ in points)) > 1]
+    eval_varying = [name for name in evaluation.EVAL_SETTINGS if len(distinct(c[name] for c, _ in points)) > 1 and
+                    not (FOLLOWS.get(name) in varying and all(same(c[name], c[FOLLOWS[name]]) for c, _ in points))]
     axes = eval_varying + varying
     if len(axes) <= 2 and points:
+        shown = points + ([] if eval_varying else [(c, None) for c in folder_points])  # a folder without a result too
         panels.append({'title': 'final', 'xlabel': axes[0], 'ylabel': 'mIoU (%)',
-                       'lines': series(points, axes[0], axes[1] if len(axes) > 1 else None)})
+                       'lines': series(shown, axes[0], axes[1] if len(axes) > 1 else None)})
     elif points:
         for label in sorted({label for _, label, _, _ in results}, key=eval_order):
             shown = [(c, r.get('mIoU')) for c, l, r, _ in results if l == label]
@@ -332,19 +358,21 @@ def plot_data(names, experiments):
 
 
 def plot(panels, path):
-    """Draws panels side by side into path (matplotlib, no display needed); non-numeric x values are categories."""
-    import matplotlib  # here: only --plot needs it
+    """Draws panels side by side into path (a matplotlib Figure, no display needed) and returns the figure, whose
+    axes' lines hold the data drawn; non-numeric x values are categories."""
+    import matplotlib.figure  # here: only --plot needs it
     import matplotlib.ticker
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    figure = matplotlib.figure.Figure(figsize=(5 * len(panels), 4))
+    axes = figure.subplots(1, len(panels), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for label, xs, ys in panel['lines']:
             numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
             ax.plot(xs if numeric else range(len(xs)), ys, marker='o', label=label or None)
             if not numeric:
                 ax.set_xticks(range(len(xs)), [x if isinstance(x, str) else repr(x) for x in xs])
-            elif all(isinstance(x, int) for x in xs):  # steps, EM iterations, bases: no tick between two values
+            elif panel['xlabel'] != 'step':  # a setting's values: a tick at each, none between (256, 512)
+                ax.set_xticks(xs)
+            elif all(isinstance(x, int) for x in xs):  # steps: no tick between two
                 ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set(title=panel['title'], xlabel=panel['xlabel'], ylabel=panel['ylabel'])
         ax.grid(alpha=0.3)
@@ -352,7 +380,7 @@ def plot(panels, path):
             ax.legend(fontsize='small')
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return figure
 
 
 def print_plain(header, rows, numeric):

@@ -256,9 +256,7 @@ def result_path(path, engine='pytorch'):
     else:
         folder = os.path.join(settings.LOG_DIR, OTHER_CHECKPOINTS)
         tag = '_'.join('up' if part == '..' else part for part in os.path.relpath(stem).split(os.sep))
-    name = '_'.join(filter(None, (tag, evaluation.protocol(), 'onnx' if extension == '.onnx' else '',
-                                  'openvino' if engine == 'openvino' else '')))
-    return os.path.join(folder, f'eval_{name}.json')
+    return os.path.join(folder, evaluation.result_name(tag, extension == '.onnx', engine))
 
 
 def report(confusion, path, step, n_images, writer=None, recipe=None, engine='pytorch'):

@@ -308,6 +308,14 @@ def protocol():
     return '_'.join(parts)
 
 
+def result_name(stem, onnx=False, engine='onnxruntime'):
+    """The name of eval.py's result file of the checkpoint (or ONNX file) stem under the current EVAL_* settings:
+    eval_<stem>.json for the authors' protocol, eval_<stem>_<protocol>.json for another, then _onnx for an ONNX file
+    and _openvino after it when OpenVINO runs the file (engine)."""
+    return 'eval_' + '_'.join(filter(None, (stem, protocol(), 'onnx' if onnx else '',
+                                            'openvino' if onnx and engine == 'openvino' else ''))) + '.json'
+
+
 def scalar_prefix(first=None):
     """'val' for the authors' protocol, else 'val_<protocol>', with '_first<N>' after it for an evaluation of the
     split's first N images only (training's EVAL_IMAGES): TensorBoard tags <prefix>/mIoU, <prefix>_class/<name>.

@@ -34,7 +34,6 @@ imported before or after torch.hub.load, stays the caller's: `project_modules` i
 place and then gives sys.modules back as it was. The project's modules import one another at their top only, so
 each keeps the others it imported whatever sys.modules holds later.
 """
-import contextlib
 import importlib
 import os
 import sys
@@ -82,25 +81,14 @@ dependencies = ['torch', 'numpy', 'PIL', 'scipy']
 AUTHORS_DEPTHS = {6: 50, 23: 101, 36: 152}  # blocks of layer3 (extractor.6) → N_LAYERS of the authors' ResNets
 
 
-@contextlib.contextmanager
-def applied(values):
-    """settings hold values ({name: value}) inside the block, their previous values after it."""
-    saved = {name: getattr(settings, name) for name in values}
-    settings.assign(values)
-    try:
-        yield
-    finally:
-        settings.assign(saved)
-
-
 def authors_settings(state, stride, path):
     """The settings an authors' state dict (no settings stored) was trained with, from its shapes; a state dict
     without their keys, or of a depth they did not release, is a CheckpointError naming path."""
     missing = [key for key in ('fc2.weight', 'fc0.conv.weight', 'emau.mu') if key not in state]
     if missing:
         raise CheckpointError(f'{path} holds no settings and is no EMANet state_dict (it has no key '
-                                         f'{missing[0]}): expected a checkpoint of this code, or the authors\' '
-                                         f'{{"net": state_dict, "step": N}} files')
+                              f'{missing[0]}): expected a checkpoint of this code, or the authors\' '
+                              f'{{"net": state_dict, "step": N}} files')
     blocks = {key.split('.')[2] for key in state if key.startswith('extractor.6.')}  # layer3's blocks
     if len(blocks) not in AUTHORS_DEPTHS:
         raise CheckpointError(
@@ -160,7 +148,7 @@ class Model:
     def __call__(self, image, probabilities=False):
         """H × W int64 class indices of image (a path, a PIL image or a numpy array: dataset.read_photo) at its
         own size; with probabilities, (indices, classes × H × W float32 scores)."""
-        with applied(self.settings):
+        with settings.applied(self.settings):
             image = dataset.read_photo(image)
             img = runtime.to_device(dataset.image_tensor(image), self.device)
             scores = evaluation.predict(self.forward, img)[0]
@@ -193,7 +181,7 @@ def emanet(checkpoint, stride=None, scales=None, flip=None, window=None, device=
         values['EVAL_WINDOW'] = window or None
     values.update(EVAL_AMP=precision == 'bfloat16', AMP=True)  # on CUDA EVAL_AMP takes what AMP = True trains in
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    with applied(values):
+    with settings.applied(values):
         try:
             dtype = evaluation.eval_dtype(device)
         except ValueError as error:  # a CPU without native bfloat16

@@ -120,6 +120,20 @@ def assign(values):
     globals().update(values)
 
 
+@contextlib.contextmanager
+def applied(values):
+    """The settings hold values ({name: value}) inside the block, and what they held before after it (a name that
+    was no setting is none again)."""
+    saved = effective()
+    assign(values)
+    try:
+        yield
+    finally:
+        for name in set(effective()) - set(saved):
+            del globals()[name]
+        assign(saved)
+
+
 def check_name(name):
     """Raises ValueError unless name is a setting of this folder, naming the closest one."""
     names = effective()
@@ -200,12 +214,12 @@ def unread_settings():
 
 
 def warn_unread_settings():
-    """Logs every unread name with its closest setting; returns the names that have one."""
-    misspelt = []
+    """Logs every unread name with its closest setting; returns {name: its closest setting} of those that have one."""
+    misspelt = {}
     for name, closest in unread_settings().items():
         if closest:
             logger.warning('%s is not a setting; did you mean %s?', name, closest)
-            misspelt.append(name)
+            misspelt[name] = closest
         else:
             logger.warning('%s is not a setting that any code reads (a helper of your own?)', name)
     return misspelt

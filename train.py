@@ -28,9 +28,11 @@ INIT_FROM starts a fresh folder from another run's whole network (staged trainin
 COCO, then trainaug, then trainval), with a fresh optimizer and schedule.
 ACCUM_STEPS > 1 runs each process's share of the batch as that many micro-batches (network.train_step): the
 same global batch and update in less GPU memory, BatchNorm statistics per micro-batch. Out of GPU memory, the
-run stops with a message naming the batch, crop, precision and the settings that need less. COMPILE = True is
-refused under torchrun on GPUs (runtime.compiles says why).
-SIGTERM or SIGINT saves latest.pth and exits. One run per MODEL_DIR at a time;
+run stops with a message naming the batch, crop, precision and the settings of this run that need less
+(memory_remedies); out of memory while validating, it saves latest.pth first and names the evaluation settings
+that need less. COMPILE = True is refused under torchrun on GPUs (runtime.compiles says why).
+SIGTERM or SIGINT saves latest.pth and exits. One run per MODEL_DIR at a time; a checkpoint in MODEL_DIR that
+another folder's run wrote with other settings is refused (checkpoint.resume: INIT_FROM starts from one);
 on several nodes MODEL_DIR must be a shared folder. TensorBoard: `bash tensorboard.sh`.
 """
 import argparse
@@ -178,6 +180,32 @@ def evaluation_due(step, validated):
         (step % settings.EVAL_EVERY == 0 or step >= settings.ITER_MAX)
 
 
+def memory_remedies(world):
+    """What needs less GPU memory per training step in this run: the next ACCUM_STEPS that divides each of the
+    world processes' share of the batch (none once a micro-batch is one image), AMP when it is off, a smaller
+    CROP_SIZE, a smaller N_LAYERS when there is one, more GPUs while a process holds more than one image."""
+    share = settings.BATCH_SIZE // world
+    accum = next((n for n in range(settings.ACCUM_STEPS + 1, share + 1) if share % n == 0), None)
+    remedies = [f'ACCUM_STEPS={accum} (micro-batches of {share // accum} images, the same global batch)'] \
+        if accum else []
+    remedies += ['AMP = True'] if not settings.AMP else []
+    remedies.append('a smaller CROP_SIZE')
+    smaller = [str(n) for n in (101, 50) if n < settings.N_LAYERS]
+    remedies += [f'N_LAYERS = {" or ".join(smaller)}'] if smaller else []
+    remedies += ['more GPUs (torchrun: each process takes its share of the batch)'] if share > 1 else []
+    return remedies
+
+
+def validation_memory_remedies():
+    """What needs less GPU memory while validating: windows of the training crop's size (EVAL_WINDOW) unless the
+    window is no larger already, fewer images (EVAL_IMAGES) unless it is set, or no validation while training."""
+    window = evaluation.window_size()
+    remedies = [f'EVAL_WINDOW = {settings.CROP_SIZE} (windows of the training crop slide over each image)'] \
+        if window is None or window[0] * window[1] > settings.CROP_SIZE ** 2 else []
+    remedies += ['EVAL_IMAGES = N (the first N images only)'] if settings.EVAL_IMAGES is None else []
+    return remedies + ['EVAL_EVERY = 0 (no validation while training; eval.py evaluates the checkpoints after it)']
+
+
 def validate(net, optimizer, scaler, device, rank, world, step, writer, best, recipe):
     """Evaluates net (not DDP's wrapper) on the first EVAL_IMAGES of VAL_SPLIT as eval.py does (one shard per
     process), BN and dropout in eval mode; no random number is drawn and the data loader is left alone, so the
@@ -196,7 +224,16 @@ def validate(net, optimizer, scaler, device, rank, world, step, writer, best, re
     net.eval()
     benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False  # every image has its size
     forward = evaluation.inference_net(evaluated.eval(), device)
-    confusion, n_images = evaluation.evaluate(forward, device, rank, world, settings.EVAL_IMAGES)
+    try:
+        confusion, n_images = evaluation.evaluate(forward, device, rank, world, settings.EVAL_IMAGES)
+    except torch.OutOfMemoryError:
+        if rank == 0:  # the training of this step is kept, whenever latest.pth was saved last
+            checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, step, {'recipe': recipe})
+        raise SystemExit(
+            f'step {step}: the GPU ran out of memory validating on VAL_SPLIT={settings.VAL_SPLIT!r} '
+            f'(EVAL_SCALES={settings.EVAL_SCALES}, EVAL_FLIP={settings.EVAL_FLIP}, EVAL_WINDOW={settings.EVAL_WINDOW}'
+            f'). latest.pth holds this step: nothing of the training is lost. Less memory per image: '
+            f'{"; ".join(validation_memory_remedies())}; then rerun to resume.') from None
     torch.backends.cudnn.benchmark = benchmark
     net.train()
     if rank == 0:
@@ -219,9 +256,11 @@ def main():
     # ---------------------------------------------------------------- set-up
     rank, world, device = runtime.setup_runtime()
     host_group = dist.new_group(backend='gloo') if dist.is_initialized() else None
-    if settings.warn_unread_settings():
-        raise SystemExit('settings.py assigns names that no code reads (listed above): correct them, or start '
-                         'a helper of your own with an underscore')
+    misspelt = settings.warn_unread_settings()
+    if misspelt:
+        raise SystemExit('settings.py assigns names that no code reads: ' + ', '.join(
+            f'{name} (did you mean {closest}?)' for name, closest in misspelt.items()) +
+            '; correct them, or start a helper of your own with an underscore')
     if settings.BATCH_SIZE % world:
         raise SystemExit(f'BATCH_SIZE={settings.BATCH_SIZE} is not divisible by the {world} processes')
     if not (isinstance(settings.ACCUM_STEPS, int) and settings.ACCUM_STEPS > 0) or \
@@ -298,7 +337,12 @@ def main():
     recipe = checkpoint.recipe_record(net, start) if rank == 0 else None
     final = checkpoint.model_file('final.pth')
     if start >= settings.ITER_MAX:
-        if rank == 0 and not os.path.exists(final):  # killed between the last latest.pth and final.pth
+        try:
+            checkpoint.read_weights(final, mmap=True)
+            final_readable = True
+        except checkpoint.CheckpointError:  # killed between the last latest.pth and final.pth, or cut short since
+            final_readable = False
+        if rank == 0 and not final_readable:
             checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, start, {'recipe': recipe})
         if evaluation_due(start, validated):  # killed during its last evaluation
             validate(net, optimizer, scaler, device, rank, world, start,
@@ -351,9 +395,8 @@ def main():
                 f'step {step}: the GPU ran out of memory with BATCH_SIZE={settings.BATCH_SIZE} ({world} process(es) '
                 f'x {settings.ACCUM_STEPS} micro-batch(es) of {len(img) // settings.ACCUM_STEPS} images), '
                 f'CROP_SIZE={settings.CROP_SIZE}, N_LAYERS={settings.N_LAYERS}, {dtype or torch.float32} '
-                f'(AMP={settings.AMP}). Less memory per step: ACCUM_STEPS={2 * settings.ACCUM_STEPS} (the same '
-                f'global batch in smaller micro-batches), AMP = True, a smaller CROP_SIZE or N_LAYERS = 50, or more '
-                f'GPUs (torchrun). Nothing of this step was saved; rerunning resumes from the last latest.pth.') from None
+                f'(AMP={settings.AMP}). Less memory per step: {"; ".join(memory_remedies(world))}. Nothing of this '
+                f'step was saved; rerunning resumes from the last latest.pth.') from None
         stopping, = max_over_processes([len(signals)], host_group)  # every process stops at the same step
         save_step, save_latest = saves_due(step)
         save_latest = save_latest or stopping

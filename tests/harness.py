@@ -2,6 +2,7 @@
 (`run_script`, `ForkedScript`: forks of this process), and small VOC-layout data roots. Importing it readies a
 pytest worker: a thread per process, and the modules scripts import on first use loaded once."""
 import atexit
+import contextlib
 import faulthandler
 import gc
 import glob
@@ -9,6 +10,7 @@ import importlib
 import inspect
 import io
 import logging
+import logging.handlers
 import os
 import random
 import runpy
@@ -48,6 +50,10 @@ ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # processes that must compute the same nu
 PYTHON_FOLDERS = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, site.getusersitepackages()})
 TORCHRUN = ('-m', 'torch.distributed.run')  # python's arguments that launch a script under torchrun
 TWO_PROCESSES = (*TORCHRUN, '--standalone', '--nproc_per_node=2')  # DDP with 2 processes on this machine
+# a ForkedScript whose environment holds this variable stops itself (SIGSTOP) right after writing its value to stderr
+# (a log line): a test acts on a process held at a known point of its work (signals it, starts another run), then
+# lets it go on (SIGCONT), whatever the speed of the machine. The scripts it starts inherit it.
+PAUSE_AT = 'TESTS_PAUSE_AT'
 
 
 if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest -n: a core per worker, for its subprocesses' torch too
@@ -127,6 +133,24 @@ def wait_for(log_path, text, process, since=0):
     raise AssertionError(f'{text!r} not in {log_path}')
 
 
+@contextlib.contextmanager
+def log_records():
+    """The records that reach the shared logger's handlers (it does not propagate to pytest's)."""
+    seen = logging.handlers.BufferingHandler(capacity=1000)
+    level = settings.logger.level
+    settings.logger.addHandler(seen)
+    settings.logger.setLevel(logging.INFO)
+    try:
+        yield seen.buffer
+    finally:
+        settings.logger.removeHandler(seen)
+        settings.logger.setLevel(level)
+
+
+def messages(records):
+    return '\n'.join(record.getMessage() for record in records)
+
+
 def processes_in(folder):
     """Pids of the processes whose working directory is folder."""
     pids = []
@@ -137,6 +161,40 @@ def processes_in(folder):
         except OSError:
             pass
     return pids
+
+
+def process_state(pid):
+    """(state letter, parent pid) of /proc/PID/stat: 'T' for a stopped process; None once it is gone."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            state, parent = f.read().rsplit(')', 1)[1].split()[:2]
+    except OSError:
+        return None
+    return state, int(parent)
+
+
+def paused_in(folder, process):
+    """The pid of the process working in folder that stopped itself at its PAUSE_AT text, once there is one (process:
+    the command that started it, which must not end first)."""
+    deadline = time.time() + HANG_GUARD
+    while True:
+        stopped = [pid for pid in processes_in(folder) if (process_state(pid) or '-')[0] == 'T']
+        if stopped:
+            return int(stopped[0])
+        assert time.time() < deadline and process.poll() is None, process.args
+        time.sleep(0.05)
+
+
+def wait_pending(pid, signum):
+    """Waits until signum was sent to the stopped process pid (pending: it handles it once it is let go)."""
+    deadline = time.time() + HANG_GUARD
+    while True:
+        with open(f'/proc/{pid}/status') as f:
+            masks = dict(line.split(':', 1) for line in f if line.startswith(('SigPnd', 'ShdPnd')))
+        if any(int(mask, 16) >> (signum - 1) & 1 for mask in masks.values()):
+            return
+        assert time.time() < deadline, f'{signal.Signals(signum).name} never reached {pid}'
+        time.sleep(0.05)
 
 
 def stop(process):
@@ -154,9 +212,10 @@ class ForkedScript(subprocess.Popen):
     a fresh interpreter would do, minus importing torch and the libraries again (2 s each time, 4 s where a script
     builds an optimizer, on 2 cores). Other commands start as usual. The child forgets every module this process
     imported from outside python's folders, so the scripts in cwd (or the script's folder) are the ones that run;
-    it takes the environment, stdio, session and process group a Popen gives, python's signal handlers, no logging
-    handlers and no exit handlers of its parent's. Every Popen in the child forks the same way, so the interpreters
-    that a script starts (torchrun's workers, grid.py's runs, submitit's jobs) skip the imports too."""
+    it takes the environment, stdio, session and process group a Popen gives (and runs its preexec_fn), python's
+    signal handlers, no logging handlers and no exit handlers of its parent's. Every Popen in the child forks the
+    same way, so the interpreters that a script starts (torchrun's workers, grid.py's runs, submitit's jobs) skip
+    the imports too. With PAUSE_AT in its environment, its stderr is a PausingStream."""
 
     def _execute_child(self, *params):
         call = types.SimpleNamespace(**inspect.signature(EXECUTE_CHILD).bind(self, *params).arguments)
@@ -164,24 +223,28 @@ class ForkedScript(subprocess.Popen):
         python_args = command[1:][command[1:2] == ['-u']:]
         if (call.shell or call.executable not in (None, sys.executable) or command[0] != sys.executable
                 or not python_args or python_args[0].startswith('-') and python_args[0] not in ('-c', '-m')
-                or call.preexec_fn or call.umask >= 0 or (call.uid, call.gid, call.gids) != (None,) * 3):
+                or call.umask >= 0 or (call.uid, call.gid, call.gids) != (None,) * 3):
             return EXECUTE_CHILD(self, *params)
         sys.stdout.flush()  # nothing of this process's buffers written twice
         sys.stderr.flush()
         gc.freeze()  # the child's collections skip this process's objects rather than copy every page they are on
+        # signals wait in the child until it has python's handlers back (as an exec gives them): one sent to it as
+        # soon as Popen returns would otherwise run this process's handler there, and be lost
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         pid = os.fork()
         if pid == 0:  # the child never returns into its parent's code
             code = 1
             try:
-                code = ForkedScript.child(call, python_args, unbuffered=command[1] == '-u')
+                code = ForkedScript.child(call, python_args, unbuffered=command[1] == '-u', mask=mask)
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         gc.unfreeze()
         self.pid, self._child_created = pid, True
         self._close_pipe_fds(call.p2cread, call.p2cwrite, call.c2pread, call.c2pwrite, call.errread, call.errwrite)
 
     @staticmethod
-    def child(call, args, unbuffered):
+    def child(call, args, unbuffered, mask):
         """The child's exit code, as the interpreter would give it."""
         code = 1
         try:
@@ -200,6 +263,8 @@ class ForkedScript(subprocess.Popen):
             if call.env is not None:
                 os.environ.clear()
                 os.environ.update(call.env)
+            if call.preexec_fn is not None:  # where a Popen calls it: in the child, before the program starts
+                call.preexec_fn()
             if 'OMP_NUM_THREADS' in os.environ:
                 torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
             unbuffered = unbuffered or bool(os.environ.get('PYTHONUNBUFFERED'))
@@ -207,10 +272,13 @@ class ForkedScript(subprocess.Popen):
             sys.stdout = (io.TextIOWrapper(open(1, 'wb', buffering=0, closefd=False), write_through=True)
                           if unbuffered else open(1, 'w', closefd=False))
             sys.stderr = open(2, 'w', buffering=1, closefd=False, errors='backslashreplace')
+            if os.environ.get(PAUSE_AT):
+                sys.stderr = PausingStream(sys.stderr, os.environ[PAUSE_AT])
             for number in signal.valid_signals():
                 if callable(signal.getsignal(number)):
                     signal.signal(number, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             signal.set_wakeup_fd(-1)
             faulthandler.disable()
             atexit._clear()
@@ -251,6 +319,27 @@ class ForkedScript(subprocess.Popen):
         sys.stdout.flush()
         sys.stderr.flush()
         return code
+
+
+class PausingStream:
+    """A stream that stops its process (SIGSTOP) once a write holds text, after writing it (PAUSE_AT). While it is
+    stopped it ignores SIGHUP: the kernel hangs up a stopped process whose parent dies (its process group orphaned),
+    which it does not do to one that runs; SIGCONT, which the kernel sends with it, lets it go on."""
+
+    def __init__(self, stream, text):
+        self.stream, self.text = stream, text
+
+    def write(self, data):
+        written = self.stream.write(data)
+        if self.text in data:
+            self.stream.flush()
+            hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            signal.signal(signal.SIGHUP, hangup)
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 class Payload:

@@ -5,7 +5,7 @@ test_cpu_bfloat16.py), micro-batches
 a GPU confirms is in the README's "On a GPU"."""
 import contextlib
 import copy
-import logging.handlers
+import math
 import os
 import signal
 import types
@@ -22,25 +22,7 @@ import network
 import runtime
 import settings
 import train
-from harness import TINY
-
-
-@contextlib.contextmanager
-def log_records():
-    """The records that reach the shared logger's handlers (it does not propagate to pytest's)."""
-    seen = logging.handlers.BufferingHandler(capacity=1000)
-    level = settings.logger.level
-    settings.logger.addHandler(seen)
-    settings.logger.setLevel(logging.INFO)
-    try:
-        yield seen.buffer
-    finally:
-        settings.logger.removeHandler(seen)
-        settings.logger.setLevel(level)
-
-
-def messages(records):
-    return '\n'.join(record.getMessage() for record in records)
+from harness import TINY, log_records, messages
 
 
 # ---------------------------------------------------------------- 1. mixed precision by what the GPU has
@@ -257,7 +239,8 @@ def in_process_run(monkeypatch, tmp_path, root):
 
 def test_out_of_memory_names_batch_crop_precision_and_what_reduces_memory(monkeypatch, in_process_run):
     """torch.OutOfMemoryError, as CUDA raises it, in the first step of a run of 2 micro-batches: a message, not a
-    traceback; the log line at the start names the micro-batches."""
+    traceback, naming only remedies that apply (micro-batches of one image split no further, N_LAYERS is 50
+    already; AMP is off, as TINY has it); the log line at the start names the micro-batches."""
     monkeypatch.setattr(settings, 'ACCUM_STEPS', 2)
 
     def out_of_memory(*args):
@@ -268,8 +251,57 @@ def test_out_of_memory_names_batch_crop_precision_and_what_reduces_memory(monkey
     assert 'batch 2: 1 process(es) x 2 micro-batch(es) of 1 images' in messages(records)
     message = str(stopped.value.code)
     for part in ('step 1: the GPU ran out of memory with BATCH_SIZE=2 (1 process(es) x 2 micro-batch(es) of 1 images)',
-                 'CROP_SIZE=33', 'N_LAYERS=50', 'torch.float32 (AMP=False)', 'ACCUM_STEPS=4', 'smaller CROP_SIZE'):
+                 'CROP_SIZE=33', 'N_LAYERS=50', 'torch.float32 (AMP=False)',
+                 'Less memory per step: AMP = True; a smaller CROP_SIZE; more GPUs (torchrun'):
         assert part in message, message
+    assert 'ACCUM_STEPS=' not in message.split('Less memory')[1] and 'AMP = True' not in message
+
+
+@pytest.mark.parametrize('world, batch, accum, amp, layers, remedies', [
+    (2, 8, 1, True, 50, ['ACCUM_STEPS=2 (micro-batches of 2 images, the same global batch)', 'a smaller CROP_SIZE',
+                         'more GPUs (torchrun: each process takes its share of the batch)']),
+    (2, 8, 2, False, 101, ['ACCUM_STEPS=4 (micro-batches of 1 images, the same global batch)', 'AMP = True',
+                           'a smaller CROP_SIZE', 'N_LAYERS = 50', 'more GPUs (torchrun: each process takes its '
+                                                                  'share of the batch)']),
+    (2, 12, 2, True, 152, ['ACCUM_STEPS=3 (micro-batches of 2 images, the same global batch)', 'a smaller CROP_SIZE',
+                           'N_LAYERS = 101 or 50', 'more GPUs (torchrun: each process takes its share of the batch)']),
+    (4, 8, 2, True, 50, ['a smaller CROP_SIZE', 'more GPUs (torchrun: each process takes its share of the batch)']),
+    (8, 8, 1, True, 50, ['a smaller CROP_SIZE']),  # an image per process: nothing to split, no process to add
+])
+def test_memory_remedies_are_those_of_each_process_share(monkeypatch, world, batch, accum, amp, layers, remedies):
+    for name, value in dict(BATCH_SIZE=batch, ACCUM_STEPS=accum, AMP=amp, N_LAYERS=layers).items():
+        monkeypatch.setattr(settings, name, value)
+    assert train.memory_remedies(world) == remedies
+
+
+def test_out_of_memory_while_validating_keeps_the_training(monkeypatch, tmp_path):
+    """Validation at step 7 runs out of GPU memory (torch.OutOfMemoryError, as CUDA raises it) after the last
+    latest.pth, of step 5: latest.pth is saved at step 7 first, and the message names the evaluation settings that
+    need less."""
+    monkeypatch.setattr(settings, 'MODEL_DIR', str(tmp_path))
+    monkeypatch.setattr(settings, 'CROP_SIZE', 33)
+    net = nn.Conv2d(3, 2, 1)
+    optimizer, scaler = torch.optim.SGD(net.parameters(), lr=0.1), torch.amp.GradScaler('cpu', enabled=False)
+    checkpoint.save_checkpoint('latest.pth', net, optimizer, scaler, 5)
+    with torch.no_grad():
+        net.weight += 1  # steps 6 and 7
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 8.00 GiB')
+    monkeypatch.setattr(evaluation, 'evaluate', out_of_memory)
+    with pytest.raises(SystemExit) as stopped:
+        train.validate(net, optimizer, scaler, torch.device('cpu'), 0, 1, 7, None, -math.inf, None)
+    message = str(stopped.value.code)
+    assert message.startswith("step 7: the GPU ran out of memory validating on VAL_SPLIT='val'"), message
+    assert 'latest.pth holds this step: nothing of the training is lost' in message
+    assert ('Less memory per image: EVAL_WINDOW = 33 (windows of the training crop slide over each image); '
+            'EVAL_IMAGES = N (the first N images only); EVAL_EVERY = 0') in message
+    latest = torch.load(tmp_path / 'latest.pth', weights_only=True)
+    assert latest['step'] == 7 and torch.equal(latest['net']['weight'], net.weight)
+    monkeypatch.setattr(settings, 'EVAL_WINDOW', 17)
+    monkeypatch.setattr(settings, 'EVAL_IMAGES', 2)
+    assert train.validation_memory_remedies() == [
+        'EVAL_EVERY = 0 (no validation while training; eval.py evaluates the checkpoints after it)']
 
 
 @pytest.mark.parametrize('accum_steps', [3, 0])
@@ -278,6 +310,22 @@ def test_micro_batches_that_do_not_divide_the_batch_are_named(monkeypatch, in_pr
     with pytest.raises(SystemExit, match=f"ACCUM_STEPS={accum_steps} must be a whole number of micro-batches that "
                                          f"divides each process's 2 images"):
         train.main()
+
+
+def test_per_process_checks_read_each_process_share(monkeypatch, in_process_run, tmp_path):
+    """Under a faked torchrun of 2 processes: 4 micro-batches divide the global batch of 4, not each process's 2;
+    a batch of 3 does not split over 2 processes. Both refused before anything is written."""
+    monkeypatch.setattr(runtime, 'setup_runtime', lambda: (0, 2, torch.device('cpu')))
+    monkeypatch.setattr(settings, 'BATCH_SIZE', 4)
+    monkeypatch.setattr(settings, 'ACCUM_STEPS', 4)
+    with pytest.raises(SystemExit, match=r"ACCUM_STEPS=4 must be a whole number of micro-batches that divides each "
+                                         r"process's 2 images \(BATCH_SIZE=4, 2 processes\)"):
+        train.main()
+    monkeypatch.setattr(settings, 'BATCH_SIZE', 3)
+    monkeypatch.setattr(settings, 'ACCUM_STEPS', 1)
+    with pytest.raises(SystemExit, match='BATCH_SIZE=3 is not divisible by the 2 processes'):
+        train.main()
+    assert not os.path.exists(tmp_path / 'models')
 
 
 # ---------------------------------------------------------------- 5. DETERMINISTIC

@@ -135,6 +135,11 @@ def test_raising_iter_max_continues_a_finished_run(tmp_path, root):
     assert 'step 2/3 loss ' in again.stderr and f' lr {1e-3 * (1 - 2 / 3) ** 0.9:.3e} ' in again.stderr
     assert 'step 1/' not in again.stderr
     assert torch.load(experiment / 'models' / 'final.pth', weights_only=True)['step'] == 3
+    os.remove(experiment / 'models' / 'final.pth')  # a hard link of latest.pth: replaced, not cut short in place
+    (experiment / 'models' / 'final.pth').write_bytes(b'PK cut short')
+    finished = run_script(experiment, 'train.py')  # the finished run writes it again from latest.pth
+    assert finished.returncode == 0 and 'this run is finished' in finished.stderr, finished.stderr
+    assert torch.load(experiment / 'models' / 'final.pth', weights_only=True)['step'] == 3
 
 
 # ---------------------------------------------------------------- compare.py
