@@ -86,12 +86,12 @@ def test_files_without_class_names_take_their_datasets_or_say_so(tmp_path, caplo
              ({'N_CLASSES': 19, 'DATASET': 'cityscapes'}, list(dataset.CITYSCAPES_CLASSES),
               [c for rgb in dataset.CITYSCAPES_PALETTE for c in rgb])]
     for values, names, colours in cases:
-        with hubconf.applied(values):
+        with hubconf.settings.applied(values):
             assert hubconf.checkpoint_classes({'net': {}}, 'old.pth') == \
                 (names, [tuple(colours[3 * k:3 * k + 3]) for k in range(values['N_CLASSES'])])
         assert f"old.pth holds no class names: those of DATASET={values['DATASET']!r}" in caplog.text
     for values in ({'N_CLASSES': 5, 'DATASET': 'voc'}, {'N_CLASSES': 3, 'DATASET': 'folder'}):
-        with hubconf.applied(values), pytest.warns(UserWarning, match=rf"old\.pth holds no class names, and DATASET="
+        with hubconf.settings.applied(values), pytest.warns(UserWarning, match=rf"old\.pth holds no class names, and DATASET="
                                                                        rf"'{values['DATASET']}' none for its "
                                                                        rf"{values['N_CLASSES']} classes"):
             names, palette = hubconf.checkpoint_classes({'net': {}}, 'old.pth')
@@ -128,13 +128,13 @@ def test_a_ddp_state_dict_loads_and_another_networks_is_refused_naming_the_file(
     assert {name: hub.settings[name] for name in SHAPE} == SHAPE and hub.settings['N_CLASSES'] == 5
     np.testing.assert_array_equal(hub(image, probabilities=True)[1], expected)
     torch.save({'net': wrapped, 'step': 7}, tmp_path / 'ddp_net.pth')
-    with hubconf.applied({**SHAPE, 'N_CLASSES': 5}):  # eval.py's load
+    with hubconf.settings.applied({**SHAPE, 'N_CLASSES': 5}):  # eval.py's load
         net = network.EMANet()
         assert checkpoint.load_checkpoint(net, tmp_path / 'ddp_net.pth')['step'] == 7
     assert all(torch.equal(value, state[key]) for key, value in net.state_dict().items())
     other = tmp_path / 'other.pth'  # another project's {'net': ...}
     torch.save({'net': {'backbone.conv1.weight': torch.zeros(8, 3, 3, 3), 'head.weight': torch.zeros(2, 8)}}, other)
-    with hubconf.applied({**SHAPE, 'N_CLASSES': 5}), pytest.raises(
+    with hubconf.settings.applied({**SHAPE, 'N_CLASSES': 5}), pytest.raises(
             checkpoint.MismatchError, match=rf'{other} holds the weights of another network: none of its 2 keys '
                                             rf'\(backbone\.conv1\.weight, head\.weight, \.\.\.\) is one of this '
                                             rf'EMANet\'s \(extractor\.0\.0\.weight, '):
