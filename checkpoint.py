@@ -60,6 +60,8 @@ RUN_SETTINGS = (
     'ITER_SAVE',                 # when checkpoints are written: a resumed run ends with the uninterrupted weights
     'DEVICE',                    # which device computes it (the precision, AMP, is a setting of its own)
     'MODEL_DIR', 'LOG_DIR',      # where its files go: a folder moved with its outputs is the same run
+    'CHANNELS_LAST', 'COMPILE', 'CUDNN_BENCHMARK',  # how fast the same computation runs: equal to float rounding
+    'RECIPE',                    # which published recipe the run is compared with, not what it trains
 )
 
 
@@ -102,7 +104,7 @@ def changed_settings(ran_with, now):
             continue
         new = plain(now[name])
         raised = name == 'ITER_MAX' and isinstance(old, int) and isinstance(new, int) and new > old
-        if new != old and not raised:
+        if not dataset.same(new, old) and not raised:  # a tuple edited into the list it was is no change
             changed.append((name, old, new))
     return changed
 

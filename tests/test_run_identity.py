@@ -44,7 +44,9 @@ def test_what_shapes_a_trained_network():
            'EVAL_EVERY': 2000, 'EVAL_IMAGES': None, 'OLD_NAME': 1}
     now = {**ran, 'NUM_WORKERS': 0, 'LOG_EVERY': 1, 'IMAGE_EVERY': 2, 'ITER_SAVE': 10, 'DEVICE': 'cuda:1',
            'MODEL_DIR': '/scratch/m', 'LOG_DIR': '/scratch/l', 'EVAL_STAGE_NUM': 1, 'EVAL_EVERY': 0, 'EVAL_IMAGES': 5,
-           'ITER_MAX': 200, 'NEW_NAME': 2, 'LR': np.float64(0.009), 'SCALES': (0.5, 1.0)}
+           'ITER_MAX': 200, 'NEW_NAME': 2, 'LR': np.float64(0.009), 'SCALES': [0.5, 1.0]}
+    ran.update(CHANNELS_LAST=True, COMPILE=False, CUDNN_BENCHMARK=True, RECIPE=None)
+    now.update(CHANNELS_LAST=False, COMPILE=True, CUDNN_BENCHMARK=False, RECIPE='paper VOC')
     del now['OLD_NAME']
     assert checkpoint.changed_settings(ran, now) == []  # raised ITER_MAX: unfinished; names of one side only
     assert checkpoint.changed_settings(ran, {**now, 'ITER_MAX': 99, 'LR': 0.01, 'SCALES': (1.0,)}) == [
