@@ -685,7 +685,16 @@ def submit(folders, evals, args):
         if held_by:
             logger.info('%s is held by %s: not submitted', folder, held_by)
             continue
-        if not planned_steps(folder, evals, args.gpus_per_run, failed):
+        try:
+            steps = plan(folder, evals, args.gpus_per_run)
+        except Refused as e:
+            record_failure(folder, str(e))
+            failed.append(folder)
+            continue
+        except ValueError:  # a result file named by a precision this machine cannot compute (EVAL_AMP = True on a
+            steps = None    # login node without a GPU): the job's own grid.py run plans it on the node that evaluates
+        if steps == []:
+            logger.info('%s: finished and evaluated, skipped', folder)
             continue
         executor = submitit.AutoExecutor(os.path.join(folder, 'grid_submitit'),
                                          cluster='local' if args.slurm == 'local' else 'slurm')

@@ -441,6 +441,39 @@ def test_what_a_folder_still_needs(tmp_path):
          grid.EVAL_LOG)]
 
 
+def test_slurm_leaves_a_result_named_by_the_nodes_precision_to_its_job(tmp_path, monkeypatch):
+    """--slurm from a login node whose CPU computes no bfloat16: an --eval of EVAL_AMP = True names its result by a
+    precision only the job's node knows, so the job is submitted (its grid.py run plans it there), not refused; a
+    finished and evaluated folder without such a spec is skipped, a stale one refused."""
+    folder = tmp_path / 'exp'
+    fake_folder(folder, {}, ITER_MAX=4)
+    torch.save({'net': {}, 'step': 4, 'settings': {}}, folder / 'models' / 'final.pth')
+    (folder / 'logdir' / 'eval_final.json').write_text(json.dumps({'step': 4}))
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: False)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False)
+    submitted = []
+
+    class Executor:  # submitit's, as far as submit uses it
+        def __init__(self, folder, cluster):
+            pass
+
+        def update_parameters(self, **parameters):
+            pass
+
+        def submit(self, job):
+            submitted.append(job.folder)
+            return type('Job', (), {'job_id': str(len(submitted))})()
+    import submitit
+    monkeypatch.setattr(submitit, 'AutoExecutor', Executor)
+    args = type('Args', (), dict(gpus_per_run=1, slurm='gpu', time=60, nodes=1, account=None))()
+    assert grid.submit([str(folder)], [], args) == [] and submitted == []  # finished and evaluated
+    assert grid.submit([str(folder)], ['EVAL_AMP=True'], args) == [] and submitted == [str(folder.resolve())]
+    with open(folder / 'settings.py', 'a') as f:
+        f.write('SEED = 1\n')
+    torch.save({'net': {}, 'step': 4, 'settings': {'SEED': 2}}, folder / 'models' / 'final.pth')
+    assert grid.submit([str(folder)], ['EVAL_AMP=True'], args) == [str(folder)] and len(submitted) == 1
+
+
 def test_final_pth_replaced_or_trained_again_is_no_finished_folder(tmp_path):
     """A final.pth that another run wrote with other settings (copied over this folder's own) makes the folder
     stale, though the checkpoint a rerun resumes from is its own; a result older than final.pth (a final.pth
