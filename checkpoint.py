@@ -461,7 +461,7 @@ def resume(net, optimizer, scaler):
                              path, written_in)
     for name, old in ckpt.get('settings', {}).items():
         now = plain(getattr(settings, name, None))  # as save_checkpoint stored it
-        if now != old:
+        if not dataset.same(now, old):  # as changed_settings compares them
             settings.logger.warning('resuming with %s = %r (the checkpoint ran with %r)', name, now, old)
     settings.logger.info('resumed from %s at step %d', path, ckpt['step'])
     return ckpt['step']

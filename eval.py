@@ -243,7 +243,7 @@ def own_checkpoint(path):
     return os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(settings.MODEL_DIR)
 
 
-def result_path(path, engine='pytorch'):
+def result_path(path, engine=None):
     """LOG_DIR/eval_<checkpoint stem>.json for a file of MODEL_DIR, eval_<checkpoint stem>_<protocol>.json for
     another protocol than the authors' (evaluation.protocol), and _onnx after it for an ONNX file (_onnx_openvino
     when engine is 'openvino'): each keeps its own file. A file from elsewhere (another folder's run, a released
@@ -256,7 +256,8 @@ def result_path(path, engine='pytorch'):
     else:
         folder = os.path.join(settings.LOG_DIR, OTHER_CHECKPOINTS)
         tag = '_'.join('up' if part == '..' else part for part in os.path.relpath(stem).split(os.sep))
-    return os.path.join(folder, evaluation.result_name(tag, extension == '.onnx', engine))
+    engine = engine or ('onnxruntime' if extension == '.onnx' else 'pytorch')  # an ONNX file's default engine
+    return os.path.join(folder, evaluation.result_name(tag, engine))
 
 
 def report(confusion, path, step, n_images, writer=None, recipe=None, engine='pytorch'):

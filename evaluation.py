@@ -34,6 +34,7 @@ HALF_NAMES = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}  # EVAL_AMP's part 
 EVAL_SETTINGS = ('EVAL_SCALES', 'EVAL_FLIP', 'EVAL_STRIDE', 'EVAL_WINDOW', 'EVAL_STAGE_NUM', 'EVAL_AMP')
 VAL_LOG = 'val.jsonl'  # in LOG_DIR: a line per evaluation while training (a summary with step and seconds)
 ENGINES = ('onnxruntime', 'openvino')  # what runs an export.py file on the CPU (eval.py --onnx FILE --engine)
+ENGINE_SUFFIXES = {'pytorch': (), 'onnxruntime': ('onnx',), 'openvino': ('onnx', 'openvino')}  # of result names
 
 
 def scaled_size(size, scale):
@@ -215,7 +216,7 @@ def onnx_net(path, engine='onnxruntime'):
             session = runtime.onnx_session(path)
             run = lambda array: session.run(['logits'], {'img': array})[0]  # noqa: E731
     except Exception as error:  # the engine's own error types: a file it cannot parse or run
-        lines = str(error).strip().splitlines()  # OpenVINO's: the source lines it passed through, its reason last
+        lines = str(error).strip().splitlines() or [type(error).__name__]  # OpenVINO's: its reason last
         raise ValueError(f'{path} is not an ONNX file {engine} can run '
                          f'({lines[-1] if engine == "openvino" else lines[0]})') from None
 
@@ -282,8 +283,9 @@ def protocol():
     """The name of the protocol the EVAL_* settings give: '' for the authors' (single scale, whole image, at the
     training stride, the training's EM iterations), else its parts joined by '_': 'ms' (dataset.PAPER_SCALES) or
     'ms0.75-1-1.25' (other scales) or 'x0.5' (one other scale), 'flip', 'window769' or 'window513x1025',
-    'os8' (EVAL_STRIDE other than STRIDE), 'stages5' (EVAL_STAGE_NUM), 'bf16' or 'fp16' (EVAL_AMP, on the GPU
-    this process evaluates on: `runtime.process_device`). It names the TensorBoard tags
+    'os8' (EVAL_STRIDE other than STRIDE), 'stages5' (EVAL_STAGE_NUM), 'bf16' or 'fp16' (EVAL_AMP, on the device
+    this process evaluates on, `runtime.process_device`: the GPU's half precision, or bfloat16 on a CPU that computes
+    it natively; `eval_dtype` raises on one that would emulate it). It names the TensorBoard tags
     (`scalar_prefix`) and eval.py's files, so no protocol's results replace another's."""
     scales = tuple(float(s) for s in settings.EVAL_SCALES)
     parts = []
@@ -308,12 +310,11 @@ def protocol():
     return '_'.join(parts)
 
 
-def result_name(stem, onnx=False, engine='onnxruntime'):
+def result_name(stem, engine='pytorch'):
     """The name of eval.py's result file of the checkpoint (or ONNX file) stem under the current EVAL_* settings:
     eval_<stem>.json for the authors' protocol, eval_<stem>_<protocol>.json for another, then _onnx for an ONNX file
-    and _openvino after it when OpenVINO runs the file (engine)."""
-    return 'eval_' + '_'.join(filter(None, (stem, protocol(), 'onnx' if onnx else '',
-                                            'openvino' if onnx and engine == 'openvino' else ''))) + '.json'
+    (engine 'onnxruntime') and _onnx_openvino for one OpenVINO runs."""
+    return 'eval_' + '_'.join(filter(None, (stem, protocol(), *ENGINE_SUFFIXES[engine]))) + '.json'
 
 
 def scalar_prefix(first=None):
