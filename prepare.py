@@ -1196,6 +1196,9 @@ def prepare_folder(images, masks, out, val_images=None, val_masks=None, val_frac
             lock.seek(0)
             raise SystemExit(f'prepare: another prepare.py folder run ({lock.read().strip()}) is writing {out}: wait '
                              f'for it to end, then run again') from None
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without locks (some NFS mounts)
+            settings.logger.warning('prepare: cannot lock %s (%s): nothing stops a second prepare.py folder run '
+                                    'writing %s; run one at a time', lock.name, e.strerror or e, out)
         lock.truncate(0)
         lock.write(f'pid {os.getpid()}, started {time.strftime("%Y-%m-%d %H:%M:%S")}')
         lock.flush()

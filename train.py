@@ -337,13 +337,11 @@ def main():
     recipe = checkpoint.recipe_record(net, start) if rank == 0 else None
     final = checkpoint.model_file('final.pth')
     if start >= settings.ITER_MAX:
-        try:
-            checkpoint.read_weights(final, mmap=True)
-            final_readable = True
-        except checkpoint.CheckpointError:  # killed between the last latest.pth and final.pth, or cut short since
-            final_readable = False
-        if rank == 0 and not final_readable:
-            checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, start, {'recipe': recipe})
+        if rank == 0:
+            try:
+                checkpoint.read_weights(final, mmap=True)
+            except checkpoint.CheckpointError:  # killed between the last latest.pth and final.pth, or cut short since
+                checkpoint.save_checkpoint('final.pth', net, optimizer, scaler, start, {'recipe': recipe})
         if evaluation_due(start, validated):  # killed during its last evaluation
             validate(net, optimizer, scaler, device, rank, world, start,
                      SummaryWriter(settings.LOG_DIR) if rank == 0 else None, best, recipe)

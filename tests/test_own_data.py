@@ -1,6 +1,7 @@
 """Your own data: `prepare.py folder` on miniatures in the formats tools write, DATASET 'folder' through
 training and evaluation, `prepare.py check`'s table and warnings, and hubconf.py (the Python API and torch.hub)
 against eval.py."""
+import errno
 import functools
 import hashlib
 import io
@@ -862,6 +863,22 @@ def test_a_second_run_on_one_out_while_the_first_writes_is_refused(tmp_path, mon
     assert len(refusals) == 1 and re.fullmatch(rf'prepare: another prepare.py folder run \(pid {os.getpid()}, '
                                                rf'started .*\) is writing {re.escape(out)}: wait for it to end, then '
                                                rf'run again', refusals[0]), refusals
+    assert sorted(written_labels(out)) == sorted(dataset.read_lines(f'{out}/lists/train.txt') +
+                                                 dataset.read_lines(f'{out}/lists/val.txt'))
+
+
+def test_a_file_system_without_locks_warns_and_prepares(tmp_path, monkeypatch, log):
+    """flock on some NFS mounts fails with ENOLCK: that stopped the run with a bare traceback. It warns that nothing
+    stops a second run and writes the dataset."""
+    miniature(tmp_path, n=3)
+    out = str(tmp_path / 'data')
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(prepare.fcntl, 'flock', no_locks)
+    prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', out, colours_file=f'{tmp_path}/colours.txt')
+    assert re.search(rf'prepare: cannot lock {re.escape(out)}/\.prepare\.lock \(No locks available\): nothing '
+                     rf'stops a second prepare.py folder run writing {re.escape(out)}', log.getvalue()), log.getvalue()
     assert sorted(written_labels(out)) == sorted(dataset.read_lines(f'{out}/lists/train.txt') +
                                                  dataset.read_lines(f'{out}/lists/val.txt'))
 
