@@ -42,7 +42,6 @@ its RSS at the start of the measurement, warm-up included (Linux; n/a elsewhere)
 allocator kept from an earlier measurement. DETERMINISTIC = True in settings.py times deterministic algorithms.
 """
 import argparse
-import contextlib
 import ctypes
 import gc
 import itertools
@@ -74,19 +73,6 @@ DEFAULTS = {  # per device type; None: from settings
     'cpu': dict(layers=50, crop=129, batch=2, eval_batch=1, iters=1, warmup=1, repeats=3,
                 infer_sizes=[(129, 129), (129, 257)], sizes=[33, 65, 97], data_images=20),
 }
-
-
-@contextlib.contextmanager
-def overridden(**values):
-    """settings.NAME = value for each NAME inside the block; the old values come back afterwards."""
-    old = {name: getattr(settings, name) for name in values}
-    for name, value in values.items():
-        setattr(settings, name, value)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            setattr(settings, name, value)
 
 
 def synchronize(device):
@@ -156,7 +142,7 @@ def count_macs(call, *inputs):
 def table1_sizes(channels, size=513):
     """(backbone parameters, backbone MACs, head parameters, head MACs) of EMANet-101 OS8 with EMA_CHANNELS =
     channels on a size × size image; the head is fc0 + the EM unit, as in the paper. Built on the meta device."""
-    with overridden(EMA_CHANNELS=channels, STRIDE=8), torch.device('meta'):
+    with settings.applied({'EMA_CHANNELS': channels, 'STRIDE': 8}), torch.device('meta'):
         net = network.EMANet(21, 101).eval()
         img = torch.empty(1, 3, size, size)
     features = net.extractor(img)  # 1 × 2048 × 65 × 65
@@ -201,7 +187,7 @@ def training_step(device, args, amp, channels_last, compiled):
     baseline = start_peak_memory(device)
     net = build_net(device, channels_last).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=settings.LR, momentum=settings.LR_MOM)
-    with overridden(AMP=amp):
+    with settings.applied({'AMP': amp}):
         dtype = runtime.autocast_dtype(device)  # None on CPU: autocast stays off there
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model = torch.compile(net) if compiled else net
@@ -224,7 +210,7 @@ def run_train(device, args):
     ratios hold on a machine whose load comes and goes. AMP is what train.py trains in (runtime.autocast_dtype):
     on a CPU bfloat16 where it computes it natively, float32 elsewhere (the rows say so); `speedup` is the
     variant train.py runs: AMP + channels-last on CUDA, AMP alone on the CPU (whose training stays contiguous)."""
-    with overridden(AMP=True):
+    with settings.applied({'AMP': True}):
         amp_dtype = runtime.autocast_dtype(device)
     amp_label = f'AMP ({dtype_name(amp_dtype)})' if amp_dtype or device.type == 'cuda' else \
         'AMP: float32, this CPU has no native bfloat16'
@@ -655,7 +641,7 @@ def main():
     for section in sections:
         tic = time.perf_counter()
         # the data section keeps the settings' CROP_SIZE: it measures the real pipeline, not a shrunken model
-        with overridden(**(model_settings if section in ('train', 'infer') else {})):
+        with settings.applied(model_settings if section in ('train', 'infer') else {}):
             results[section] = runners[section](device, args)
         print(f'({section}: {time.perf_counter() - tic:.0f} s)')
     if args.json:

@@ -61,7 +61,6 @@ command, naming it. Images stay where they are; the lists name ids, which may ho
 """
 import argparse
 import collections
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -92,17 +91,11 @@ DEMO_CLASSES = {1: ('triangle', (40, 80, 230)),    # aeroplane, blue
 UNKNOWN = -1  # in a lut: an id the release does not define, an error
 
 
-@contextlib.contextmanager
 def as_dataset(name):
     """While a command writes name's files: settings.DATASET = name and N_CLASSES = its class count, so the path
     helpers and the palette are name's whatever settings.py says (dataset.worker_pool hands them to worker
     processes, however they start); the old values afterwards. Each command is decorated with it."""
-    saved = settings.DATASET, settings.N_CLASSES
-    settings.DATASET, settings.N_CLASSES = name, len(dataset.DATASETS[name]['classes'])
-    try:
-        yield
-    finally:
-        settings.DATASET, settings.N_CLASSES = saved
+    return settings.applied({'DATASET': name, 'N_CLASSES': len(dataset.DATASETS[name]['classes'])})
 
 
 def require(*paths):

@@ -100,13 +100,15 @@ def test_a_cpu_without_native_bfloat16_has_no_bfloat16_limit_and_rows_that_say_s
     assert measured['eager']['of_limit'] == pytest.approx(measured['eager']['gflops'] / gflops['float32'])
 
 
-def test_overridden_restores_settings():
+def test_applied_settings_come_back_after_an_error():
+    """settings.applied, which benchmark.py's sections and prepare.py's commands run under: the old values come
+    back after an exception, and a name that was no setting is none again."""
     before = settings.N_LAYERS
     with pytest.raises(RuntimeError):
-        with benchmark.overridden(N_LAYERS=50):
-            assert settings.N_LAYERS == 50
+        with settings.applied({'N_LAYERS': 50, 'NOT_A_SETTING': 1}):
+            assert settings.N_LAYERS == 50 and settings.NOT_A_SETTING == 1
             raise RuntimeError
-    assert settings.N_LAYERS == before
+    assert settings.N_LAYERS == before and not hasattr(settings, 'NOT_A_SETTING')
 
 
 def numbers(tree):
@@ -143,7 +145,7 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
     infer = results['infer']['33x33']
     limits = infer['limits']
     assert limits['float32'] > 0 and (limits['bfloat16'] > 0 if NATIVE else limits['bfloat16'] is None)
-    with benchmark.overridden(N_LAYERS=50):  # the run's --layers
+    with settings.applied({'N_LAYERS': 50}):  # the run's --layers
         assert infer['gflop_per_image'] == pytest.approx(benchmark.inference_gflop(1, 33, 33))
     rows = {line.split('  ')[1].strip(): line for line in run.stdout.splitlines() if line.startswith('33x33')}
     paths = {'eager': ('float32 eager', 'float32'), 'frozen': ('float32 frozen TorchScript (eval.py)', 'float32'),
