@@ -583,6 +583,7 @@ NOT_DATA = ('thumbs.db', 'desktop.ini', '__macosx')
 SHOWN_UNPAIRED = 5  # unpaired files named, of each side
 SOFT_VALUES = 2  # values (or colours) found mostly between their neighbours that masks may hold: more, they are soft
 NEW, OLD = dataset.PREPARE_NEW, '.prepare-old'  # in --out while a run replaces its dataset: the new one, the old
+TRANSPARENT = -1  # the colour code of a colour mask's transparent pixel (alpha 0): no label
 LOCK = '.prepare.lock'  # in --out: held by the run that writes NEW and swaps it in, naming it
 
 
@@ -749,19 +750,31 @@ def mask_kind(image, path):
 
 def read_mask(path, by_colour):
     """(reading, H × W int64) of a mask: 'colour' and the colour codes of an RGB(A) mask, or of a palette PNG's
-    pixels through its own palette when by_colour; else 'index' and its values (8 or 16 bit grey, 1 bit, a palette
-    PNG's indices). Errors name the file."""
+    pixels through its own palette when by_colour (TRANSPARENT where alpha is 0; pixels partly transparent are an
+    error); else 'index' and its values (8 or 16 bit grey, 1 bit, a palette PNG's indices). Errors name the
+    file."""
     image = dataset.open_image(path, 'mask')
     kind = mask_kind(image, path)
-    if kind == 'colour':
-        return 'colour', colour_codes(np.asarray(image.convert('RGB')))
-    values = np.asarray(image, np.int64)
-    if kind == 'palette' and by_colour:
-        palette = colour_codes(np.reshape(image.getpalette(), (-1, 3)))
-        if values.max() >= len(palette):
-            raise ValueError(f'mask {path} has the index {values.max()}, which its palette of {len(palette)} colours '
-                             f'lacks')
-        return 'colour', palette[values]
+    values = np.asarray(image, np.int64) if kind != 'colour' else None
+    if kind == 'colour' or kind == 'palette' and by_colour:
+        if kind == 'colour':
+            codes = colour_codes(np.asarray(image.convert('RGB')))
+        else:
+            palette = colour_codes(np.reshape(image.getpalette(), (-1, 3)))
+            if values.max() >= len(palette):
+                raise ValueError(f'mask {path} has the index {values.max()}, which its palette of {len(palette)} '
+                                 f'colours lacks')
+            codes = palette[values]
+        if image.has_transparency_data:  # an alpha channel, or PNG's tRNS: pixels that show no colour
+            alpha = np.asarray(image.convert('RGBA'))[..., 3]
+            partly = np.argwhere((0 < alpha) & (alpha < 255))
+            if len(partly):
+                y, x = partly[0]
+                raise ValueError(f'mask {path} is partly transparent at pixel (x={x}, y={y}) (alpha {alpha[y, x]}), '
+                                 f'{len(partly)} pixels in all: anti-aliased edges show no class. Draw the masks '
+                                 f'without anti-aliasing, or flatten them onto their colours')
+            codes = np.where(alpha == 0, TRANSPARENT, codes)
+        return 'colour', codes
     if values.min() < 0 or values.max() > 255:
         raise ValueError(f'mask {path} has values up to {values.max()}: more than 8-bit class indices')
     return 'index', values
@@ -938,7 +951,7 @@ def folder_classes(kind, found, palette, colours, binary, threshold, ignore, pre
         raise SystemExit(f'prepare: --ignore gives a{" colour" if ignore[0] == "colour" else "n index"} but the '
                          f'masks hold {"colours" if kind == "colour" else "class indices"}')
     if kind == 'colour':
-        lut = {}
+        lut = {TRANSPARENT: settings.IGNORE_LABEL}
     elif threshold is not None:  # --binary --threshold T: T and above are the foreground
         lut = {value: int(value >= threshold) for value in range(256)}
     elif binary:
@@ -1112,6 +1125,11 @@ def folder_survey(ids, pairs, colours, binary, threshold, ignore, exif, previous
         found = collections.Counter()
         for counts, _ in surveys:
             found.update(counts)
+        if found[TRANSPARENT]:
+            settings.logger.info('prepare: %d pixels of %d masks are transparent (alpha 0): no label (IGNORE_LABEL '
+                                 '%d), no class; to make them one, flatten the masks onto its colour',
+                                 found[TRANSPARENT], sum(TRANSPARENT in counts for counts, _ in surveys),
+                                 settings.IGNORE_LABEL)
         names, rgbs, lut = folder_classes(kind, found, palette, colours, binary, threshold, ignore, previous)
         first_bad = next((image_id for image_id, (counts, _) in zip(ids, surveys) if counts.keys() - lut.keys()), None)
         if first_bad is not None:

@@ -883,6 +883,56 @@ def test_a_file_system_without_locks_warns_and_prepares(tmp_path, monkeypatch, l
                                                  dataset.read_lines(f'{out}/lists/val.txt'))
 
 
+def test_transparent_pixels_of_colour_masks_are_no_label_and_half_transparent_ones_refused(tmp_path, log):
+    """An RGBA mask (what Labelbox-style exports and a layer saved from an editor write) leaves the unlabelled
+    pixels transparent, with any RGB under them: read as RGB they were labelled with the colour hidden there
+    (background, or a class of their own), exit 0. Transparent pixels (alpha 0) are no label, said in one line,
+    also through a palette PNG's transparency (tRNS); pixels half transparent (an anti-aliased layer) are refused,
+    naming the mask and a pixel."""
+    rng = np.random.default_rng(7)
+    labels = {}
+    for index, under in enumerate([(0, 0, 0), (255, 255, 255), (255, 0, 0)]):  # what the transparent pixels hide
+        label = class_map(rng)
+        hidden = np.zeros(label.shape, bool)
+        hidden[:, :15] = True
+        rgba = np.concatenate([COLOURS[label], np.full(label.shape + (1,), 255, np.uint8)], -1)
+        rgba[hidden] = (*under, 0)
+        save_image(COLOURS[label], f'{tmp_path}/images/{index}.png')
+        save_image(rgba, f'{tmp_path}/masks/{index}.png')
+        labels[str(index)] = np.where(hidden, 255, label)
+    label = class_map(rng)  # a palette PNG: the colours of TABLE, then a fourth entry, transparent
+    labels['p'] = np.where(label == 1, 255, label)
+    mask = Image.fromarray(np.where(label == 1, 3, label).astype(np.uint8), 'P')
+    mask.putpalette([*COLOURS.ravel(), 255, 0, 0])
+    save_image(COLOURS[label], f'{tmp_path}/images/p.png')
+    mask.save(f'{tmp_path}/masks/p.png', transparency=bytes([255, 255, 255, 0]))
+    for colours_file in (None, 'colours.txt'):
+        (tmp_path / 'colours.txt').write_text(COLOUR_FILES['plain'])
+        out = str(tmp_path / f'data_{colours_file}')
+        prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', out, colours_file=colours_file and
+                               f'{tmp_path}/colours.txt')
+        classes = dataset.read_lines(f'{out}/classes.txt')
+        found = written_labels(out)
+        assert sorted(found) == sorted(labels)
+        if colours_file:
+            assert classes == [name for name, _ in TABLE]
+            for image_id, label in labels.items():
+                np.testing.assert_array_equal(found[image_id], label)
+        else:  # the colours found, in their order (black, green, red): no class of the hidden white
+            assert dataset.read_lines(f'{out}/palette.txt') == ['0 0 0', '0 200 0', '255 0 0']
+            for image_id, label in labels.items():
+                np.testing.assert_array_equal(found[image_id], np.array([0, 2, 1] + [255] * 253, np.uint8)[label])
+        hidden = sum(int((label == 255).sum()) for label in labels.values())
+        assert f'prepare: {hidden} pixels of 4 masks are transparent (alpha 0): no label (IGNORE_LABEL 255), no ' \
+               f'class' in log.getvalue(), log.getvalue()
+    rgba = np.asarray(Image.open(f'{tmp_path}/masks/1.png')).copy()
+    rgba[4, 20, 3] = 128  # one anti-aliased pixel
+    Image.fromarray(rgba).save(f'{tmp_path}/masks/1.png')
+    with pytest.raises(SystemExit, match=rf'prepare: mask {tmp_path}/masks/1\.png is partly transparent at pixel '
+                                         rf'\(x=20, y=4\) \(alpha 128\), 1 pixels in all: anti-aliased'):
+        prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'again'))
+
+
 def test_the_split_is_drawn_per_id_and_stays_as_pairs_are_added(tmp_path, log):
     ids = [f'scene_{k:02d}/{k:04d}' for k in range(40)]
     first, later = ids[:12], ids  # 28 pairs added
