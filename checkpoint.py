@@ -226,9 +226,7 @@ def check_classes(ckpt, path):
     (the authors', ours before they held them) is not checked."""
     if 'classes' not in ckpt:
         return
-    colours = dataset.palette()
-    now = list(zip(dataset.current()['classes'],
-                   [tuple(colours[3 * k:3 * k + 3]) for k in range(settings.N_CLASSES)]))  # as save_checkpoint's
+    now = list(zip(dataset.current()['classes'], dataset.class_colours()))  # as save_checkpoint's
     then = list(zip(ckpt['classes'], map(tuple, ckpt['palette'])))
     moved = [f'its class {k} {name!r} {rgb} is {now[k][0]!r} {now[k][1]} there'
              for k, (name, rgb) in enumerate(then) if k < len(now) and rgb != now[k][1]]
@@ -331,11 +329,10 @@ def save_checkpoint(name, net, optimizer, scaler, step, extra=None):
         raise CheckpointError(f'step {step}: {bad} is not finite; {name} was not written')
     optimizer_state = optimizer.state_dict()  # its hyper-parameters come from settings: LR may be a numpy float
     optimizer_state['param_groups'] = plain(optimizer_state['param_groups'])
-    colours = dataset.palette()  # the classes' first: what a model needs away from its folder (hubconf.py)
     ckpt = {'net': state, 'step': step, 'optimizer': optimizer_state, 'scaler': plain(scaler.state_dict()),
             'settings': plain(settings.effective()), 'folder': experiment_folder(),
-            'classes': list(dataset.current()['classes']),
-            'palette': [colours[3 * k:3 * k + 3] for k in range(settings.N_CLASSES)], **(extra or {})}
+            'classes': list(dataset.current()['classes']),  # what a model needs away from its folder (hubconf.py)
+            'palette': [list(rgb) for rgb in dataset.class_colours()], **(extra or {})}
     if 'recipe' not in ckpt:
         ckpt['recipe'] = recipe_record(net)
 

@@ -676,6 +676,13 @@ def palette():
     return colours
 
 
+def class_colours(colours=None):
+    """[(r, g, b)] of each of the N_CLASSES classes in colours (768 ints, PIL's palette: the current dataset's,
+    `palette`, unless given)."""
+    colours = colours or palette()
+    return [tuple(colours[3 * k:3 * k + 3]) for k in range(settings.N_CLASSES)]
+
+
 def colorize(label):
     """H × W class indices -> H × W × 3 uint8 colours of the current dataset."""
     return np.array(palette(), np.uint8).reshape(256, 3)[np.asarray(label, np.uint8)]

@@ -128,11 +128,9 @@ def checkpoint_classes(ckpt, path):
         warnings.warn(f'{path} holds no class names, and DATASET={settings.DATASET!r} none for its '
                       f'{settings.N_CLASSES} classes: they are named class_0 .. class_{settings.N_CLASSES - 1}',
                       stacklevel=3)
-        colours = dataset.voc_palette()
-    else:
-        settings.logger.info('%s holds no class names: those of DATASET=%r', path, settings.DATASET)
-        colours = dataset.palette()
-    return names, [tuple(colours[3 * k:3 * k + 3]) for k in range(settings.N_CLASSES)]
+        return names, dataset.class_colours(dataset.voc_palette())
+    settings.logger.info('%s holds no class names: those of DATASET=%r', path, settings.DATASET)
+    return names, dataset.class_colours()
 
 
 class Model:
