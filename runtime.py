@@ -18,9 +18,19 @@ import checkpoint
 import settings
 
 
+PATH_SETTINGS = ('DATA_ROOT', 'PRETRAINED', 'INIT_FROM', 'MODEL_DIR', 'LOG_DIR')
+
+
 def run_script(main):
     """Runs an entry script's main(): a bad setting, data file or checkpoint ends it with the message that names
-    it, not a traceback."""
+    it, not a traceback. A path setting that starts with '~' is refused first: Python does not expand it, so
+    MODEL_DIR = '~/runs' would make a folder named '~' here (and `rm -rf ~` of it, the home folder)."""
+    for name in PATH_SETTINGS:
+        value = getattr(settings, name, None)
+        if isinstance(value, str) and value.startswith('~'):
+            raise SystemExit(f"{name}={value!r}: Python does not expand '~', so this would be a folder named '~' "
+                             f"in {os.getcwd()}; write the full path, or os.path.expanduser({value!r}) (settings.py "
+                             f"imports os)")
     try:
         main()
     except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as error:

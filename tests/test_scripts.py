@@ -118,3 +118,19 @@ def test_a_forked_script_and_the_python_it_starts_see_their_folder_arguments_env
     assert done.returncode == 3
     assert done.stdout == f"this folder ['script.py', 'a'] 42 {tmp_path} True\n"
     assert done.stderr == "5 ['-c', 'x'] this folder True \n"
+
+
+@pytest.mark.parametrize('script, name', [('train.py', 'MODEL_DIR'), ('eval.py', 'LOG_DIR'), ('export.py', 'PRETRAINED')])
+def test_a_path_setting_with_a_tilde_is_refused_before_a_folder_named_tilde_is_made(tmp_path, demo_data, script,
+                                                                                     name):
+    """MODEL_DIR = '~/runs/a' (what a shell would expand) made a folder named '~' in the experiment, where the
+    checkpoints went unseen, and which `rm -rf ~` removes with the home folder."""
+    experiment = make_experiment(tmp_path / 'exp', demo_data, **{name: '~/runs/a'})
+    result = run_script(experiment, script)
+    assert result.returncode != 0 and f"{name}='~/runs/a': Python does not expand '~'" in result.stderr, \
+        result.stderr
+    assert "os.path.expanduser('~/runs/a')" in result.stderr and 'Traceback' not in result.stderr
+    assert not (experiment / '~').exists()
+    with open(experiment / 'settings.py', 'a') as f:  # what the message says to write
+        f.write(f"{name} = os.path.expanduser('~/runs/a')\n")
+    assert "Python does not expand" not in run_script(experiment, script, env={'HOME': str(tmp_path)}).stderr
