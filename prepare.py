@@ -749,10 +749,10 @@ def mask_kind(image, path):
 
 
 def read_mask(path, by_colour):
-    """(reading, H × W int64) of a mask: 'colour' and the colour codes of an RGB(A) mask, or of a palette PNG's
-    pixels through its own palette when by_colour (TRANSPARENT where alpha is 0; pixels partly transparent are an
-    error); else 'index' and its values (8 or 16 bit grey, 1 bit, a palette PNG's indices). Errors name the
-    file."""
+    """(reading, H × W int64, H × W int64 stored) of a mask: 'colour' and the colour codes of an RGB(A) mask, or of
+    a palette PNG's pixels through its own palette when by_colour (TRANSPARENT where alpha is 0; pixels partly
+    transparent are an error), with the codes its pixels store (those of its transparent pixels too); else 'index'
+    and its values (8 or 16 bit grey, 1 bit, a palette PNG's indices), twice. Errors name the file."""
     image = dataset.open_image(path, 'mask')
     kind = mask_kind(image, path)
     values = np.asarray(image, np.int64) if kind != 'colour' else None
@@ -773,11 +773,11 @@ def read_mask(path, by_colour):
                 raise ValueError(f'mask {path} is partly transparent at pixel (x={x}, y={y}) (alpha {alpha[y, x]}), '
                                  f'{len(partly)} pixels in all: anti-aliased edges show no class. Draw the masks '
                                  f'without anti-aliasing, or flatten them onto their colours')
-            codes = np.where(alpha == 0, TRANSPARENT, codes)
-        return 'colour', codes
+            return 'colour', np.where(alpha == 0, TRANSPARENT, codes), codes
+        return 'colour', codes, codes
     if values.min() < 0 or values.max() > 255:
         raise ValueError(f'mask {path} has values up to {values.max()}: more than 8-bit class indices')
-    return 'index', values
+    return 'index', values, values
 
 
 def pair_header(job):
@@ -896,9 +896,11 @@ def between_neighbours(values):
 def survey_mask(job):
     """({value or colour code: pixels}, {value or colour code: its pixels between their neighbours}) of a mask,
     read as job = (mask, by_colour) says (read_mask, between_neighbours)."""
-    _, values = read_mask(*job)
+    _, values, stored = read_mask(*job)
     codes, counts = np.unique(values, return_counts=True)
-    blended, blends = np.unique(values[between_neighbours(values)], return_counts=True)
+    # judged by the colours stored: interpolation blended a transparent pixel's hidden colour (an RGB mask's tRNS
+    # colour) with its neighbours', and TRANSPARENT has no r, g, b
+    blended, blends = np.unique(values[between_neighbours(stored)], return_counts=True)
     return dict(zip(codes.tolist(), counts.tolist())), dict(zip(blended.tolist(), blends.tolist()))
 
 
@@ -913,7 +915,8 @@ def refuse_soft(kind, ids, pairs, surveys, colours):
         found.update(counts)
         blends.update(between)
     table = {colour_codes(rgb) for _, rgb, _ in colours or []} if kind == 'colour' else set()
-    soft = sorted(value for value, pixels in blends.items() if 2 * pixels > found[value] and value not in table)
+    soft = sorted(value for value, pixels in blends.items()  # transparent pixels are no label, whatever they hide
+                  if 2 * pixels > found[value] and value not in table and value != TRANSPARENT)
     blends_only = (kind == 'index' and any(value not in found for value in range(max(soft, default=0))) or
                    kind == 'colour' and len(found) - len(soft) == 2)
     if len(soft) <= SOFT_VALUES and not (soft and blends_only):
@@ -1045,7 +1048,7 @@ def previous_classes(out):
 def mapped(mask, by_colour, lut):
     """H × W uint8 label of a mask: its values (read_mask) through lut ({value or colour code: class or
     IGNORE_LABEL}); a value that lut lacks is an error naming the file, a pixel and the value."""
-    reading, values = read_mask(mask, by_colour)
+    reading, values, _ = read_mask(mask, by_colour)
     keys = np.array(sorted(lut), np.int64)
     where = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
     known = keys[where] == values

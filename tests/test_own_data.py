@@ -933,6 +933,26 @@ def test_transparent_pixels_of_colour_masks_are_no_label_and_half_transparent_on
         prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'again'))
 
 
+def test_the_soft_mask_detector_judges_transparent_pixels_by_the_colour_they_hide(tmp_path):
+    """A transparent pixel's code (TRANSPARENT, -1) read as r, g, b was white: an RGB mask whose tRNS colour is
+    its unlabelled black, halved with a box filter (Pillow keeps tRNS), had its grey blends taken for a class,
+    exit 0; white lines one pixel wide on a transparent background next to one class were refused as soft."""
+    big = np.zeros((20, 40, 3), np.uint8)
+    big[:, 11:21] = 255  # edges at odd columns: halved, each is one grey pixel between black and white
+    halved = Image.fromarray(big).resize((20, 10), Image.Resampling.BOX)
+    halved.info['transparency'] = (0, 0, 0)
+    write_pairs(tmp_path / 'halved', {'0': halved, '1': halved.transpose(Image.Transpose.FLIP_LEFT_RIGHT)})
+    with pytest.raises(SystemExit, match=r'the masks are soft: 1 colours \(\(128, 128, 128\)\)'):
+        prepare.prepare_folder(f'{tmp_path}/halved/images', f'{tmp_path}/halved/masks', str(tmp_path / 'data'))
+    rgba = np.zeros((10, 20, 4), np.uint8)  # transparent, hiding black
+    rgba[2:8, 2:6] = (255, 0, 0, 255)
+    rgba[:, 10] = rgba[5, 12:18] = (255, 255, 255, 255)  # lines of a class of their own
+    write_pairs(tmp_path / 'lines', {'0': Image.fromarray(rgba), '1': Image.fromarray(rgba[::-1].copy())})
+    prepare.prepare_folder(f'{tmp_path}/lines/images', f'{tmp_path}/lines/masks', str(tmp_path / 'data'))
+    np.testing.assert_array_equal(written_labels(str(tmp_path / 'data'))['0'],
+                                  np.where(rgba[..., 3] == 0, 255, rgba[..., 1] // 255))  # red 0, white 1
+
+
 def test_the_split_is_drawn_per_id_and_stays_as_pairs_are_added(tmp_path, log):
     ids = [f'scene_{k:02d}/{k:04d}' for k in range(40)]
     first, later = ids[:12], ids  # 28 pairs added
