@@ -992,6 +992,9 @@ def folder_classes(kind, found, palette, colours, binary, threshold, ignore, pre
         colour_map = colour_codes(np.reshape(dataset.voc_palette(), (-1, 3))).tolist()
         rgbs = [rgb_of(code) for code in ((palette or []) + colour_map[len(palette or []):])[:n_classes]]
         names = class_names(range(n_classes), dict(enumerate(name for name, _ in previous or [])))
+    if not names:  # nothing to learn: training on N_CLASSES = 0 fails far from the cause
+        raise SystemExit('prepare: the masks hold no class: every pixel of them is no label (transparent, or the '
+                         '--ignore value); give the masks that hold the classes')
     limit = min(256, settings.IGNORE_LABEL) if settings.IGNORE_LABEL >= 0 else 256
     if len(names) > limit:
         raise SystemExit(f'prepare: the masks make {len(names)} classes (0..{len(names) - 1}), but a label holds '

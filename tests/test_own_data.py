@@ -953,6 +953,16 @@ def test_the_soft_mask_detector_judges_transparent_pixels_by_the_colour_they_hid
                                   np.where(rgba[..., 3] == 0, 255, rgba[..., 1] // 255))  # red 0, white 1
 
 
+def test_masks_that_hold_no_class_are_refused(tmp_path):
+    """Masks whose every pixel is no label (fully transparent, or the --ignore colour) made a dataset of 0
+    classes, exit 0, and printed N_CLASSES = 0 to train on."""
+    for channels, ignore in ((4, None), (3, '0,0,0')):  # RGBA of alpha 0; RGB black, black ignored
+        mask = Image.fromarray(np.zeros((6, 8, channels), np.uint8))
+        write_pairs(tmp_path, {'0': mask, '1': mask})
+        with pytest.raises(SystemExit, match=r'prepare: the masks hold no class: every pixel of them is no label'):
+            prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'), ignore=ignore)
+
+
 def test_the_split_is_drawn_per_id_and_stays_as_pairs_are_added(tmp_path, log):
     ids = [f'scene_{k:02d}/{k:04d}' for k in range(40)]
     first, later = ids[:12], ids  # 28 pairs added
