@@ -953,6 +953,10 @@ def folder_classes(kind, found, palette, colours, binary, threshold, ignore, pre
     if ignore is not None and ignore[0] != kind:
         raise SystemExit(f'prepare: --ignore gives a{" colour" if ignore[0] == "colour" else "n index"} but the '
                          f'masks hold {"colours" if kind == "colour" else "class indices"}')
+    if binary and kind == 'colour':  # else each colour would be a class, --threshold unused
+        raise SystemExit('prepare: --binary reads grey masks (0 and 255, or cut at --threshold), but these hold '
+                         'colours (RGB or RGBA, grey ones too): save them as grey (mode L) masks, or leave --binary '
+                         'out, so that each colour is a class')
     if kind == 'colour':
         lut = {TRANSPARENT: settings.IGNORE_LABEL}
     elif threshold is not None:  # --binary --threshold T: T and above are the foreground

@@ -963,6 +963,17 @@ def test_masks_that_hold_no_class_are_refused(tmp_path):
             prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'), ignore=ignore)
 
 
+def test_binary_and_threshold_are_refused_for_colour_masks(tmp_path):
+    """Grey masks saved as RGB or RGBA (as editors do) are colour masks: --binary --threshold 128 (what the soft
+    masks' error advises) was silently left unused, each grey of the soft edges a class of its own, exit 0."""
+    rgb = np.repeat(np.linspace(0, 255, 8).astype(np.uint8)[None, :, None], 3, -1).repeat(6, 0)  # 6 × 8 × 3
+    for mask in (rgb, np.concatenate([rgb, np.full((6, 8, 1), 255, np.uint8)], -1)):
+        write_pairs(tmp_path, {'0': Image.fromarray(mask), '1': Image.fromarray(mask)})
+        with pytest.raises(SystemExit, match=r'prepare: --binary reads grey masks .* but these hold colours'):
+            prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'), binary=True,
+                                   threshold=128)
+
+
 def test_the_split_is_drawn_per_id_and_stays_as_pairs_are_added(tmp_path, log):
     ids = [f'scene_{k:02d}/{k:04d}' for k in range(40)]
     first, later = ids[:12], ids  # 28 pairs added
