@@ -749,10 +749,10 @@ def mask_kind(image, path):
 
 
 def read_mask(path, by_colour):
-    """(reading, H × W int64) of a mask: 'colour' and the colour codes of an RGB(A) mask, or of a palette PNG's
-    pixels through its own palette when by_colour (TRANSPARENT where alpha is 0; pixels partly transparent are an
-    error); else 'index' and its values (8 or 16 bit grey, 1 bit, a palette PNG's indices). Errors name the
-    file."""
+    """(reading, H × W int64, H × W int64 stored) of a mask: 'colour' and the colour codes of an RGB(A) mask, or of
+    a palette PNG's pixels through its own palette when by_colour (TRANSPARENT where alpha is 0; pixels partly
+    transparent are an error), with the codes its pixels store (those of its transparent pixels too); else 'index'
+    and its values (8 or 16 bit grey, 1 bit, a palette PNG's indices), twice. Errors name the file."""
     image = dataset.open_image(path, 'mask')
     kind = mask_kind(image, path)
     values = np.asarray(image, np.int64) if kind != 'colour' else None
@@ -773,11 +773,11 @@ def read_mask(path, by_colour):
                 raise ValueError(f'mask {path} is partly transparent at pixel (x={x}, y={y}) (alpha {alpha[y, x]}), '
                                  f'{len(partly)} pixels in all: anti-aliased edges show no class. Draw the masks '
                                  f'without anti-aliasing, or flatten them onto their colours')
-            codes = np.where(alpha == 0, TRANSPARENT, codes)
-        return 'colour', codes
+            return 'colour', np.where(alpha == 0, TRANSPARENT, codes), codes
+        return 'colour', codes, codes
     if values.min() < 0 or values.max() > 255:
         raise ValueError(f'mask {path} has values up to {values.max()}: more than 8-bit class indices')
-    return 'index', values
+    return 'index', values, values
 
 
 def pair_header(job):
@@ -896,9 +896,11 @@ def between_neighbours(values):
 def survey_mask(job):
     """({value or colour code: pixels}, {value or colour code: its pixels between their neighbours}) of a mask,
     read as job = (mask, by_colour) says (read_mask, between_neighbours)."""
-    _, values = read_mask(*job)
+    _, values, stored = read_mask(*job)
     codes, counts = np.unique(values, return_counts=True)
-    blended, blends = np.unique(values[between_neighbours(values)], return_counts=True)
+    # judged by the colours stored: interpolation blended a transparent pixel's hidden colour (an RGB mask's tRNS
+    # colour) with its neighbours', and TRANSPARENT has no r, g, b
+    blended, blends = np.unique(values[between_neighbours(stored)], return_counts=True)
     return dict(zip(codes.tolist(), counts.tolist())), dict(zip(blended.tolist(), blends.tolist()))
 
 
@@ -913,7 +915,8 @@ def refuse_soft(kind, ids, pairs, surveys, colours):
         found.update(counts)
         blends.update(between)
     table = {colour_codes(rgb) for _, rgb, _ in colours or []} if kind == 'colour' else set()
-    soft = sorted(value for value, pixels in blends.items() if 2 * pixels > found[value] and value not in table)
+    soft = sorted(value for value, pixels in blends.items()  # transparent pixels are no label, whatever they hide
+                  if 2 * pixels > found[value] and value not in table and value != TRANSPARENT)
     blends_only = (kind == 'index' and any(value not in found for value in range(max(soft, default=0))) or
                    kind == 'colour' and len(found) - len(soft) == 2)
     if len(soft) <= SOFT_VALUES and not (soft and blends_only):
@@ -950,6 +953,10 @@ def folder_classes(kind, found, palette, colours, binary, threshold, ignore, pre
     if ignore is not None and ignore[0] != kind:
         raise SystemExit(f'prepare: --ignore gives a{" colour" if ignore[0] == "colour" else "n index"} but the '
                          f'masks hold {"colours" if kind == "colour" else "class indices"}')
+    if binary and kind == 'colour':  # else each colour would be a class, --threshold unused
+        raise SystemExit('prepare: --binary reads grey masks (0 and 255, or cut at --threshold), but these hold '
+                         'colours (RGB or RGBA, grey ones too): save them as grey (mode L) masks, or leave --binary '
+                         'out, so that each colour is a class')
     if kind == 'colour':
         lut = {TRANSPARENT: settings.IGNORE_LABEL}
     elif threshold is not None:  # --binary --threshold T: T and above are the foreground
@@ -989,6 +996,9 @@ def folder_classes(kind, found, palette, colours, binary, threshold, ignore, pre
         colour_map = colour_codes(np.reshape(dataset.voc_palette(), (-1, 3))).tolist()
         rgbs = [rgb_of(code) for code in ((palette or []) + colour_map[len(palette or []):])[:n_classes]]
         names = class_names(range(n_classes), dict(enumerate(name for name, _ in previous or [])))
+    if not names:  # nothing to learn: training on N_CLASSES = 0 fails far from the cause
+        raise SystemExit('prepare: the masks hold no class: every pixel of them is no label (transparent, or the '
+                         '--ignore value); give the masks that hold the classes')
     limit = min(256, settings.IGNORE_LABEL) if settings.IGNORE_LABEL >= 0 else 256
     if len(names) > limit:
         raise SystemExit(f'prepare: the masks make {len(names)} classes (0..{len(names) - 1}), but a label holds '
@@ -1045,7 +1055,7 @@ def previous_classes(out):
 def mapped(mask, by_colour, lut):
     """H × W uint8 label of a mask: its values (read_mask) through lut ({value or colour code: class or
     IGNORE_LABEL}); a value that lut lacks is an error naming the file, a pixel and the value."""
-    reading, values = read_mask(mask, by_colour)
+    reading, values, _ = read_mask(mask, by_colour)
     keys = np.array(sorted(lut), np.int64)
     where = np.clip(np.searchsorted(keys, values), 0, len(keys) - 1)
     known = keys[where] == values

@@ -933,6 +933,47 @@ def test_transparent_pixels_of_colour_masks_are_no_label_and_half_transparent_on
         prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'again'))
 
 
+def test_the_soft_mask_detector_judges_transparent_pixels_by_the_colour_they_hide(tmp_path):
+    """A transparent pixel's code (TRANSPARENT, -1) read as r, g, b was white: an RGB mask whose tRNS colour is
+    its unlabelled black, halved with a box filter (Pillow keeps tRNS), had its grey blends taken for a class,
+    exit 0; white lines one pixel wide on a transparent background next to one class were refused as soft."""
+    big = np.zeros((20, 40, 3), np.uint8)
+    big[:, 11:21] = 255  # edges at odd columns: halved, each is one grey pixel between black and white
+    halved = Image.fromarray(big).resize((20, 10), Image.Resampling.BOX)
+    halved.info['transparency'] = (0, 0, 0)
+    write_pairs(tmp_path / 'halved', {'0': halved, '1': halved.transpose(Image.Transpose.FLIP_LEFT_RIGHT)})
+    with pytest.raises(SystemExit, match=r'the masks are soft: 1 colours \(\(128, 128, 128\)\)'):
+        prepare.prepare_folder(f'{tmp_path}/halved/images', f'{tmp_path}/halved/masks', str(tmp_path / 'data'))
+    rgba = np.zeros((10, 20, 4), np.uint8)  # transparent, hiding black
+    rgba[2:8, 2:6] = (255, 0, 0, 255)
+    rgba[:, 10] = rgba[5, 12:18] = (255, 255, 255, 255)  # lines of a class of their own
+    write_pairs(tmp_path / 'lines', {'0': Image.fromarray(rgba), '1': Image.fromarray(rgba[::-1].copy())})
+    prepare.prepare_folder(f'{tmp_path}/lines/images', f'{tmp_path}/lines/masks', str(tmp_path / 'data'))
+    np.testing.assert_array_equal(written_labels(str(tmp_path / 'data'))['0'],
+                                  np.where(rgba[..., 3] == 0, 255, rgba[..., 1] // 255))  # red 0, white 1
+
+
+def test_masks_that_hold_no_class_are_refused(tmp_path):
+    """Masks whose every pixel is no label (fully transparent, or the --ignore colour) made a dataset of 0
+    classes, exit 0, and printed N_CLASSES = 0 to train on."""
+    for channels, ignore in ((4, None), (3, '0,0,0')):  # RGBA of alpha 0; RGB black, black ignored
+        mask = Image.fromarray(np.zeros((6, 8, channels), np.uint8))
+        write_pairs(tmp_path, {'0': mask, '1': mask})
+        with pytest.raises(SystemExit, match=r'prepare: the masks hold no class: every pixel of them is no label'):
+            prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'), ignore=ignore)
+
+
+def test_binary_and_threshold_are_refused_for_colour_masks(tmp_path):
+    """Grey masks saved as RGB or RGBA (as editors do) are colour masks: --binary --threshold 128 (what the soft
+    masks' error advises) was silently left unused, each grey of the soft edges a class of its own, exit 0."""
+    rgb = np.repeat(np.linspace(0, 255, 8).astype(np.uint8)[None, :, None], 3, -1).repeat(6, 0)  # 6 × 8 × 3
+    for mask in (rgb, np.concatenate([rgb, np.full((6, 8, 1), 255, np.uint8)], -1)):
+        write_pairs(tmp_path, {'0': Image.fromarray(mask), '1': Image.fromarray(mask)})
+        with pytest.raises(SystemExit, match=r'prepare: --binary reads grey masks .* but these hold colours'):
+            prepare.prepare_folder(f'{tmp_path}/images', f'{tmp_path}/masks', str(tmp_path / 'data'), binary=True,
+                                   threshold=128)
+
+
 def test_the_split_is_drawn_per_id_and_stays_as_pairs_are_added(tmp_path, log):
     ids = [f'scene_{k:02d}/{k:04d}' for k in range(40)]
     first, later = ids[:12], ids  # 28 pairs added
