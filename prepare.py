@@ -929,7 +929,9 @@ def refuse_soft(kind, ids, pairs, surveys, colours):
         f'their neighbours at most of their pixels, {sum(blends[value] for value in soft)} pixels in all, the most '
         f'in {pairs[ids[most]][1]}: interpolation blended the classes at their edges (a mask resized with bilinear '
         f'or bicubic, or drawn with anti-aliasing), so those pixels show no class. Resize masks with '
-        f'nearest-neighbour or draw them without anti-aliasing; a 0/255 mask can be cut with --binary --threshold 128')
+        f'nearest-neighbour or draw them without anti-aliasing' +
+        ('; a 0/255 mask can be cut with --binary --threshold 128' if kind == 'index' else
+         '; grey ones saved as RGB can be saved as grey (mode L), then cut with --binary --threshold 128'))
 
 
 def parse_ignore(value):
