@@ -31,10 +31,11 @@ empty; one at a time on a machine without GPUs. --gpus numbers the GPUs as this 
 inherited CUDA_VISIBLE_DEVICES (a Slurm allocation of GPUs 2,3: --gpus 0 is GPU 2); without CUDA it is an error.
 A folder is trained until final.pth holds ITER_MAX, and evaluated until each evaluation's result file
 (LOG_DIR/eval_final[_<protocol>].json, the file eval.py writes) holds that step and is newer than final.pth: what
-is done is skipped, a deleted result or one of an earlier final.pth is computed again, an interrupted run resumes (train.py resumes from latest.pth), a failing one is recorded
-with the error itself (grid_status.json's reason, also under torchrun) and the queue goes on. A folder is its
-settings': one whose checkpoints (the one a rerun resumes from, and final.pth) ran with settings that its settings.py
-no longer gives (checkpoint.changed_settings) is stale and refused, naming them, as is one whose settings.py does not run; each counts as failed, and the exit
+is done is skipped, a deleted result or one of an earlier final.pth is computed again, an interrupted run resumes
+(train.py resumes from latest.pth), a failing one is recorded with the error itself (grid_status.json's reason,
+also under torchrun) and the queue goes on. A folder is its settings': one whose checkpoints (the one a rerun
+resumes from, and final.pth) ran with settings that its settings.py no longer gives (checkpoint.changed_settings)
+is stale and refused, naming them, as is one whose settings.py does not run; each counts as failed, and the exit
 code is non-zero when a folder failed, --slurm local included. Two folders with one MODEL_DIR or LOG_DIR stop the
 command before anything runs.
 A folder is held by one grid.py run at a time (FOLDER/grid.lock, naming it): another run on the same folders,

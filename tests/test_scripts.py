@@ -120,7 +120,8 @@ def test_a_forked_script_and_the_python_it_starts_see_their_folder_arguments_env
     assert done.stderr == "5 ['-c', 'x'] this folder True \n"
 
 
-@pytest.mark.parametrize('script, name', [('train.py', 'MODEL_DIR'), ('eval.py', 'LOG_DIR'), ('export.py', 'PRETRAINED')])
+@pytest.mark.parametrize('script, name', [('train.py', 'MODEL_DIR'), ('eval.py', 'LOG_DIR'),
+                                          ('export.py', 'PRETRAINED')])
 def test_a_path_setting_with_a_tilde_is_refused_before_a_folder_named_tilde_is_made(tmp_path, demo_data, script,
                                                                                      name):
     """MODEL_DIR = '~/runs/a' (what a shell would expand) made a folder named '~' in the experiment, where the
