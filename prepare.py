@@ -1162,18 +1162,15 @@ def write_folder(new, out, pairs, lists, upright, by_colour, names, rgbs, lut):
     write_text(dataset.folder_file('images', new), [
         '\t'.join([image_id, os.path.relpath(os.path.abspath(image), os.path.abspath(out))]
                   + ([] if upright else ['stored'])) for image_id, (image, _) in pairs.items()])
-    saved = settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT
-    settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT = 'folder', len(names), new
     try:
-        jobs = [(mask, by_colour, lut, dataset.label_path(image_id, new), dataset.label_path(image_id, out))
-                for image_id, (_, mask) in pairs.items()]
-        with dataset.worker_pool() as pool:  # its workers take these settings: the labels' palette is new's
-            outcomes = collections.Counter(pool.imap_unordered(label_of, jobs, chunksize=16))
-        dataset.write_lists(lists, new)
+        with settings.applied({'DATASET': 'folder', 'N_CLASSES': len(names), 'DATA_ROOT': new}):
+            jobs = [(mask, by_colour, lut, dataset.label_path(image_id, new), dataset.label_path(image_id, out))
+                    for image_id, (_, mask) in pairs.items()]
+            with dataset.worker_pool() as pool:  # its workers take these settings: the labels' palette is new's
+                outcomes = collections.Counter(pool.imap_unordered(label_of, jobs, chunksize=16))
+            dataset.write_lists(lists, new)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f'prepare: {error}') from None
-    finally:
-        settings.DATASET, settings.N_CLASSES, settings.DATA_ROOT = saved
     return outcomes
 
 

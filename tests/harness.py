@@ -87,12 +87,8 @@ def make_experiment(path, data_root, **overrides):
 
 def tiny_net(n_classes=21):
     """An EMANet of TINY's shape (what a TINY experiment's checkpoints hold), whatever this process's settings."""
-    saved = settings.EMA_CHANNELS
-    settings.EMA_CHANNELS = TINY['EMA_CHANNELS']
-    try:
+    with settings.applied({'EMA_CHANNELS': TINY['EMA_CHANNELS']}):
         return network.EMANet(n_classes, TINY['N_LAYERS'])
-    finally:
-        settings.EMA_CHANNELS = saved
 
 
 def run_script(experiment, *args, timeout=HANG_GUARD, env=None):

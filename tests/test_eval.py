@@ -1,6 +1,5 @@
 """eval.py: metrics, confusion, multi-scale + flip prediction, and the command line run like a user runs it."""
 import json
-import logging.handlers
 import math
 import os
 import time
@@ -18,7 +17,8 @@ import eval
 import evaluation
 import network
 import settings
-from harness import DEMO_VAL_IDS, ONE_THREAD, ROOT, TWO_PROCESSES, make_experiment, run_script, tiny_net
+from harness import (DEMO_VAL_IDS, ONE_THREAD, ROOT, TWO_PROCESSES, log_records, make_experiment, run_script,
+                     tiny_net)
 from test_val import read_scalars
 
 pytestmark = pytest.mark.xdist_group(__name__)  # one worker of pytest -n builds the module fixture once
@@ -400,19 +400,12 @@ def test_progress_lines_for_long_work_only(monkeypatch):
     # pytest's log capture does; a fixed clock, so a busy machine does not change the seconds per item
     now = time.time()
     monkeypatch.setattr(time, 'time', lambda: now)
-    seen = logging.handlers.BufferingHandler(capacity=1000)
-    level = settings.logger.level
-    settings.logger.addHandler(seen)
-    settings.logger.setLevel(logging.INFO)
-    try:
+    with log_records() as records:
         for done in range(1, 21):
             settings.log_progress('images', done, 20, now)  # quick: silent
-        assert not seen.buffer
+        assert not records
         for done in range(1, 21):
             settings.log_progress('images', done, 20, now - 100)  # 100 s in: every tenth and the end
-    finally:
-        settings.logger.removeHandler(seen)
-        settings.logger.setLevel(level)
-    lines = [record.getMessage() for record in seen.buffer]
+    lines = [record.getMessage() for record in records]
     assert len(lines) == 10 and lines[-1].startswith('images 20/20, 5.000 s each, ETA 00:00:00')
     assert lines[0].startswith('images 2/20, 50.000 s each, ETA 00:15:00')
