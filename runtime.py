@@ -168,10 +168,10 @@ def freeze(net, dtype=None):
     submodules (0.5 s of 0.95 s for an EMANet-50 on one thread; the graph is the same)."""
     weights = copy.deepcopy(net).requires_grad_(False)
     caller = torch.nn.Module().eval()
-    caller.forward = lambda img: weights(img)  # a function attribute: weights is no submodule of caller
     if dtype is not None:
         weights.to(memory_format=torch.channels_last)
-        caller.forward = lambda img: weights(img.contiguous(memory_format=torch.channels_last))
+    # a function attribute: weights is no submodule of caller; the trace records the branch dtype takes
+    caller.forward = lambda img: weights(img if dtype is None else img.contiguous(memory_format=torch.channels_last))
     with torch.no_grad(), autocast(torch.device('cpu'), dtype), warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)  # see above
         traced = torch.jit.trace(caller, torch.zeros(1, 3, 33, 33), check_trace=False)
